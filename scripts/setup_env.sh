@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Creates or updates .venv with everything mtl_perception needs, idempotently.
+#
+# Two modes:
+#   system  a sourced system ROS 2 (ROS_DISTRO set and rclpy importable): rclpy, the message
+#           packages and vision_msgs come from it; the venv sees them through PYTHONPATH.
+#   wheels  otherwise: ROS 2 Kilted from PyPI wheels, vision_msgs built from interfaces/.
+#
+# Each step keeps a stamp holding the hash of its inputs, so a re-run with nothing
+# changed only hashes a few files.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv=${VENV:-$root/.venv}
+stamps=$venv/.stamps
+python_bin=${PYTHON:-python3}
+
+log() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+inputs_hash() {  # hash of the content of files and folders given as arguments
+  (cd "$root" && find "$@" -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16
+}
+up_to_date() { [ -f "$stamps/$1" ] && [ "$(cat "$stamps/$1")" = "$2" ]; }
+mark_done() { mkdir -p "$stamps"; echo "$2" >"$stamps/$1"; }
+
+if [ -n "${ROS_DISTRO:-}" ] && "$python_bin" -c 'import rclpy' 2>/dev/null; then
+  mode=system
+else
+  mode=wheels
+fi
+
+# 1. The virtual environment.
+venv_key="$mode $("$python_bin" -c 'import sys; print(sys.version.split()[0])')"
+if ! up_to_date venv "$venv_key" || [ ! -x "$venv/bin/python" ]; then
+  log "creating $venv ($mode mode)"
+  rm -rf "$venv"
+  if [ "$mode" = system ]; then
+    "$python_bin" -m venv --system-site-packages "$venv"
+  else
+    "$python_bin" -m venv "$venv"
+  fi
+  mark_done venv "$venv_key"
+fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+
+# 2. Python dependencies (pins in requirements/).
+key=$(inputs_hash requirements/python.txt requirements/constraints.txt)
+if ! up_to_date python-deps "$key"; then
+  log "installing Python dependencies (requirements/python.txt)"
+  "${pip[@]}" install -q -r "$root/requirements/python.txt" -c "$root/requirements/constraints.txt"
+  mark_done python-deps "$key"
+fi
+
+# 3. ROS 2: wheels and vision_msgs, or checks against the system install.
+if [ "$mode" = wheels ]; then
+  key=$(inputs_hash requirements/ros-kilted.txt requirements/constraints.txt)
+  if ! up_to_date ros-wheels "$key"; then
+    log "installing ROS 2 Kilted wheels (requirements/ros-kilted.txt)"
+    "${pip[@]}" install -q -r "$root/requirements/ros-kilted.txt" -c "$root/requirements/constraints.txt"
+    mark_done ros-wheels "$key"
+  fi
+  key=$(inputs_hash interfaces/vision_msgs scripts/build_vision_msgs.sh requirements/ros-kilted.txt)
+  if ! up_to_date vision-msgs "$key"; then
+    log "building vision_msgs from interfaces/vision_msgs"
+    "$root/scripts/build_vision_msgs.sh" "$venv"
+    mark_done vision-msgs "$key"
+  fi
+else
+  "$venv/bin/python" -c 'import vision_msgs.msg' 2>/dev/null \
+    || die "system ROS 2 '$ROS_DISTRO' is sourced but vision_msgs is missing: sudo apt install ros-$ROS_DISTRO-vision-msgs"
+fi
+
+# 4. Default Fast DDS profile for large images, unless the user set one (see README).
+pth=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mtl_perception_fastdds.pth
+profile=$root/config/fastdds_large_images.xml
+line="import os; os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE') or os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE') or os.environ.__setitem__('FASTDDS_DEFAULT_PROFILES_FILE', '$profile')"
+if [ ! -f "$pth" ] || [ "$(cat "$pth")" != "$line" ]; then
+  echo "$line" >"$pth"
+fi
+
+# 5. The package itself, editable, so console scripts exist and edits apply at once.
+key=$(inputs_hash setup.py setup.cfg package.xml)
+if ! up_to_date package "$key"; then
+  log "installing mtl_perception (editable)"
+  "${pip[@]}" install -q --no-deps --no-build-isolation -e "$root"
+  # setup.cfg sends console scripts to lib/mtl_perception (where `ros2 run` looks, as colcon
+  # needs); link them into bin/ so they are on the venv's PATH as well.
+  for script in "$venv"/lib/mtl_perception/*; do
+    [ -f "$script" ] && ln -sf "$script" "$venv/bin/$(basename "$script")"
+  done
+  mark_done package "$key"
+fi
+
+log "environment ready: $venv ($mode mode)"

@@ -1,0 +1,65 @@
+"""Test-wide set-up: every pytest run happens inside a private network namespace.
+
+No DDS traffic may leave loopback. Rather than trusting each caller to remember a wrapper, the
+first thing a pytest run does is re-execute itself through scripts/netns_run.sh, which moves it
+into a namespace that has only loopback (or, where no namespace may be created, sets the
+LOCALHOST discovery range and its own domain id alone). Every test that starts ROS processes also
+gets a ROS_DOMAIN_ID of its own through the ``ros_env`` fixture, so a test never sees another's
+leftovers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NETNS_RUN = REPO_ROOT / "scripts" / "netns_run.sh"
+FASTDDS_PROFILE = REPO_ROOT / "config" / "fastdds_large_images.xml"
+
+_domain_ids = itertools.count()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("MTL_NETNS"):
+        return  # already inside netns_run.sh (private namespace, or none possible)
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.stop_global_capturing()  # give the re-executed run the real stdout/stderr
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(NETNS_RUN, [str(NETNS_RUN), *sys.orig_argv])
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return (
+        f"network isolation: {os.environ.get('MTL_NETNS', 'unset')}, "
+        f"ROS_AUTOMATIC_DISCOVERY_RANGE={os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')}, "
+        f"FASTDDS_DEFAULT_PROFILES_FILE={os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE')}"
+    )
+
+
+@pytest.fixture
+def ros_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Environment for a test that starts ROS participants, in-process or as subprocesses.
+
+    Gives the test a ROS_DOMAIN_ID no other test of this run uses, the localhost discovery range,
+    and the project's large-image Fast DDS profile unless the user set their own.
+
+    Returns:
+        The full environment (also applied to ``os.environ`` for the test's duration).
+    """
+    domain = 1 + (int(os.environ.get("ROS_DOMAIN_ID", "0")) + next(_domain_ids)) % 100
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    if not (
+        os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE")
+        or os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE")
+    ):
+        monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", str(FASTDDS_PROFILE))
+    yield dict(os.environ)

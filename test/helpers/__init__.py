@@ -1,0 +1,1 @@
+"""Helpers shared by tests: sample messages and peer processes."""
