@@ -30,6 +30,20 @@ else
   mode=wheels
 fi
 
+# 0. System tools: a compiler and CMake (vision_msgs), iproute2 and util-linux (test namespaces).
+missing=()
+for tool in cmake:cmake g++:g++ make:make ip:iproute2 unshare:util-linux; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing system packages: ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    die "missing system tools; install them first: sudo apt install ${missing[*]}"
+  fi
+fi
+
 # 1. The virtual environment.
 venv_key="$mode $("$python_bin" -c 'import sys; print(sys.version.split()[0])')"
 if ! up_to_date venv "$venv_key" || [ ! -x "$venv/bin/python" ]; then
