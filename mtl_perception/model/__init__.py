@@ -2,7 +2,14 @@
 
 from .config import ModelConfig
 from .freezing import freeze_detector, freeze_segmentation, set_frozen, unfreeze_all
-from .network import PIXEL_MEAN, PIXEL_STD, MultiTaskNet, MultiTaskOutput, check_input_size
+from .network import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    MultiTaskNet,
+    MultiTaskOutput,
+    check_input_size,
+    normalize_images,
+)
 
 __all__ = [
     "PIXEL_MEAN",
@@ -13,6 +20,7 @@ __all__ = [
     "check_input_size",
     "freeze_detector",
     "freeze_segmentation",
+    "normalize_images",
     "set_frozen",
     "unfreeze_all",
 ]

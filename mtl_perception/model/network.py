@@ -19,6 +19,15 @@ PIXEL_MEAN = (0.485, 0.456, 0.406)
 PIXEL_STD = (0.229, 0.224, 0.225)
 
 SEGMENTATION_PARTS = ("encoder", "easpp", "decoder")
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) uint8 RGB -> float normalised by PIXEL_MEAN / PIXEL_STD, on its device."""
+    mean = torch.tensor(PIXEL_MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(PIXEL_STD, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - mean) / std
+
+
 DETECTOR_PARTS = ("detector",)
 
 

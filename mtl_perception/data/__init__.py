@@ -1,0 +1,1 @@
+"""Datasets, class mapping and augmentation for training and evaluation (never imports ROS)."""

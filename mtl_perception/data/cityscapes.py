@@ -1,0 +1,135 @@
+"""Reader for datasets in the official Cityscapes layout.
+
+    ROOT/leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png
+    ROOT/gtFine/{split}/{city}/{city}_{seq}_{frame}_gtFine_labelIds.png
+    ROOT/gtFine/{split}/{city}/{city}_{seq}_{frame}_gtFine_instanceIds.png
+
+Every image must have both label partners of the same size; a dataset with any missing is
+refused as a whole (listing what is missing) rather than silently shrunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..detection.boxes import tight_boxes
+from .labels import ClassMap
+from .sample import Sample
+
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"
+INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
+
+Transform = Callable[[Sample, np.random.Generator], Sample]
+
+
+def read_png(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """Reads a PNG, raising ValueError naming the file when it is missing or undecodable."""
+    if not path.is_file():
+        raise ValueError(f"missing file: {path}")
+    data = cv2.imread(str(path), flags)
+    if data is None:
+        raise ValueError(f"unreadable image (not a decodable PNG): {path}")
+    return data
+
+
+def label_paths(image_path: Path, root: Path, split: str) -> tuple[Path, Path]:
+    """The labelIds and instanceIds files that belong to an image."""
+    stem = image_path.name.removesuffix(IMAGE_SUFFIX)
+    folder = root / "gtFine" / split / image_path.parent.name
+    return folder / f"{stem}{LABEL_SUFFIX}", folder / f"{stem}{INSTANCE_SUFFIX}"
+
+
+class CityscapesDataset(Dataset):
+    """Images with segmentation masks and detection boxes, in the class map's ids.
+
+    Args:
+        root: dataset root (holding ``leftImg8bit/`` and ``gtFine/``).
+        split: ``train``, ``val`` or ``test`` (any folder name).
+        class_map: Cityscapes label ids -> the network's classes.
+        transform: augmentation or resizing, called with a per-sample random generator.
+
+    Raises:
+        ValueError: no images found (names the pattern looked for), or images without label
+            partners (lists them).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        class_map: ClassMap,
+        transform: Transform | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.class_map = class_map
+        self.transform = transform
+        pattern = self.root / "leftImg8bit" / split / "*" / f"*{IMAGE_SUFFIX}"
+        if not self.root.is_dir():
+            raise ValueError(f"dataset root {self.root} does not exist")
+        self.images = sorted((self.root / "leftImg8bit" / split).glob(f"*/*{IMAGE_SUFFIX}"))
+        if not self.images:
+            raise ValueError(
+                f"no images in {self.root} for split '{split}': looked for {pattern} "
+                "(the Cityscapes layout: leftImg8bit/{split}/{city}/*_leftImg8bit.png)"
+            )
+        missing = [
+            str(path)
+            for image in self.images
+            for path in label_paths(image, self.root, split)
+            if not path.is_file()
+        ]
+        if missing:
+            shown = "\n  ".join(missing[:10])
+            more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise ValueError(
+                f"{len(missing)} label files missing in {self.root / 'gtFine' / split}:\n"
+                f"  {shown}{more}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def names(self) -> list[str]:
+        return [p.name.removesuffix(IMAGE_SUFFIX) for p in self.images]
+
+    def load(self, index: int) -> Sample:
+        """The sample at its original resolution, without transform."""
+        image_path = self.images[index]
+        label_path, instance_path = label_paths(image_path, self.root, self.split)
+        image = cv2.cvtColor(read_png(image_path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        label_ids = read_png(label_path)
+        instances = read_png(instance_path).astype(np.int32)
+        for path, array in ((label_path, label_ids), (instance_path, instances)):
+            if array.ndim != 2 or array.shape != image.shape[:2]:
+                raise ValueError(
+                    f"label image {path} is {array.shape[::-1]} but its image {image_path} is "
+                    f"{image.shape[1::-1]}: sizes must match and labels be single-channel"
+                )
+        values, boxes = tight_boxes(instances)
+        classes = self.class_map.instance_classes(values)
+        keep = classes >= 0
+        return Sample(
+            image=image,
+            segmentation=self.class_map.segmentation(label_ids),
+            instances=instances,
+            boxes=boxes[keep],
+            classes=classes[keep],
+            instance_values=values[keep],
+            name=image_path.name.removesuffix(IMAGE_SUFFIX),
+        )
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = self.load(index)
+        if self.transform is not None:
+            # Drawn from torch's RNG: seeded per DataLoader worker, advancing in the main process.
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+            sample = self.transform(sample, np.random.default_rng(seed))
+        return sample

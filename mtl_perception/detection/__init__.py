@@ -1,0 +1,1 @@
+"""Detection utilities: boxes, anchors, YOLOv2 target assignment and coding."""

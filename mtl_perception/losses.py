@@ -1,0 +1,174 @@
+"""The multi-task criterion (paper section 4.2, equations 1-3).
+
+    L_seg = CE(main) + 0.6 CE(aux1) + 0.5 CE(aux2)   void ignored; aux logits upsampled bilinearly
+    L_det = focal(objectness) + focal(classes) + box regression
+    L     = W_seg L_seg + W_det L_det                 W_seg = 40, W_det = 1 by default
+
+Detection terms are summed over the three Trident branches and divided by the number of
+ground-truth boxes in the batch (RetinaNet's normalisation). A prediction whose decoded box
+overlaps any ground truth by more than 0.6 IoU takes no no-object loss (YOLOv2).
+The criterion returns already-weighted named losses; their sum is ``loss``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .detection.boxes import box_iou
+from .detection.coding import decode_boxes
+from .detection.targets import assign_targets
+from .model.detector import BOX_PARAMS
+from .model.network import MultiTaskOutput
+
+# Paper section 4.2, equation 1.
+AUX1_WEIGHT = 0.6
+AUX2_WEIGHT = 0.5
+# Paper section 4.2, equation 3: W_seg = 30-50, W_det = 1.
+SEG_WEIGHT = 40.0
+DET_WEIGHT = 1.0
+# Focal loss (Lin et al.) defaults.
+FOCAL_ALPHA = 0.25
+FOCAL_GAMMA = 2.0
+# YOLOv2: predictions overlapping a ground truth above this IoU take no no-object loss.
+IGNORE_IOU = 0.6
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    seg_weight: float = SEG_WEIGHT
+    det_weight: float = DET_WEIGHT
+    aux1_weight: float = AUX1_WEIGHT
+    aux2_weight: float = AUX2_WEIGHT
+    focal_alpha: float = FOCAL_ALPHA
+    focal_gamma: float = FOCAL_GAMMA
+    ignore_iou: float = IGNORE_IOU
+    void_id: int = 0
+
+
+def sigmoid_focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float
+) -> torch.Tensor:
+    """Element-wise FL = -alpha_t (1 - p_t)^gamma log(p_t), targets in {0, 1}."""
+    p = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return alpha_t * (1 - p_t).pow(gamma) * ce
+
+
+class MultiTaskLoss(nn.Module):
+    """Weighted segmentation and detection losses.
+
+    Args:
+        anchors: (branches, A, 2) anchor sizes in input pixels.
+        stride: input pixels per detection cell (16).
+        config: weights and focal-loss parameters.
+    """
+
+    def __init__(
+        self, anchors: torch.Tensor, stride: int = 16, config: LossConfig | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config or LossConfig()
+        self.stride = stride
+        self.register_buffer("anchors", torch.as_tensor(anchors, dtype=torch.float32))
+
+    def segmentation(self, outputs: MultiTaskOutput, target: torch.Tensor) -> torch.Tensor:
+        """L_seg for (B, H, W) long class ids."""
+        size = target.shape[-2:]
+        valid = (target != self.config.void_id).sum().clamp(min=1)
+
+        def ce(logits: torch.Tensor) -> torch.Tensor:
+            if logits.shape[-2:] != size:
+                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(
+                logits.float(), target, ignore_index=self.config.void_id, reduction="sum"
+            )
+            return loss / valid
+
+        return (
+            ce(outputs.seg_logits)
+            + self.config.aux1_weight * ce(outputs.aux1_logits)
+            + self.config.aux2_weight * ce(outputs.aux2_logits)
+        )
+
+    def detection(
+        self, outputs: MultiTaskOutput, boxes: torch.Tensor, classes: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Objectness, class and box terms (unweighted), for (B, N, 4) boxes and (B, N) classes."""
+        cfg = self.config
+        grid = tuple(outputs.detections[0].shape[-2:])
+        targets = assign_targets(boxes, classes, self.anchors, grid, self.stride)
+        num_boxes = (classes >= 0).sum().clamp(min=1).float()
+        valid_gt = classes >= 0  # (B, N)
+        obj_loss = cls_loss = box_loss = outputs.detections[0].new_zeros((), dtype=torch.float32)
+        for raw, target, anchors in zip(outputs.detections, targets, self.anchors, strict=True):
+            raw = raw.float()  # (B, A, 5 + K, h, w)
+            with torch.no_grad():
+                predicted = decode_boxes(raw[:, :, :BOX_PARAMS], anchors, self.stride)
+                batch, per_branch, height, width, _ = predicted.shape
+                iou = box_iou(predicted.view(batch, -1, 4), boxes.float())  # (B, A*h*w, N)
+                iou = iou.masked_fill(~valid_gt[:, None, :], 0.0)
+                best = iou.max(dim=2).values if iou.shape[2] else iou.new_zeros(iou.shape[:2])
+                ignore = best.view(batch, per_branch, height, width) > cfg.ignore_iou
+            positive = target.positive
+            objectness = raw[:, :, BOX_PARAMS]  # (B, A, h, w)
+            counted = positive | ~ignore
+            obj_terms = sigmoid_focal_loss(
+                objectness, positive.float(), cfg.focal_alpha, cfg.focal_gamma
+            )
+            obj_loss = obj_loss + (obj_terms * counted).sum()
+
+            fields = raw.permute(0, 1, 3, 4, 2)[positive]  # (P, 5 + K)
+            if fields.shape[0]:
+                labels = F.one_hot(target.classes[positive], fields.shape[1] - BOX_PARAMS - 1)
+                cls_loss = (
+                    cls_loss
+                    + sigmoid_focal_loss(
+                        fields[:, BOX_PARAMS + 1 :],
+                        labels.float(),
+                        cfg.focal_alpha,
+                        cfg.focal_gamma,
+                    ).sum()
+                )
+                wanted = target.boxes[positive]
+                weight = target.scale_weight[positive][:, None]
+                offsets = (fields[:, :2].sigmoid() - wanted[:, :2]).pow(2)
+                sizes = (fields[:, 2:4] - wanted[:, 2:]).pow(2)
+                box_loss = box_loss + (weight * torch.cat([offsets, sizes], dim=1)).sum()
+        return {
+            "obj": obj_loss / num_boxes,
+            "cls": cls_loss / num_boxes,
+            "box": box_loss / num_boxes,
+        }
+
+    def forward(
+        self,
+        outputs: MultiTaskOutput,
+        segmentation: torch.Tensor,
+        boxes: torch.Tensor,
+        classes: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Weighted named losses and their sum.
+
+        Args:
+            outputs: the network's outputs.
+            segmentation: (B, H, W) long class ids.
+            boxes: (B, N, 4) xyxy input pixels, padded.
+            classes: (B, N) long detection classes, -1 for padding.
+
+        Returns:
+            ``loss_seg``, ``loss_obj``, ``loss_cls``, ``loss_box`` (each already weighted) and
+            ``loss``, their sum.
+        """
+        cfg = self.config
+        losses = {"loss_seg": cfg.seg_weight * self.segmentation(outputs, segmentation)}
+        detection = self.detection(outputs, boxes, classes)
+        for name, value in detection.items():
+            losses[f"loss_{name}"] = cfg.det_weight * value
+        losses["loss"] = sum(losses.values())
+        return losses
