@@ -28,6 +28,9 @@ setup(
     python_requires=">=3.10",
     tests_require=["pytest"],
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "mtl-eval = mtl_perception.evaluation.evaluate:main",
+            "mtl-export = mtl_perception.inference.export:main",
+        ],
     },
 )

@@ -1,0 +1,1 @@
+"""Metrics (IoU, AP) and the offline evaluator (mtl-eval)."""

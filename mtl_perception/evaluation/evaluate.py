@@ -1,0 +1,220 @@
+"""Offline evaluation on a Cityscapes-layout split: Table-1 metrics, latency, overlays.
+
+    mtl-eval --checkpoint CKPT --data DIR [--split val] [--out DIR] [--save-overlays N]
+    python -m mtl_perception.evaluation ...   (the same)
+
+Images are evaluated at their original resolution, one at a time (the paper's latency is per
+image): the Predictor resizes each to the network input and maps masks and boxes back.
+Ground-truth boxes smaller than the class map's ``min_box_size`` (network-input pixels, scaled to
+the image) are left out, as in training. Detections are kept down to score 0.001 for AP, as
+COCO evaluations do; the node publishes with its own, higher threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from ..data.cityscapes import CityscapesDataset
+from ..data.labels import DEFAULT_CLASSES_FILE, ClassMap
+from ..inference.predictor import Predictor, PredictorConfig
+from ..visualization import draw_overlay
+from .metrics import ConfusionMatrix, DetectionAP
+
+EVAL_SCORE_THRESHOLD = 0.001
+
+
+def check_classes(model_config, class_map: ClassMap, checkpoint: str) -> None:
+    """Refuses a model whose classes differ from the dataset's class map (names both)."""
+    problems = []
+    if model_config.num_seg_classes != class_map.num_seg_classes:
+        problems.append(
+            f"{model_config.num_seg_classes} segmentation classes vs {class_map.num_seg_classes}"
+        )
+    if model_config.num_det_classes != class_map.num_det_classes:
+        problems.append(
+            f"{model_config.num_det_classes} detection classes vs {class_map.num_det_classes}"
+        )
+    for what, theirs, ours in (
+        ("segmentation", model_config.seg_class_names, class_map.seg_names),
+        ("detection", model_config.det_class_names, class_map.det_names),
+    ):
+        if theirs and tuple(theirs) != tuple(ours):
+            problems.append(f"{what} names {list(theirs)} vs {list(ours)}")
+    if problems:
+        raise ValueError(
+            f"checkpoint {checkpoint} does not match the dataset's class map: "
+            + "; ".join(problems)
+        )
+
+
+def evaluate(
+    predictor: Predictor,
+    dataset: CityscapesDataset,
+    *,
+    interpolation: str = "coco",
+    overlay_dir: Path | None = None,
+    save_overlays: int = 0,
+    max_images: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Runs ``predictor`` over ``dataset`` (untransformed) and returns the metrics dict."""
+    class_map = dataset.class_map
+    confusion = ConfusionMatrix(class_map.num_seg_classes, class_map.void_id)
+    average_precision = DetectionAP(class_map.num_det_classes, interpolation=interpolation)
+    latencies = []
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    input_width = predictor.input_size[1]
+    for index in tqdm(range(count), desc="evaluating", unit="img", disable=not progress):
+        sample = dataset.load(index)
+        start = time.perf_counter()
+        (prediction,) = predictor.predict(sample.image)
+        latencies.append(time.perf_counter() - start)
+        confusion.update(prediction.mask, sample.segmentation)
+        min_size = class_map.min_box_size * sample.image.shape[1] / input_width
+        sizes = sample.boxes[:, 2:] - sample.boxes[:, :2]
+        keep = (sizes >= min_size).all(axis=1)
+        average_precision.update(
+            prediction.boxes,
+            prediction.scores,
+            prediction.classes,
+            sample.boxes[keep],
+            sample.classes[keep],
+        )
+        if overlay_dir is not None and index < save_overlays:
+            overlay_dir.mkdir(parents=True, exist_ok=True)
+            picture = draw_overlay(
+                sample.image,
+                prediction.mask,
+                prediction.boxes,
+                prediction.classes,
+                prediction.scores,
+                class_map.det_names,
+                class_map.num_seg_classes,
+            )
+            cv2.imwrite(
+                str(overlay_dir / f"{sample.name}_overlay.png"),
+                cv2.cvtColor(picture, cv2.COLOR_RGB2BGR),
+            )
+    iou = confusion.iou()
+    ap = average_precision.average_precision()
+    seconds = np.array(latencies)
+    return {
+        "images": count,
+        "iou": {
+            name: _number(iou[i])
+            for i, name in enumerate(class_map.seg_names)
+            if i != class_map.void_id
+        },
+        "miou": _number(confusion.mean_iou()),
+        "ap": {name: _number(ap[i]) for i, name in enumerate(class_map.det_names)},
+        "map": _number(average_precision.mean_ap()),
+        "ap_iou": average_precision.iou_threshold,
+        "interpolation": interpolation,
+        "latency_ms": {
+            "mean": _number(seconds.mean() * 1e3) if count else None,
+            "median": _number(np.median(seconds) * 1e3) if count else None,
+        },
+    }
+
+
+def _number(value: float) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def format_table(metrics: dict[str, Any], column: str = "Validation") -> str:
+    """The paper's Table 1 layout: per-class IoU, mIoU, per-class AP, mAP (percent)."""
+
+    def percent(value: float | None) -> str:
+        return "   n/a" if value is None else f"{100 * value:6.2f}"
+
+    rows = [(f"{name} IoU", value) for name, value in metrics["iou"].items()]
+    rows.append(("Mean IoU (mIoU)", metrics["miou"]))
+    rows += [(f"AP {name}", value) for name, value in metrics["ap"].items()]
+    rows.append(("Mean AP (mAP)", metrics["map"]))
+    width = max(len(name) for name, _ in rows) + 2
+    lines = [f"{'Metrics':<{width}}{column:>12}", "-" * (width + 12)]
+    lines += [f"{name:<{width}}{percent(value):>12}" for name, value in rows]
+    lines.append("-" * (width + 12))
+    if "params" in metrics:
+        lines.append(f"{'Parameters':<{width}}{metrics['params'] / 1e6:>11.2f}M")
+    latency = metrics.get("latency_ms", {}).get("mean")
+    if latency is not None:
+        lines.append(f"{'Latency per image (mean)':<{width}}{latency:>9.1f} ms")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Evaluate a checkpoint on a Cityscapes-layout split."
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="dataset root")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--out", type=Path, help="folder for metrics.json and overlays")
+    parser.add_argument(
+        "--classes", type=Path, default=DEFAULT_CLASSES_FILE, help="class mapping YAML"
+    )
+    parser.add_argument(
+        "--save-overlays",
+        type=int,
+        default=0,
+        metavar="N",
+        help="overlay PNGs of the first N images",
+    )
+    parser.add_argument("--interpolation", choices=["coco", "voc"], default="coco")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    parser.add_argument(
+        "--onnx", type=Path, help="evaluate this exported model with onnxruntime instead"
+    )
+    parser.add_argument("--max-images", type=int)
+    args = parser.parse_args(argv)
+    try:
+        class_map = ClassMap.from_yaml(args.classes)
+        config = PredictorConfig(
+            device=args.device, precision=args.precision, score_threshold=EVAL_SCORE_THRESHOLD
+        )
+        predictor = (
+            Predictor.from_onnx(args.onnx, config)
+            if args.onnx
+            else Predictor.from_checkpoint(args.checkpoint, config)
+        )
+        check_classes(predictor.model_config, class_map, str(args.checkpoint))
+        dataset = CityscapesDataset(args.data, args.split, class_map)
+        overlays = args.out / "overlays" if args.out and args.save_overlays else None
+        metrics = evaluate(
+            predictor,
+            dataset,
+            interpolation=args.interpolation,
+            overlay_dir=overlays,
+            save_overlays=args.save_overlays,
+            max_images=args.max_images,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if predictor.model is not None:
+        metrics["params"] = sum(p.numel() for p in predictor.model.parameters())
+    metrics.update(checkpoint=str(args.checkpoint), data=str(args.data), split=args.split)
+    print(format_table(metrics, column=args.split))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(
+            f"wrote {args.out / 'metrics.json'}"
+            + (f" and overlays in {overlays}" if overlays else "")
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

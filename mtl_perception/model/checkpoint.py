@@ -1,0 +1,113 @@
+"""Checkpoints: written atomically, read with ``weights_only=True``, checked before use.
+
+A checkpoint is a dict of plain containers and tensors:
+
+* ``format``: :data:`CHECKPOINT_FORMAT`;
+* ``model_config``: :meth:`ModelConfig.to_dict` (classes, class names, anchors, input size ...);
+* ``model``: the network's state dict;
+* anything the trainer adds (optimizer, scheduler, stage, iteration, RNG states).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig
+from .network import MultiTaskNet
+
+CHECKPOINT_FORMAT = "mtl_perception/1"
+
+
+def save_checkpoint(path: str | Path, content: dict[str, Any]) -> None:
+    """Writes ``content`` to ``path`` atomically: a temporary file in the same folder, fsync'd,
+    then renamed over the target, so a reader (or a crash) never sees a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save({"format": CHECKPOINT_FORMAT, **content}, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        Path(temporary).replace(path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Reads a checkpoint without unpickling code.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: truncated, not a checkpoint, or not one of ours (names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+        raise ValueError(
+            f"{path} is not a readable checkpoint (truncated or not a torch file): {error}"
+        ) from error
+    if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT:
+        found = content.get("format") if isinstance(content, dict) else type(content).__name__
+        raise ValueError(
+            f"{path} is not an mtl_perception checkpoint "
+            f"(format {found!r}, expected {CHECKPOINT_FORMAT!r})"
+        )
+    for key in ("model_config", "model"):
+        if key not in content:
+            raise ValueError(f"checkpoint {path} lacks '{key}'")
+    return content
+
+
+def load_model(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[MultiTaskNet, dict[str, Any]]:
+    """Builds the network a checkpoint describes and loads its weights (eval mode).
+
+    Returns:
+        The model and the whole checkpoint dict.
+
+    Raises:
+        ValueError: the checkpoint's config is invalid or its weights do not fit the network it
+            describes (lists the differing keys).
+    """
+    content = read_checkpoint(path)
+    try:
+        config = ModelConfig.from_dict(content["model_config"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"checkpoint {path} has an invalid model config: {error}") from error
+    model = MultiTaskNet(config)
+    state = content["model"]
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        details = "; ".join(
+            part
+            for part in (
+                f"missing {missing[:5]}" if missing else "",
+                f"unexpected {unexpected[:5]}" if unexpected else "",
+                f"shape mismatches {mismatched[:5]}" if mismatched else "",
+            )
+            if part
+        )
+        raise ValueError(
+            f"checkpoint {path} does not fit the network its config describes: {details}"
+        )
+    model.load_state_dict(state)
+    return model.to(device).eval(), content
