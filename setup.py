@@ -29,6 +29,8 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
+            "perception_node = mtl_perception.ros.node:main",
+            "mtl-train = mtl_perception.training.cli:main",
             "mtl-eval = mtl_perception.evaluation.evaluate:main",
             "mtl-export = mtl_perception.inference.export:main",
         ],

@@ -35,6 +35,8 @@ FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
 # YOLOv2: predictions overlapping a ground truth above this IoU take no no-object loss.
 IGNORE_IOU = 0.6
+# Weight of the box term within L_det (YOLOv1's lambda_coord is 5; the paper gives none).
+BOX_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class LossConfig:
     focal_alpha: float = FOCAL_ALPHA
     focal_gamma: float = FOCAL_GAMMA
     ignore_iou: float = IGNORE_IOU
+    box_weight: float = BOX_WEIGHT
     void_id: int = 0
 
 
@@ -143,7 +146,7 @@ class MultiTaskLoss(nn.Module):
         return {
             "obj": obj_loss / num_boxes,
             "cls": cls_loss / num_boxes,
-            "box": box_loss / num_boxes,
+            "box": cfg.box_weight * box_loss / num_boxes,
         }
 
     def forward(
@@ -152,6 +155,8 @@ class MultiTaskLoss(nn.Module):
         segmentation: torch.Tensor,
         boxes: torch.Tensor,
         classes: torch.Tensor,
+        seg_weight: float | None = None,
+        det_weight: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """Weighted named losses and their sum.
 
@@ -160,15 +165,26 @@ class MultiTaskLoss(nn.Module):
             segmentation: (B, H, W) long class ids.
             boxes: (B, N, 4) xyxy input pixels, padded.
             classes: (B, N) long detection classes, -1 for padding.
+            seg_weight, det_weight: override the configured W_seg / W_det (a training stage's);
+                a zero weight skips that task's computation.
 
         Returns:
             ``loss_seg``, ``loss_obj``, ``loss_cls``, ``loss_box`` (each already weighted) and
             ``loss``, their sum.
         """
         cfg = self.config
-        losses = {"loss_seg": cfg.seg_weight * self.segmentation(outputs, segmentation)}
-        detection = self.detection(outputs, boxes, classes)
-        for name, value in detection.items():
-            losses[f"loss_{name}"] = cfg.det_weight * value
+        seg_weight = cfg.seg_weight if seg_weight is None else seg_weight
+        det_weight = cfg.det_weight if det_weight is None else det_weight
+        zero = outputs.seg_logits.new_zeros((), dtype=torch.float32)
+        losses = {
+            "loss_seg": seg_weight * self.segmentation(outputs, segmentation)
+            if seg_weight
+            else zero
+        }
+        if det_weight:
+            for name, value in self.detection(outputs, boxes, classes).items():
+                losses[f"loss_{name}"] = det_weight * value
+        else:
+            losses.update(loss_obj=zero, loss_cls=zero, loss_box=zero)
         losses["loss"] = sum(losses.values())
         return losses

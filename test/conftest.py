@@ -44,6 +44,19 @@ def pytest_report_header(config: pytest.Config) -> str:
     )
 
 
+def ros_environment() -> dict[str, str]:
+    """A copy of the environment with a ROS_DOMAIN_ID no other caller in this run gets, the
+    localhost discovery range and the large-image Fast DDS profile (unless the user set one)."""
+    env = dict(os.environ)
+    env["ROS_DOMAIN_ID"] = str(
+        1 + (int(os.environ.get("ROS_DOMAIN_ID", "0")) + next(_domain_ids)) % 100
+    )
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    if not (env.get("FASTDDS_DEFAULT_PROFILES_FILE") or env.get("FASTRTPS_DEFAULT_PROFILES_FILE")):
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_PROFILE)
+    return env
+
+
 @pytest.fixture
 def ros_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """Environment for a test that starts ROS participants, in-process or as subprocesses.
@@ -54,12 +67,8 @@ def ros_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     Returns:
         The full environment (also applied to ``os.environ`` for the test's duration).
     """
-    domain = 1 + (int(os.environ.get("ROS_DOMAIN_ID", "0")) + next(_domain_ids)) % 100
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    if not (
-        os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE")
-        or os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE")
-    ):
-        monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", str(FASTDDS_PROFILE))
+    env = ros_environment()
+    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE"):
+        if key in env:
+            monkeypatch.setenv(key, env[key])
     yield dict(os.environ)

@@ -15,7 +15,7 @@ from mtl_perception.data.cityscapes import CityscapesDataset
 from mtl_perception.data.labels import ClassMap
 from mtl_perception.data.loader import collate, make_loader
 from mtl_perception.data.sample import Sample
-from mtl_perception.data.synthetic import write_dataset
+from mtl_perception.data.synthetic import generate_scene, write_dataset
 from mtl_perception.data.transforms import TrainAugmentation, ValidationResize
 from mtl_perception.detection.boxes import tight_boxes
 
@@ -226,3 +226,12 @@ def test_loader_pads_boxes_and_is_deterministic(synthetic_root):
     counts = (batch.classes >= 0).sum(dim=1)
     assert batch.boxes.shape[1] == counts.max()
     assert (batch.boxes[batch.classes < 0] == 0).all()
+
+
+def test_objects_partly_or_wholly_outside_the_frame_stay_in_their_place():
+    """Every instance's box is no larger than the biggest object the generator draws."""
+    for seed in range(30):
+        _, _, instances = generate_scene(384, 192, seed)
+        _, boxes = tight_boxes(instances)
+        widths = boxes[:, 2] - boxes[:, 0]
+        assert (widths <= 0.75 * 192 * 1.4 * 1.15 + 2).all(), (seed, boxes[widths.argmax()])

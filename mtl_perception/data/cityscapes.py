@@ -126,10 +126,16 @@ class CityscapesDataset(Dataset):
             name=image_path.name.removesuffix(IMAGE_SUFFIX),
         )
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, key: int | tuple[int, int]) -> Sample:
+        """The transformed sample at ``key``: an index, or (index, augmentation seed).
+
+        With a plain index the augmentation seed is drawn from torch's RNG (seeded per
+        DataLoader worker); the training sampler passes explicit seeds for exact resumption.
+        """
+        index, seed = key if isinstance(key, tuple) else (key, None)
         sample = self.load(index)
         if self.transform is not None:
-            # Drawn from torch's RNG: seeded per DataLoader worker, advancing in the main process.
-            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+            if seed is None:
+                seed = int(torch.randint(0, 2**31 - 1, ()).item())
             sample = self.transform(sample, np.random.default_rng(seed))
         return sample

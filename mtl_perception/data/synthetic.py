@@ -70,9 +70,10 @@ def _poly_mask(shape, points) -> np.ndarray:
 def _rect_mask(shape, x0, y0, x1, y1) -> np.ndarray:
     mask = np.zeros(shape, bool)
     h, w = shape
-    mask[max(0, int(y0)) : min(h, int(np.ceil(y1))), max(0, int(x0)) : min(w, int(np.ceil(x1)))] = (
-        True
-    )
+    # Clip both ends: a negative end would count from the far side in a slice.
+    rows = slice(int(np.clip(y0, 0, h)), int(np.clip(np.ceil(y1), 0, h)))
+    cols = slice(int(np.clip(x0, 0, w)), int(np.clip(np.ceil(x1), 0, w)))
+    mask[rows, cols] = True
     return mask
 
 

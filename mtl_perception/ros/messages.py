@@ -1,0 +1,72 @@
+"""Building the node's output messages from a Prediction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from std_msgs.msg import Header
+from vision_msgs.msg import (
+    BoundingBox2D,
+    Detection2D,
+    Detection2DArray,
+    LabelInfo,
+    ObjectHypothesis,
+    ObjectHypothesisWithPose,
+    Point2D,
+    Pose2D,
+    VisionClass,
+)
+
+UNLABELED = 255  # vision_msgs convention for pipelines with fewer than 255 classes
+
+
+def detections_message(
+    header: Header, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray
+) -> Detection2DArray:
+    """Boxes (N, 4) xyxy image pixels -> Detection2DArray (centre + size), one hypothesis each,
+    class_id = the class's numeric id as a string."""
+    detections = []
+    for (x0, y0, x1, y1), score, cls in zip(
+        boxes.tolist(), scores.tolist(), classes.tolist(), strict=True
+    ):
+        detections.append(
+            Detection2D(
+                header=header,
+                results=[
+                    ObjectHypothesisWithPose(
+                        hypothesis=ObjectHypothesis(class_id=str(int(cls)), score=float(score))
+                    )
+                ],
+                bbox=BoundingBox2D(
+                    center=Pose2D(position=Point2D(x=(x0 + x1) / 2, y=(y0 + y1) / 2), theta=0.0),
+                    size_x=x1 - x0,
+                    size_y=y1 - y0,
+                ),
+            )
+        )
+    return Detection2DArray(header=header, detections=detections)
+
+
+def label_info_message(
+    header: Header, names: Sequence[str], skip: int | None = None, threshold: float = 0.0
+) -> LabelInfo:
+    """Class ids -> names; the skipped id (void) is listed as 255 'unlabeled'."""
+    classes = [VisionClass(class_id=i, class_name=n) for i, n in enumerate(names) if i != skip]
+    if skip is not None:
+        classes.append(VisionClass(class_id=UNLABELED, class_name="unlabeled"))
+    return LabelInfo(header=header, class_map=classes, threshold=float(threshold))
+
+
+def diagnostics_message(
+    header: Header, name: str, level: bytes, message: str, values: dict
+) -> DiagnosticArray:
+    status = DiagnosticStatus(
+        level=level,
+        name=name,
+        message=message,
+        hardware_id="mtl_perception",
+        values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+    )
+    return DiagnosticArray(header=header, status=[status])

@@ -1,0 +1,357 @@
+"""``perception_node``: camera images in; semantic mask, detections and overlays out.
+
+A managed lifecycle node and a thin shell around the Predictor:
+
+* configure: read and validate parameters, load the model (a bad value or checkpoint fails the
+  transition with a message);
+* activate: publishers, the input subscription, the inference thread, diagnostics;
+* deactivate: all of those released, GPU memory freed; cleanup: the model unloaded.
+
+``autostart`` (default true) configures and activates at start, so ``ros2 run`` just works.
+
+Latest frame wins: the subscription callback only parks the frame in a one-frame slot (a frame
+that was still waiting is replaced and counted as dropped); the inference thread always takes
+the newest. Latency therefore never grows with the input rate.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+)
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection2DArray, LabelInfo
+
+from ..inference.predictor import Prediction, Predictor, PredictorConfig
+from ..visualization import colorize, draw_overlay
+from .conversions import (
+    CONVERTER,
+    ImageRejectedError,
+    compressed_to_rgb,
+    encode_image,
+    image_to_rgb,
+)
+from .frame_slot import FrameCounters, LatestFrameSlot
+from .messages import UNLABELED, detections_message, diagnostics_message, label_info_message
+from .parameters import NodeParameters, declare_parameters, read_parameters
+
+LATCHED = QoSProfile(
+    depth=1,
+    history=HistoryPolicy.KEEP_LAST,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+OUTPUT_QOS = QoSProfile(
+    depth=2, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE
+)
+LATENCY_WINDOW = 200
+
+
+class PerceptionNode(LifecycleNode):
+    """See the module docstring. Topics are relative, so namespaces and remaps apply."""
+
+    def __init__(self, name: str = "perception_node", **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        declare_parameters(self)
+        self.declare_parameter("autostart", True)
+        self.params: NodeParameters | None = None
+        self.predictor: Predictor | None = None
+        self.counters = FrameCounters()
+        self._counter_lock = threading.Lock()
+        self._slot = LatestFrameSlot()
+        self._worker: threading.Thread | None = None
+        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._last_diagnostics = (time.monotonic(), 0, 0)
+        self._outputs: dict[str, Any] = {}
+        self._input = None
+        self._diagnostics_timer = None
+        self.device = "cpu"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            params = read_parameters(self)
+            params.validate()
+            import torch
+
+            device = params.device
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            config = PredictorConfig(
+                device=device,
+                precision=params.precision,
+                input_height=params.input_height,
+                input_width=params.input_width,
+                score_threshold=params.score_threshold,
+                nms_iou=params.nms_iou,
+                max_detections=params.max_detections,
+                backend=params.backend,
+            )
+            if params.backend == "onnxruntime":
+                self.predictor = Predictor.from_onnx(params.onnx_model, config)
+            else:
+                self.predictor = Predictor.from_checkpoint(params.checkpoint, config)
+        except (ValueError, FileNotFoundError, RuntimeError) as error:
+            self.get_logger().error(f"configure failed: {error}")
+            self.predictor = None
+            return TransitionCallbackReturn.FAILURE
+        self.params, self.device = params, device
+        model = self.predictor.model_config
+        self.get_logger().info(
+            f"loaded {params.checkpoint or params.onnx_model} on {device} ({params.precision}, "
+            f"{params.backend}), input {params.input_width}x{params.input_height}, "
+            f"{model.num_seg_classes} segmentation / {model.num_det_classes} detection classes, "
+            f"image conversion via {CONVERTER}"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        params = self.params
+        self._outputs = {
+            "semantic": self.create_publisher(Image, "~/semantic", OUTPUT_QOS),
+            "semantic_color": self.create_publisher(Image, "~/semantic_color", OUTPUT_QOS),
+            "detections": self.create_publisher(Detection2DArray, "~/detections", OUTPUT_QOS),
+            "label_info": self.create_publisher(LabelInfo, "~/label_info", LATCHED),
+            "detection_label_info": self.create_publisher(
+                LabelInfo, "~/detection_label_info", LATCHED
+            ),
+            "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", 10),
+        }
+        if params.publish_overlay:
+            self._outputs["overlay"] = self.create_publisher(Image, "~/overlay", OUTPUT_QOS)
+        self._publish_label_info()
+        reliability = (
+            ReliabilityPolicy.BEST_EFFORT
+            if params.qos_reliability == "best_effort"
+            else ReliabilityPolicy.RELIABLE
+        )
+        qos = QoSProfile(
+            depth=params.qos_depth, history=HistoryPolicy.KEEP_LAST, reliability=reliability
+        )
+        if params.input_transport == "compressed":
+            self._input = self.create_subscription(
+                CompressedImage, "image/compressed", self._on_frame, qos
+            )
+        else:
+            self._input = self.create_subscription(Image, "image", self._on_frame, qos)
+        self._slot.reopen()
+        self._worker = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
+        self._worker.start()
+        self._last_diagnostics = (time.monotonic(), self.counters.received, self.counters.processed)
+        self._diagnostics_timer = self.create_timer(
+            params.diagnostics_period, self._publish_diagnostics
+        )
+        self.get_logger().info(f"active: listening on {self._input.topic_name}")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_io()
+        self.get_logger().info("inactive: subscriptions and publishers released")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_io()
+        self.predictor = None
+        self._free_gpu_memory()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_io()
+        self.predictor = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release_io(self) -> None:
+        if self._input is not None:
+            self.destroy_subscription(self._input)
+            self._input = None
+        self._slot.close()
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+        if self._slot.clear():
+            with self._counter_lock:
+                self.counters.dropped += 1
+        if self._diagnostics_timer is not None:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = None
+        for publisher in self._outputs.values():
+            self.destroy_publisher(publisher)
+        self._outputs = {}
+        self._free_gpu_memory()
+
+    def _free_gpu_memory(self) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    # -- frames ----------------------------------------------------------------------------
+
+    def _on_frame(self, msg: Image | CompressedImage) -> None:
+        """Executor thread: park the frame; never blocks on the model."""
+        replaced = self._slot.put((msg, time.monotonic()))
+        with self._counter_lock:
+            self.counters.received += 1
+            if replaced:
+                self.counters.dropped += 1
+
+    def _inference_loop(self) -> None:
+        while True:
+            item = self._slot.take(timeout=0.5)
+            if item is None:
+                if self._slot.closed:
+                    return
+                continue
+            msg, received_at = item
+            self._process(msg, received_at)
+
+    def _process(self, msg: Image | CompressedImage, received_at: float) -> None:
+        params = self.params
+        try:
+            if isinstance(msg, CompressedImage):
+                rgb = compressed_to_rgb(msg, params.max_pixels)
+            else:
+                rgb = image_to_rgb(msg, params.max_pixels)
+        except ImageRejectedError as error:
+            with self._counter_lock:
+                self.counters.rejected += 1
+            self.get_logger().warning(
+                f"rejected frame on {self._topic()}: {error}", throttle_duration_sec=1.0
+            )
+            return
+        try:
+            prediction = self.predictor.predict(rgb)[0]
+            if not (np.isfinite(prediction.scores).all() and np.isfinite(prediction.boxes).all()):
+                raise FloatingPointError("non-finite detections (NaN or inf)")
+        except Exception as error:  # CUDA OOM, NaN, anything: drop this frame, keep running
+            with self._counter_lock:
+                self.counters.failed += 1
+                self.counters.dropped += 1
+            self.get_logger().error(
+                f"inference failed, frame dropped: {error}", throttle_duration_sec=1.0
+            )
+            self._free_gpu_memory()
+            return
+        self._publish(msg.header, rgb, prediction)
+        with self._counter_lock:
+            self.counters.processed += 1
+            self._latencies.append(time.monotonic() - received_at)
+
+    def _topic(self) -> str:
+        subscription = self._input
+        return subscription.topic_name if subscription is not None else "image"
+
+    def _publish(self, header: Header, rgb: np.ndarray, prediction: Prediction) -> None:
+        publishers = self._outputs
+        if not publishers:
+            return  # deactivated while this frame was in the model
+        model = self.predictor.model_config
+        void = 0
+        mask = np.where(prediction.mask == void, UNLABELED, prediction.mask).astype(np.uint8)
+        publishers["semantic"].publish(encode_image(mask, "mono8", header))
+        publishers["detections"].publish(
+            detections_message(header, prediction.boxes, prediction.scores, prediction.classes)
+        )
+        if publishers["semantic_color"].get_subscription_count() > 0:
+            colour = colorize(prediction.mask, model.num_seg_classes)
+            publishers["semantic_color"].publish(encode_image(colour, "rgb8", header))
+        overlay = publishers.get("overlay")
+        if overlay is not None and overlay.get_subscription_count() > 0:
+            names = model.det_class_names or [str(i) for i in range(model.num_det_classes)]
+            picture = draw_overlay(
+                rgb,
+                prediction.mask,
+                prediction.boxes,
+                prediction.classes,
+                prediction.scores,
+                names,
+                model.num_seg_classes,
+            )
+            overlay.publish(encode_image(picture[..., ::-1], "bgr8", header))
+
+    def _publish_label_info(self) -> None:
+        model = self.predictor.model_config
+        header = Header(frame_id="")
+        header.stamp = self.get_clock().now().to_msg()
+        seg_names = model.seg_class_names or tuple(str(i) for i in range(model.num_seg_classes))
+        det_names = model.det_class_names or tuple(str(i) for i in range(model.num_det_classes))
+        self._outputs["label_info"].publish(label_info_message(header, seg_names, skip=0))
+        self._outputs["detection_label_info"].publish(
+            label_info_message(header, det_names, threshold=self.params.score_threshold)
+        )
+
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        with self._counter_lock:
+            counters = FrameCounters(**vars(self.counters))
+            latencies = np.array(self._latencies) * 1e3
+        then, received_before, processed_before = self._last_diagnostics
+        self._last_diagnostics = (now, counters.received, counters.processed)
+        elapsed = max(now - then, 1e-6)
+        values = {
+            "input_fps": f"{(counters.received - received_before) / elapsed:.2f}",
+            "processed_fps": f"{(counters.processed - processed_before) / elapsed:.2f}",
+            "latency_p50_ms": f"{np.percentile(latencies, 50):.1f}" if latencies.size else "nan",
+            "latency_p95_ms": f"{np.percentile(latencies, 95):.1f}" if latencies.size else "nan",
+            **{name: value for name, value in vars(counters).items()},
+            "device": self.device,
+            "precision": self.params.precision,
+            "backend": self.params.backend,
+        }
+        level = DiagnosticStatus.WARN if counters.failed else DiagnosticStatus.OK
+        message = f"{counters.failed} frames failed in the model" if counters.failed else "running"
+        header = Header()
+        header.stamp = self.get_clock().now().to_msg()
+        publisher = self._outputs.get("diagnostics")
+        if publisher is not None:
+            publisher.publish(
+                diagnostics_message(
+                    header, f"{self.get_name()}: perception", level, message, values
+                )
+            )
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = PerceptionNode()
+    except (InvalidParameterValueException, InvalidParameterTypeException) as error:
+        print(f"[perception_node] invalid parameter: {error}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    code = 0
+    try:
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().fatal("could not configure; exiting (see the error above)")
+                return 1
+            node.trigger_activate()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._release_io()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

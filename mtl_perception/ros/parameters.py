@@ -1,0 +1,108 @@
+"""The node's parameters: declared once with descriptors and ranges, read into a dataclass."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.node import Node
+
+
+@dataclass(frozen=True)
+class NodeParameters:
+    """Defaults mirror config/perception.yaml (the file users edit)."""
+
+    checkpoint: str = ""
+    onnx_model: str = ""
+    device: str = "auto"
+    precision: str = "fp32"
+    backend: str = "torch"
+    input_width: int = 768
+    input_height: int = 384
+    score_threshold: float = 0.25
+    nms_iou: float = 0.55
+    max_detections: int = 100
+    input_transport: str = "raw"
+    qos_reliability: str = "best_effort"
+    qos_depth: int = 1
+    publish_overlay: bool = True
+    max_pixels: int = 4096 * 4096
+    diagnostics_period: float = 1.0
+
+    def validate(self) -> None:
+        """Raises ValueError naming the parameter and the allowed values."""
+        if self.backend == "torch" and not self.checkpoint:
+            raise ValueError(
+                "parameter 'checkpoint' is empty: give the path of a trained checkpoint"
+            )
+        if self.backend == "onnxruntime" and not self.onnx_model:
+            raise ValueError("parameter 'onnx_model' is empty but backend is 'onnxruntime'")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"parameter 'device' must be auto, cpu or cuda:N, got '{self.device}'")
+        choices = {
+            "precision": ("fp32", "fp16", "bf16"),
+            "backend": ("torch", "onnxruntime"),
+            "input_transport": ("raw", "compressed"),
+            "qos_reliability": ("best_effort", "reliable"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"parameter '{name}' must be one of {allowed}, got '{getattr(self, name)}'"
+                )
+        for name in ("input_width", "input_height"):
+            if getattr(self, name) % 16:
+                raise ValueError(
+                    f"parameter '{name}' must be a multiple of 16, got {getattr(self, name)}"
+                )
+
+
+_INT_RANGES = {
+    "input_width": (16, 8192, 16),
+    "input_height": (16, 8192, 16),
+    "max_detections": (1, 10000, 1),
+    "qos_depth": (1, 1000, 1),
+    "max_pixels": (1, 2**31 - 1, 1),
+}
+_FLOAT_RANGES = {
+    "score_threshold": (0.0, 1.0),
+    "nms_iou": (0.0, 1.0),
+    "diagnostics_period": (0.1, 60.0),
+}
+_DESCRIPTIONS = {
+    "checkpoint": "trained checkpoint (.pt) to load at configure",
+    "onnx_model": "exported ONNX model, used when backend is onnxruntime",
+    "device": "auto (cuda if available), cpu or cuda:N",
+    "precision": "fp32, or fp16 / bf16 autocast (fp16 needs CUDA)",
+    "backend": "torch or onnxruntime",
+    "input_width": "network input width, pixels (multiple of 16)",
+    "input_height": "network input height, pixels (multiple of 16)",
+    "score_threshold": "detections below this score are not published",
+    "nms_iou": "per-class NMS IoU threshold (paper: 0.55)",
+    "max_detections": "most detections published per image",
+    "input_transport": "raw (image) or compressed (image/compressed)",
+    "qos_reliability": "input subscription reliability: best_effort (sensor data) or reliable",
+    "qos_depth": "input subscription queue depth (keep last)",
+    "publish_overlay": "publish ~/overlay (only computed while it has subscribers)",
+    "max_pixels": "frames with more pixels are rejected",
+    "diagnostics_period": "seconds between /diagnostics messages",
+}
+
+
+def declare_parameters(node: Node) -> None:
+    """Declares every parameter with its description, range and read-only flag."""
+    for spec in fields(NodeParameters):
+        descriptor = ParameterDescriptor(description=_DESCRIPTIONS[spec.name])
+        if spec.name in _INT_RANGES:
+            low, high, step = _INT_RANGES[spec.name]
+            descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=step)]
+        if spec.name in _FLOAT_RANGES:
+            low, high = _FLOAT_RANGES[spec.name]
+            descriptor.floating_point_range = [FloatingPointRange(from_value=low, to_value=high)]
+        node.declare_parameter(spec.name, spec.default, descriptor)
+
+
+def read_parameters(node: Node) -> NodeParameters:
+    values = {spec.name: node.get_parameter(spec.name).value for spec in fields(NodeParameters)}
+    return NodeParameters(**values)

@@ -1,0 +1,1 @@
+"""The offline training package (never imports rclpy or ROS messages)."""

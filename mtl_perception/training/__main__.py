@@ -1,0 +1,7 @@
+"""``python -m mtl_perception.training`` = ``mtl-train``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

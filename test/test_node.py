@@ -1,0 +1,429 @@
+"""perception_node over real DDS (inside the private network namespace): outputs, bad input,
+no queue under overload, lifecycle, bad configuration."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import ros_environment
+from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from ros_client import LATCHED, RELIABLE, RosClient, start_node, stop_node
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection2DArray, LabelInfo
+
+from mtl_perception.data.synthetic import generate_scene
+from mtl_perception.inference import Predictor, PredictorConfig
+from mtl_perception.model import ModelConfig, MultiTaskNet
+from mtl_perception.model.checkpoint import save_checkpoint
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+SEG_NAMES = (
+    "void",
+    "Sky",
+    "Building",
+    "Road",
+    "Sidewalk",
+    "Fence",
+    "Vegetation",
+    "Pole",
+    "Car/Truck/Bus",
+    "Traffic Sign",
+    "Pedestrian",
+    "Rider/Bicycle/Motorcycle",
+)
+DET_NAMES = ("Car/Truck/Bus", "Person/Rider", "Bicycle/Motorcycle")
+NODE_PARAMS = {
+    "input_width": 256,
+    "input_height": 128,
+    "score_threshold": 0.3,
+    "max_detections": 10,
+    "max_pixels": 2048 * 1024,
+    "diagnostics_period": 0.5,
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    config = ModelConfig(
+        width_multiplier=0.125,
+        input_height=128,
+        input_width=256,
+        seg_class_names=SEG_NAMES,
+        det_class_names=DET_NAMES,
+    )
+    torch.manual_seed(0)
+    model = MultiTaskNet(config).train()
+    with torch.no_grad():  # BN statistics from data, as a trained network has
+        for _ in range(3):
+            model(torch.randn(4, 3, 128, 256))
+    path = tmp_path_factory.mktemp("node") / "model.pt"
+    save_checkpoint(path, {"model_config": config.to_dict(), "model": model.eval().state_dict()})
+    return path
+
+
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    return ros_environment()
+
+
+@pytest.fixture(scope="module")
+def client(env):
+    ros = RosClient(int(env["ROS_DOMAIN_ID"]))
+    yield ros
+    ros.close()
+
+
+def _wait_active(client: RosClient, name: str, process, log: Path) -> None:
+    def active() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"{name} exited:\n{log.read_text()}")
+        topics = dict(client.node.get_topic_names_and_types())
+        return f"/{name}/detections" in topics
+
+    assert client.wait_for(active, timeout=60), log.read_text()
+
+
+@pytest.fixture(scope="module")
+def raw_node(checkpoint, env, client, tmp_path_factory):
+    log = tmp_path_factory.mktemp("logs") / "raw_node.log"
+    process = start_node("raw_node", {"checkpoint": checkpoint, **NODE_PARAMS}, env, log)
+    _wait_active(client, "raw_node", process, log)
+    for topic, kind in (
+        ("/raw_node/semantic", Image),
+        ("/raw_node/detections", Detection2DArray),
+        ("/raw_node/overlay", Image),
+        ("/raw_node/semantic_color", Image),
+    ):
+        client.subscribe(topic, kind, RELIABLE)
+    client.subscribe("/diagnostics", DiagnosticArray, RELIABLE)
+    yield process, log
+    assert stop_node(process) == 0, log.read_text()
+
+
+@pytest.fixture(scope="module")
+def compressed_node(checkpoint, env, client, tmp_path_factory):
+    log = tmp_path_factory.mktemp("logs") / "compressed_node.log"
+    params = {"checkpoint": checkpoint, **NODE_PARAMS, "input_transport": "compressed"}
+    process = start_node("compressed_node", params, env, log)
+    _wait_active(client, "compressed_node", process, log)
+    client.subscribe("/compressed_node/semantic", Image, RELIABLE)
+    client.subscribe("/compressed_node/detections", Detection2DArray, RELIABLE)
+    yield process, log
+    assert stop_node(process) == 0, log.read_text()
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(
+        checkpoint,
+        PredictorConfig(input_height=128, input_width=256, score_threshold=0.3, max_detections=10),
+    )
+
+
+def _header(sec: int) -> Header:
+    header = Header(frame_id="camera_optical_frame")
+    header.stamp.sec, header.stamp.nanosec = sec, 500
+    return header
+
+
+def _image(rgb: np.ndarray, encoding: str, sec: int) -> Image:
+    data = rgb[..., ::-1] if encoding == "bgr8" else rgb
+    return Image(
+        header=_header(sec),
+        height=rgb.shape[0],
+        width=rgb.shape[1],
+        encoding=encoding,
+        step=rgb.shape[1] * 3,
+        data=np.ascontiguousarray(data).tobytes(),
+    )
+
+
+def _result(client: RosClient, node: str, sec: int, publish) -> tuple[Image, Detection2DArray]:
+    """Publishes until the node's outputs for stamp ``sec`` arrive (best effort may lose one)."""
+
+    def found():
+        masks = [m for m in client.messages(f"/{node}/semantic") if m.header.stamp.sec == sec]
+        dets = [m for m in client.messages(f"/{node}/detections") if m.header.stamp.sec == sec]
+        return (masks[0], dets[0]) if masks and dets else None
+
+    for _ in range(5):
+        publish()
+        result = client.wait_for(found, timeout=6)
+        if result:
+            return result
+    raise AssertionError(f"no output from {node} for stamp {sec}")
+
+
+def _boxes(detections: Detection2DArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    boxes, scores, classes = [], [], []
+    for d in detections.detections:
+        cx, cy, w, h = (
+            d.bbox.center.position.x,
+            d.bbox.center.position.y,
+            d.bbox.size_x,
+            d.bbox.size_y,
+        )
+        boxes.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+        (result,) = d.results
+        scores.append(result.hypothesis.score)
+        classes.append(int(result.hypothesis.class_id))
+        assert d.header == detections.header
+    return np.array(boxes).reshape(-1, 4), np.array(scores), np.array(classes)
+
+
+def _check_against_predictor(mask_msg, det_msg, rgb, predictor, sec):
+    expected = predictor.predict(rgb)[0]
+    for msg in (mask_msg, det_msg):
+        assert msg.header.stamp.sec == sec and msg.header.stamp.nanosec == 500
+        assert msg.header.frame_id == "camera_optical_frame"
+    assert (mask_msg.encoding, mask_msg.height, mask_msg.width) == ("mono8", 1024, 2048)
+    mask = np.frombuffer(mask_msg.data, np.uint8).reshape(1024, 2048)
+    assert (mask == expected.mask).mean() > 0.999
+    boxes, scores, classes = _boxes(det_msg)
+    assert len(boxes) == len(expected.boxes) > 0
+    assert np.allclose(boxes, expected.boxes, atol=0.5) and np.array_equal(
+        classes, expected.classes
+    )
+    assert np.allclose(scores, expected.scores, atol=1e-3) and ((scores >= 0) & (scores <= 1)).all()
+
+
+@pytest.fixture(scope="module")
+def scene() -> np.ndarray:
+    return generate_scene(2048, 1024, seed=21)[0]
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8"])
+def test_raw_frames_give_mask_and_detections_matching_the_predictor(
+    raw_node, client, predictor, scene, encoding
+):
+    sec = 100 + ["rgb8", "bgr8"].index(encoding)
+    publisher = client.publisher("/image", Image)
+    mask_msg, det_msg = _result(
+        client, "raw_node", sec, lambda: publisher.publish(_image(scene, encoding, sec))
+    )
+    _check_against_predictor(mask_msg, det_msg, scene, predictor, sec)
+
+
+def test_compressed_jpeg_gives_mask_and_detections_matching_the_predictor(
+    compressed_node, client, predictor, scene
+):
+    ok, jpeg = cv2.imencode(
+        ".jpg", cv2.cvtColor(scene, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
+    )
+    assert ok
+    msg = CompressedImage(header=_header(200), format="jpeg", data=jpeg.tobytes())
+    publisher = client.publisher("/image/compressed", CompressedImage)
+    mask_msg, det_msg = _result(client, "compressed_node", 200, lambda: publisher.publish(msg))
+    decoded = cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    _check_against_predictor(mask_msg, det_msg, decoded, predictor, 200)
+
+
+def test_overlay_and_palette_are_published_to_subscribers(raw_node, client, scene):
+    overlays = client.wait_for(lambda: client.messages("/raw_node/overlay"), timeout=10)
+    colours = client.messages("/raw_node/semantic_color")
+    assert overlays and overlays[0].encoding == "bgr8" and overlays[0].width == 2048
+    assert colours and colours[0].encoding == "rgb8"
+
+
+def test_late_subscriber_receives_both_label_infos(raw_node, client):
+    time.sleep(1.0)  # the node published them long before this subscription exists
+    client.subscribe("/raw_node/label_info", LabelInfo, LATCHED)
+    client.subscribe("/raw_node/detection_label_info", LabelInfo, LATCHED)
+    seg = client.wait_for(lambda: client.messages("/raw_node/label_info"), timeout=10)
+    det = client.wait_for(lambda: client.messages("/raw_node/detection_label_info"), timeout=10)
+    assert {(c.class_id, c.class_name) for c in seg[0].class_map} == {
+        *((i, n) for i, n in enumerate(SEG_NAMES) if i),
+        (255, "unlabeled"),
+    }
+    assert [(c.class_id, c.class_name) for c in det[0].class_map] == list(enumerate(DET_NAMES))
+    assert det[0].threshold == pytest.approx(0.3)
+
+
+def _diagnostics(client: RosClient, node: str = "raw_node") -> dict[str, str]:
+    messages = [
+        m
+        for m in client.messages("/diagnostics")
+        if m.status and m.status[0].name.startswith(f"{node}:")
+    ]
+    return {kv.key: kv.value for kv in messages[-1].status[0].values} if messages else {}
+
+
+def _count(client: RosClient, key: str, node: str = "raw_node") -> int:
+    return int(_diagnostics(client, node).get(key, -1))
+
+
+def _malformed() -> list[tuple[str, Image]]:
+    good = np.zeros((32, 64, 3), np.uint8)
+    cases = []
+
+    def case(label: str, **fields):
+        msg = _image(good, "rgb8", 300 + len(cases))
+        for key, value in fields.items():
+            setattr(msg, key, value)
+        cases.append((label, msg))
+
+    case("data too short", data=bytes(32 * 64 * 3 - 1))
+    case("data too long", data=bytes(32 * 64 * 3 + 7))
+    case("step below width x channels", step=64 * 3 - 3, data=bytes((64 * 3 - 3) * 32))
+    case("zero height", height=0, data=b"")
+    case("zero width", width=0, step=0, data=b"")
+    case("unsupported encoding 32FC1", encoding="32FC1", step=64 * 4, data=bytes(64 * 4 * 32))
+    case("unknown encoding", encoding="hsv8")
+    case(
+        "more pixels than max_pixels",
+        height=2048,
+        width=2048,
+        step=2048 * 3,
+        data=bytes(2048 * 2048 * 3),
+    )
+    case("mono8 with rgb8-sized data", encoding="mono8", step=64)
+    case("yuv422 with odd width", encoding="yuv422", width=63, step=126, data=bytes(126 * 32))
+    case("bayer with odd height", encoding="bayer_rggb8", height=31, step=64, data=bytes(64 * 31))
+    case("rgba8 with rgb8 step", encoding="rgba8")
+    case("16-bit encoding", encoding="rgb16", step=64 * 6, data=bytes(64 * 6 * 32))
+    return cases
+
+
+def test_malformed_frames_are_counted_and_the_node_keeps_running(
+    raw_node, compressed_node, client, scene
+):
+    client.wait_for(lambda: _diagnostics(client), timeout=10)
+    before = _count(client, "rejected")
+    publisher = client.publisher("/image", Image, RELIABLE)
+    cases = _malformed()
+    assert len(cases) >= 12
+    for _, msg in cases:
+        publisher.publish(msg)
+        time.sleep(0.15)  # one at a time: a waiting frame replaced would count as dropped instead
+    assert client.wait_for(lambda: _count(client, "rejected") == before + len(cases), timeout=15), (
+        _diagnostics(client),
+        raw_node[1].read_text()[-3000:],
+    )
+    assert raw_node[0].poll() is None
+    log = raw_node[1].read_text()
+    assert "rejected frame on /image: data length" in log  # throttled: the first reason is logged
+    # Empty and undecodable compressed data on the compressed node.
+    client.wait_for(lambda: _diagnostics(client, "compressed_node"), timeout=10)
+    before = _count(client, "rejected", "compressed_node")
+    compressed = client.publisher("/image/compressed", CompressedImage, RELIABLE)
+    for data in (b"", b"\xff\xd8\xff not a jpeg", bytes(1000)):
+        compressed.publish(CompressedImage(header=_header(400), format="jpeg", data=data))
+        time.sleep(0.15)
+    assert client.wait_for(
+        lambda: _count(client, "rejected", "compressed_node") == before + 3, timeout=15
+    )
+    assert compressed_node[0].poll() is None
+    assert "rejected frame on /image/compressed" in compressed_node[1].read_text()
+    # ...and the next good frame is processed as usual.
+    good = client.publisher("/image", Image)
+    _result(
+        client, "raw_node", 450, lambda: good.publish(_image(scene[:384, :768].copy(), "rgb8", 450))
+    )
+
+
+def test_no_queue_under_overload(raw_node, client):
+    frame = generate_scene(768, 384, seed=3)[0]
+    publisher = client.publisher("/image", Image, RELIABLE)
+    sent = list(range(1000, 1150))
+    for sec in sent:  # far faster than the model runs
+        publisher.publish(_image(frame, "rgb8", sec))
+        time.sleep(0.002)
+    stopped = time.monotonic()
+    time.sleep(3.0)
+    results = [
+        (t, m.header.stamp.sec)
+        for t, m in client.timed("/raw_node/semantic")
+        if m.header.stamp.sec in sent
+    ]
+    after_stop = [sec for t, sec in results if t > stopped]
+    # What remains when the publisher stops: the frame in the model and the newest waiting one.
+    assert len(after_stop) <= 2, after_stop
+    assert len(results) < len(sent) / 3  # most frames were replaced, not queued
+    assert results[-1][1] >= sent[-3]  # the newest frames win
+    time.sleep(1.0)
+    counts = _diagnostics(client)
+    received, processed = int(counts["received"]), int(counts["processed"])
+    dropped, rejected = int(counts["dropped"]), int(counts["rejected"])
+    assert received == processed + dropped + rejected, counts
+    assert dropped >= len(sent) / 2
+
+
+def test_deactivate_activate_deactivate(raw_node, client, scene):
+    def change(transition: int) -> None:
+        response = client.call(
+            ChangeState,
+            "/raw_node/change_state",
+            ChangeState.Request(transition=Transition(id=transition)),
+        )
+        assert response.success
+
+    def state() -> str:
+        return client.call(GetState, "/raw_node/get_state", GetState.Request()).current_state.label
+
+    small = scene[:384, :768].copy()
+    publisher = client.publisher("/image", Image)
+    change(Transition.TRANSITION_DEACTIVATE)
+    assert state() == "inactive"
+    for sec in range(2000, 2010):
+        publisher.publish(_image(small, "rgb8", sec))
+        time.sleep(0.1)
+    time.sleep(1.5)
+    assert not [
+        m for m in client.messages("/raw_node/semantic") if 2000 <= m.header.stamp.sec < 2010
+    ]
+    change(Transition.TRANSITION_ACTIVATE)
+    assert state() == "active"
+    _result(client, "raw_node", 2100, lambda: publisher.publish(_image(small, "rgb8", 2100)))
+    change(Transition.TRANSITION_DEACTIVATE)
+    assert state() == "inactive"
+    change(Transition.TRANSITION_ACTIVATE)  # leave it running for the fixture's clean shutdown
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"checkpoint": "/nowhere/model.pt"}, "checkpoint not found: /nowhere/model.pt"),
+        ({"checkpoint": "x.pt", "input_width": 100}, "input_width is not a valid step"),
+        ({"checkpoint": "x.pt", "precision": "fp8"}, "parameter 'precision' must be one of"),
+        ({"checkpoint": "x.pt", "score_threshold": 2.0}, "score_threshold"),
+    ],
+)
+def test_bad_configuration_exits_non_zero_with_a_clear_message(params, message, env, tmp_path):
+    log = tmp_path / "node.log"
+    process = start_node("bad_node", params, env, log)
+    assert process.wait(timeout=60) != 0
+    assert message in log.read_text(), log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
+def test_incompatible_checkpoint_fails_configure(env, tmp_path):
+    bogus = tmp_path / "bogus.pt"
+    torch.save({"weights": torch.zeros(2)}, bogus)
+    log = tmp_path / "node.log"
+    process = start_node("bad_ckpt_node", {"checkpoint": bogus}, env, log)
+    assert process.wait(timeout=60) != 0
+    assert f"{bogus} is not an mtl_perception checkpoint" in log.read_text()
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "perception_node"
+    assert script.exists()
+    result = subprocess.run(
+        [str(script), "--ros-args", "-p", "checkpoint:=/nowhere.pt"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ros_environment(),
+    )
+    assert result.returncode != 0 and "checkpoint not found" in result.stdout + result.stderr
