@@ -3,10 +3,14 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint format constraints clean
+.PHONY: setup demo test lint format constraints clean
 
 setup:
 	@VENV=$(abspath $(VENV)) scripts/setup_env.sh
+
+## The main job on an embedded default: synthetic data -> training -> bag -> live node -> report.
+demo: setup
+	@scripts/demo.sh
 
 ## Lint (ruff) and the whole test suite. ROS tests run in a private network namespace (test/conftest.py).
 test: setup lint
@@ -28,4 +32,4 @@ constraints: setup
 	} > requirements/constraints.txt
 
 clean:
-	rm -rf $(VENV) build install log .pytest_cache .ruff_cache
+	rm -rf $(VENV) build install log .pytest_cache .ruff_cache data/demo data/demo_val_bag runs/demo

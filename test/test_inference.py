@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.models import SMALL, SMALL_NAMED, calibrated_small_model, save_model
 from torch import nn
 
 from mtl_perception.data.synthetic import generate_scene, write_dataset
@@ -19,18 +20,6 @@ from mtl_perception.inference import Predictor, PredictorConfig
 from mtl_perception.inference.export import export_onnx
 from mtl_perception.model import ModelConfig, MultiTaskNet
 from mtl_perception.model.checkpoint import load_model, save_checkpoint
-
-SMALL = ModelConfig(width_multiplier=0.125, input_height=128, input_width=256)
-
-
-def calibrated_small_model(seed: int = 0, config: ModelConfig = SMALL) -> MultiTaskNet:
-    """A small network whose BN statistics come from data, as a trained network's do."""
-    torch.manual_seed(seed)
-    model = MultiTaskNet(config).train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(4, 3, config.input_height, config.input_width))
-    return model.eval()
 
 
 class FixedHead(nn.Module):
@@ -155,14 +144,9 @@ def test_onnxruntime_matches_pytorch(tmp_path):
     assert np.allclose(by_torch.boxes, by_onnx.boxes, atol=1e-2)
 
 
-def _checkpoint(path: Path, model: MultiTaskNet) -> Path:
-    save_checkpoint(path, {"model_config": model.config.to_dict(), "model": model.state_dict()})
-    return path
-
-
 def test_checkpoints_round_trip_and_bad_files_are_named(tmp_path):
     model = calibrated_small_model()
-    path = _checkpoint(tmp_path / "model.pt", model)
+    path = save_model(tmp_path / "model.pt", model)
     loaded, _ = load_model(path)
     assert all(
         torch.equal(a, b)
@@ -197,27 +181,8 @@ def small_dataset(tmp_path_factory) -> Path:
 
 
 def test_mtl_eval_prints_table_and_writes_metrics_and_overlays(tmp_path, small_dataset):
-    names = ModelConfig(
-        width_multiplier=0.125,
-        input_height=128,
-        input_width=256,
-        seg_class_names=(
-            "void",
-            "Sky",
-            "Building",
-            "Road",
-            "Sidewalk",
-            "Fence",
-            "Vegetation",
-            "Pole",
-            "Car/Truck/Bus",
-            "Traffic Sign",
-            "Pedestrian",
-            "Rider/Bicycle/Motorcycle",
-        ),
-        det_class_names=("Car/Truck/Bus", "Person/Rider", "Bicycle/Motorcycle"),
-    )
-    checkpoint = _checkpoint(tmp_path / "model.pt", calibrated_small_model(config=names))
+    names = SMALL_NAMED
+    checkpoint = save_model(tmp_path / "model.pt", calibrated_small_model(config=names))
     out = tmp_path / "eval"
     result = subprocess.run(
         [
@@ -259,7 +224,7 @@ def test_mtl_eval_refuses_mismatched_classes_and_missing_files(tmp_path, small_d
     config = ModelConfig(
         width_multiplier=0.125, num_det_classes=5, input_height=128, input_width=256
     )
-    checkpoint = _checkpoint(tmp_path / "five.pt", calibrated_small_model(config=config))
+    checkpoint = save_model(tmp_path / "five.pt", calibrated_small_model(config=config))
     for args, message in (
         (["--checkpoint", str(checkpoint)], "5 detection classes vs 3"),
         (["--checkpoint", str(tmp_path / "none.pt")], "checkpoint not found"),

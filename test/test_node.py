@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import ros_environment
 from diagnostic_msgs.msg import DiagnosticArray
+from helpers.models import DET_NAMES, SEG_NAMES, SMALL_NAMED, calibrated_small_model, save_model
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from ros_client import LATCHED, RELIABLE, RosClient, start_node, stop_node
@@ -23,26 +24,9 @@ from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from mtl_perception.data.synthetic import generate_scene
 from mtl_perception.inference import Predictor, PredictorConfig
-from mtl_perception.model import ModelConfig, MultiTaskNet
-from mtl_perception.model.checkpoint import save_checkpoint
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
-SEG_NAMES = (
-    "void",
-    "Sky",
-    "Building",
-    "Road",
-    "Sidewalk",
-    "Fence",
-    "Vegetation",
-    "Pole",
-    "Car/Truck/Bus",
-    "Traffic Sign",
-    "Pedestrian",
-    "Rider/Bicycle/Motorcycle",
-)
-DET_NAMES = ("Car/Truck/Bus", "Person/Rider", "Bicycle/Motorcycle")
 NODE_PARAMS = {
     "input_width": 256,
     "input_height": 128,
@@ -55,21 +39,9 @@ NODE_PARAMS = {
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    config = ModelConfig(
-        width_multiplier=0.125,
-        input_height=128,
-        input_width=256,
-        seg_class_names=SEG_NAMES,
-        det_class_names=DET_NAMES,
+    return save_model(
+        tmp_path_factory.mktemp("node") / "model.pt", calibrated_small_model(config=SMALL_NAMED)
     )
-    torch.manual_seed(0)
-    model = MultiTaskNet(config).train()
-    with torch.no_grad():  # BN statistics from data, as a trained network has
-        for _ in range(3):
-            model(torch.randn(4, 3, 128, 256))
-    path = tmp_path_factory.mktemp("node") / "model.pt"
-    save_checkpoint(path, {"model_config": config.to_dict(), "model": model.eval().state_dict()})
-    return path
 
 
 @pytest.fixture(scope="module")

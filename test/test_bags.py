@@ -1,0 +1,232 @@
+"""Recording datasets to rosbag2 and evaluating the live node on bags."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers.models import SMALL_NAMED, calibrated_small_model, save_model
+from rclpy.serialization import deserialize_message
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from vision_msgs.msg import Detection2DArray
+
+from mtl_perception.data.cityscapes import CityscapesDataset
+from mtl_perception.data.labels import ClassMap
+from mtl_perception.data.synthetic import write_dataset
+from mtl_perception.ros.bag_evaluate import read_bag
+from mtl_perception.ros.bag_record import START_NS, record_dataset, typestore
+
+CLASS_MAP = ClassMap.from_yaml()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bag_data")
+    write_dataset(root, {"val": 3}, seed=12, width=512, height=256, progress=False)
+    return root
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_recorded_bag_reads_back_message_for_message(data, tmp_path, storage):
+    bag = tmp_path / f"val_{storage}"
+    assert record_dataset(data, "val", bag, storage=storage, rate=5.0, progress=False) == 3
+    store = typestore()
+    dataset = CityscapesDataset(data, "val", CLASS_MAP)
+    with Reader(bag) as reader:
+        assert {c.topic: c.msgcount for c in reader.connections} == {
+            "/camera/image_raw": 3,
+            "/ground_truth/semantic": 3,
+            "/ground_truth/detections": 3,
+        }
+        assert all(c.msgdef.data for c in reader.connections)  # definitions embedded
+        seen = 0
+        for connection, timestamp, raw in reader.messages():
+            message = store.deserialize_cdr(raw, connection.msgtype)
+            index = round((timestamp - START_NS) / 2e8)  # 5 Hz
+            assert timestamp == START_NS + index * 200_000_000
+            assert message.header.stamp.sec * 10**9 + message.header.stamp.nanosec == timestamp
+            sample = dataset.load(index)
+            if connection.topic == "/camera/image_raw":
+                assert message.encoding == "rgb8"
+                assert np.array_equal(np.asarray(message.data).reshape(256, 512, 3), sample.image)
+            elif connection.topic == "/ground_truth/semantic":
+                expected = np.where(sample.segmentation == 0, 255, sample.segmentation)
+                assert np.array_equal(np.asarray(message.data).reshape(256, 512), expected)
+            else:
+                # The same bytes read by rclpy with our vision_msgs: field for field.
+                ours = deserialize_message(bytes(raw), Detection2DArray)
+                assert len(ours.detections) == len(message.detections) > 0
+                for a, b in zip(ours.detections, message.detections, strict=True):
+                    assert a.bbox.center.position.x == b.bbox.center.position.x
+                    assert (a.bbox.size_x, a.bbox.size_y) == (b.bbox.size_x, b.bbox.size_y)
+                    assert a.results[0].hypothesis.class_id == b.results[0].hypothesis.class_id
+                    assert a.results[0].hypothesis.score == b.results[0].hypothesis.score == 1.0
+                    assert list(a.results[0].pose.covariance) == list(b.results[0].pose.covariance)
+                    assert a.header.frame_id == b.header.frame_id == "camera" and a.id == b.id
+                boxes = np.array(
+                    [
+                        [
+                            d.bbox.center.position.x - d.bbox.size_x / 2,
+                            d.bbox.center.position.y - d.bbox.size_y / 2,
+                            d.bbox.center.position.x + d.bbox.size_x / 2,
+                            d.bbox.center.position.y + d.bbox.size_y / 2,
+                        ]
+                        for d in ours.detections
+                    ]
+                )
+                keep = (
+                    (sample.boxes[:, 2:] - sample.boxes[:, :2])
+                    >= CLASS_MAP.min_box_size * 512 / 768
+                ).all(axis=1)
+                assert np.allclose(boxes, sample.boxes[keep])
+            seen += 1
+    assert seen == 9
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_bag_evaluation_reports_what_mtl_eval_reports(data, tmp_path):
+    checkpoint = save_model(tmp_path / "model.pt", calibrated_small_model(config=SMALL_NAMED))
+    bag = tmp_path / "val_bag"
+    record_dataset(data, "val", bag, progress=False)
+    out = tmp_path / "report"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtl_perception.ros.bag_cli",
+            "evaluate",
+            "--bag",
+            str(bag),
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--as-fast-as-possible",
+            "--output-bag",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((out / "report.json").read_text())
+    offline = tmp_path / "offline"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtl_perception.evaluation",
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            str(data),
+            "--split",
+            "val",
+            "--out",
+            str(offline),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    reference = json.loads((offline / "metrics.json").read_text())
+    assert report["frames_with_output"] == report["frames_scored"] == 3
+    assert report["miou"] == pytest.approx(reference["miou"], abs=1e-12) and report["miou"] > 0
+    assert report["map"] == pytest.approx(reference["map"], abs=1e-12)
+    assert report["iou"] == pytest.approx(reference["iou"], abs=1e-12)
+    assert report["latency_ms"]["p50"] > 0 and report["node_counters"]["processed"] == "3"
+    for name in ("report.md", "latency_histogram.png", "node.log"):
+        assert (out / name).is_file(), name
+    assert len(list(out.glob("overlay_*.png"))) == 3
+    with Reader(out / "outputs_bag") as reader:
+        assert {c.topic for c in reader.connections} == {
+            "/perception_node/semantic",
+            "/perception_node/detections",
+        }
+    assert "Mean IoU (mIoU)" in (out / "report.md").read_text() and "Mean IoU" in result.stdout
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_camera_only_bag_is_evaluated_for_speed(data, tmp_path):
+    checkpoint = save_model(tmp_path / "model.pt", calibrated_small_model(config=SMALL_NAMED))
+    full = tmp_path / "full"
+    record_dataset(data, "val", full, progress=False)
+    camera_only = tmp_path / "camera_only"
+    with (
+        Reader(full) as reader,
+        Writer(camera_only, version=9, storage_plugin=StoragePlugin.MCAP) as writer,
+    ):
+        (camera,) = [c for c in reader.connections if c.topic == "/camera/image_raw"]
+        connection = writer.add_connection(camera.topic, camera.msgtype, typestore=typestore())
+        for _, timestamp, raw in reader.messages(connections=[camera]):
+            writer.write(connection, timestamp, raw)
+    out = tmp_path / "speed"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtl_perception.ros.bag_cli",
+            "evaluate",
+            "--bag",
+            str(camera_only),
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--rate-factor",
+            "2.0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["miou"] is None and report["map"] is None
+    assert report["frames_with_output"] == 3 and report["latency_ms"]["max"] > 0
+    assert "speed and outputs only" in (out / "report.md").read_text()
+
+
+def test_corrupt_missing_topic_and_unknown_bags_give_clear_errors(data, tmp_path):
+    bag = tmp_path / "bag"
+    record_dataset(data, "val", bag, progress=False)
+    (mcap,) = bag.glob("*.mcap")
+    mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 3])  # truncated
+    with pytest.raises(ValueError, match="cannot read bag"):
+        read_bag(bag)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mtl_perception.ros.bag_cli",
+            "evaluate",
+            "--bag",
+            str(bag),
+            "--checkpoint",
+            "x.pt",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        result.returncode == 2
+        and "cannot read bag" in result.stderr
+        and "Traceback" not in result.stderr
+    )
+    other = tmp_path / "other"
+    record_dataset(data, "val", other, progress=False)
+    with pytest.raises(ValueError, match=r"no camera topic /front/image .*'/camera/image_raw'"):
+        read_bag(other, camera="/front/image")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="cannot read bag"):
+        read_bag(tmp_path / "empty")
+    with pytest.raises(ValueError, match="bag not found"):
+        read_bag(tmp_path / "nowhere")
