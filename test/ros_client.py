@@ -34,6 +34,7 @@ class RosClient:
         self.received: dict[str, list[Any]] = defaultdict(list)
         self.lock = threading.Lock()
         self._publishers: dict[str, Any] = {}
+        self._subscribed: set[str] = set()
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
@@ -45,6 +46,11 @@ class RosClient:
                 return
 
     def subscribe(self, topic: str, msg_type: type, qos: QoSProfile = RELIABLE) -> None:
+        """Collects ``topic`` into :meth:`messages` (once per topic)."""
+        if topic in self._subscribed:
+            return
+        self._subscribed.add(topic)
+
         def store(msg: Any) -> None:
             with self.lock:
                 self.received[topic].append((time.monotonic(), msg))

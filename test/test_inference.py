@@ -243,3 +243,12 @@ def test_mtl_eval_refuses_mismatched_classes_and_missing_files(tmp_path, small_d
         )
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_non_finite_network_outputs_are_refused():
+    model = calibrated_small_model()
+    with torch.no_grad():
+        model.decoder.classifier.bias[3] = float("nan")
+    predictor = Predictor(model, SMALL, PredictorConfig())
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        predictor.predict(np.zeros((64, 128, 3), np.uint8))

@@ -399,3 +399,33 @@ def test_console_script_is_installed():
         env=ros_environment(),
     )
     assert result.returncode != 0 and "checkpoint not found" in result.stdout + result.stderr
+
+
+def test_a_frame_the_model_fails_on_is_dropped_and_the_node_keeps_running(
+    env, client, tmp_path, scene
+):
+    model = calibrated_small_model(config=SMALL_NAMED)
+    with torch.no_grad():
+        for head in model.detector.heads:
+            head.bias.fill_(float("nan"))  # every score NaN: the node must not publish garbage
+    checkpoint = save_model(tmp_path / "nan.pt", model)
+    log = tmp_path / "nan_node.log"
+    process = start_node("nan_node", {"checkpoint": checkpoint, **NODE_PARAMS}, env, log)
+    try:
+        _wait_active(client, "nan_node", process, log)
+        client.subscribe("/nan_node/semantic", Image, RELIABLE)
+        client.subscribe("/diagnostics", DiagnosticArray, RELIABLE)
+        publisher = client.publisher("/image", Image, RELIABLE)
+        frame = scene[:384, :768].copy()
+        for sec in range(3000, 3015):  # until two frames have reached the model
+            publisher.publish(_image(frame, "rgb8", sec))
+            if client.wait_for(lambda: _count(client, "failed", "nan_node") >= 2, timeout=1.0):
+                break
+        failed = _count(client, "failed", "nan_node")
+        assert failed >= 2, log.read_text()
+        assert _count(client, "dropped", "nan_node") == failed
+        assert _count(client, "processed", "nan_node") == 0
+        assert not client.messages("/nan_node/semantic")
+        assert process.poll() is None and "inference failed, frame dropped" in log.read_text()
+    finally:
+        stop_node(process)

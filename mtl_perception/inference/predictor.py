@@ -211,7 +211,12 @@ class Predictor:
     @torch.inference_mode()
     def predict(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor) -> list[Prediction]:
         """Runs on one HxWx3 uint8 RGB image, a list of them (any sizes), or a (B, 3, H, W) uint8
-        tensor; returns one :class:`Prediction` per image."""
+        tensor; returns one :class:`Prediction` per image.
+
+        Raises:
+            ValueError: an image of the wrong type or shape.
+            FloatingPointError: the network's outputs are not finite (nothing is returned).
+        """
         batch, sizes = self._to_batch(images)
         if self.session is not None:
             seg_logits, detections = self.session.run(batch)
@@ -221,6 +226,9 @@ class Predictor:
             with self._autocast():
                 outputs = self.model(batch)
             seg_logits, detections = outputs.seg_logits, outputs.detections
+        finite = torch.stack([torch.isfinite(t).all() for t in (seg_logits, *detections)]).all()
+        if not bool(finite):
+            raise FloatingPointError("the network produced non-finite outputs (NaN or inf)")
         results = postprocess(detections, self.anchors, OUTPUT_STRIDE, self.postprocess_config)
         seg_logits = seg_logits.float()
         predictions = []

@@ -36,6 +36,8 @@ from ..visualization import draw_overlay
 from .bag_record import CAMERA_TOPIC, GT_DETECTIONS_TOPIC, GT_SEMANTIC_TOPIC, typestore
 
 NODE_NAME = "perception_node"
+# Report overlays draw detections from this score up (the node runs at 0.001 for AP).
+OVERLAY_SCORE = 0.1
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -415,7 +417,7 @@ def write_report(
         else:
             rgb = np.asarray(message.data, np.uint8).reshape(message.height, message.width, 3)
         boxes, scores, classes = collected.detections[stamp]
-        keep = scores >= 0.25
+        keep = scores >= OVERLAY_SCORE
         picture = draw_overlay(
             rgb,
             collected.masks[stamp],

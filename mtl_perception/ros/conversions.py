@@ -1,8 +1,9 @@
 """sensor_msgs images <-> numpy, with every malformed input refused by name.
 
-Input images are converted to RGB through cv_bridge where it imports (a system ROS 2), else
-through rosbags-image, after :func:`check_image` has verified the geometry; output images are
-encoded here (a few lines: mono8, rgb8, bgr8 need no library).
+Input images are converted to RGB through cv_bridge where it imports (a system ROS 2), else here
+with OpenCV, after :func:`check_image` has verified the geometry; output images are encoded here
+(mono8, rgb8, bgr8 need no library). Not rosbags-image: it ignores row padding (step larger than
+width x channels) and reads ``yuv422`` as YUYV, where sensor_msgs and cv_bridge mean UYVY.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ try:  # a system ROS 2 has cv_bridge; the pip wheels do not
     _BRIDGE: CvBridge | None = CvBridge()
 except ImportError:
     _BRIDGE = None
-    from rosbags.image import message_to_cvimage
 
 BYTES_PER_PIXEL = {
     "rgb8": 3,
@@ -34,7 +34,23 @@ BYTES_PER_PIXEL = {
     "bayer_gbrg8": 1,
     "bayer_grbg8": 1,
 }
-CONVERTER = "cv_bridge" if _BRIDGE is not None else "rosbags-image"
+# OpenCV conversion codes to RGB, as cv_bridge chooses them (OpenCV names Bayer patterns by
+# their second row, so ROS's RGGB is OpenCV's BayerBG).
+_TO_RGB = {
+    "rgb8": None,
+    "bgr8": cv2.COLOR_BGR2RGB,
+    "rgba8": cv2.COLOR_RGBA2RGB,
+    "bgra8": cv2.COLOR_BGRA2RGB,
+    "mono8": cv2.COLOR_GRAY2RGB,
+    "yuv422": cv2.COLOR_YUV2RGB_UYVY,
+    "uyvy": cv2.COLOR_YUV2RGB_UYVY,
+    "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2,
+    "bayer_rggb8": cv2.COLOR_BayerBG2RGB,
+    "bayer_bggr8": cv2.COLOR_BayerRG2RGB,
+    "bayer_gbrg8": cv2.COLOR_BayerGR2RGB,
+    "bayer_grbg8": cv2.COLOR_BayerGB2RGB,
+}
+CONVERTER = "cv_bridge" if _BRIDGE is not None else "opencv"
 
 
 class ImageRejectedError(ValueError):
@@ -70,16 +86,19 @@ def check_image(msg: Image, max_pixels: int) -> None:
 def image_to_rgb(msg: Image, max_pixels: int) -> np.ndarray:
     """A checked sensor_msgs/Image -> (H, W, 3) uint8 RGB."""
     check_image(msg, max_pixels)
-    if msg.encoding == "rgb8" and msg.step == msg.width * 3:  # the common case: no copy
-        return np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
-    try:
-        if _BRIDGE is not None:
-            rgb = _BRIDGE.imgmsg_to_cv2(msg, desired_encoding="rgb8")
-        else:
-            rgb = message_to_cvimage(msg, "rgb8")
-    except Exception as error:  # the converters raise their own types
-        raise ImageRejectedError(f"cannot convert {msg.encoding} image: {error}") from error
-    return np.ascontiguousarray(rgb)
+    channels = BYTES_PER_PIXEL[msg.encoding]
+    if _BRIDGE is not None:
+        try:
+            return np.ascontiguousarray(_BRIDGE.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
+        except Exception as error:  # cv_bridge raises its own types
+            raise ImageRejectedError(f"cannot convert {msg.encoding} image: {error}") from error
+    rows = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)
+    rows = rows[:, : msg.width * channels]  # drop row padding
+    pixels = rows.reshape(msg.height, msg.width, channels) if channels > 1 else rows
+    code = _TO_RGB[msg.encoding]
+    if code is None:  # rgb8: no conversion; a view when rows are unpadded
+        return pixels if msg.step == msg.width * 3 else np.ascontiguousarray(pixels)
+    return cv2.cvtColor(np.ascontiguousarray(pixels), code)
 
 
 def compressed_to_rgb(msg: CompressedImage, max_pixels: int) -> np.ndarray:
