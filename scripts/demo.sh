@@ -2,16 +2,19 @@
 # make demo: synthetic Cityscapes-format data -> train the small config -> record a held-out
 # sequence to an MCAP bag -> run the real node on it through mtl-bag evaluate -> report.
 # Each step is cached (data, run, bag), so a re-run only repeats the evaluation.
+# With a GPU and a real dataset: make demo DEMO_DATA=/data/cityscapes DEMO_CONFIG=config/train_cityscapes.yaml
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 venv=${VENV:-$root/.venv}
-data=data/demo
-run=runs/demo
-bag=data/demo_val_bag
-config=config/train_synthetic_small.yaml
+data=${DEMO_DATA:-data/demo}
+config=${DEMO_CONFIG:-config/train_synthetic_small.yaml}
+run=${DEMO_RUN:-runs/demo}
+bag=${DEMO_BAG:-data/demo_val_bag}
 
-if [ ! -f "$data/.complete" ]; then
+if [ -n "${DEMO_DATA:-}" ]; then
+  echo "[demo] using the dataset in $data"
+elif [ ! -f "$data/.complete" ]; then
   rm -rf "$data"
   "$venv/bin/python" -m mtl_perception.data.synthetic --out "$data" --train 200 --val 30 --seed 1 \
     --width 768 --height 384
