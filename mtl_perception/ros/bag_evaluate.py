@@ -36,8 +36,10 @@ from ..visualization import draw_overlay
 from .bag_record import CAMERA_TOPIC, GT_DETECTIONS_TOPIC, GT_SEMANTIC_TOPIC, typestore
 
 NODE_NAME = "perception_node"
-# Report overlays draw detections from this score up (the node runs at 0.001 for AP).
+# Report overlays draw at most this many detections, from this score up (the node runs at 0.001
+# for AP, so its outputs hold many weak boxes a picture should not show).
 OVERLAY_SCORE = 0.1
+OVERLAY_MAX_BOXES = 20
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -417,7 +419,8 @@ def write_report(
         else:
             rgb = np.asarray(message.data, np.uint8).reshape(message.height, message.width, 3)
         boxes, scores, classes = collected.detections[stamp]
-        keep = scores >= OVERLAY_SCORE
+        keep = np.argsort(-scores)[:OVERLAY_MAX_BOXES]
+        keep = keep[scores[keep] >= OVERLAY_SCORE]
         picture = draw_overlay(
             rgb,
             collected.masks[stamp],
