@@ -109,16 +109,12 @@ def read_bag(
 
 
 def _gt_boxes(message) -> tuple[np.ndarray, np.ndarray]:
-    boxes, classes = [], []
-    for detection in message.detections:
-        cx, cy = detection.bbox.center.position.x, detection.bbox.center.position.y
-        w, h = detection.bbox.size_x, detection.bbox.size_y
-        boxes.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
-        classes.append(int(detection.results[0].hypothesis.class_id))
-    return np.array(boxes, np.float64).reshape(-1, 4), np.array(classes, np.int64)
+    boxes, _, classes = _decode_detections(message)
+    return boxes, classes
 
 
-def _decode_detections(message: Detection2DArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _decode_detections(message) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A Detection2DArray (rclpy's or rosbags') -> (N, 4) xyxy boxes, (N,) scores, (N,) classes."""
     boxes, scores, classes = [], [], []
     for detection in message.detections:
         cx, cy = detection.bbox.center.position.x, detection.bbox.center.position.y
