@@ -1,13 +1,17 @@
 """The multi-task criterion (paper section 4.2, equations 1-3).
 
     L_seg = CE(main) + 0.6 CE(aux1) + 0.5 CE(aux2)   void ignored; aux logits upsampled bilinearly
-    L_det = focal(objectness) + focal(classes) + box regression
+    L_det = focal(objectness) + focal(classes) + box regression   (mse or giou, below)
     L     = W_seg L_seg + W_det L_det                 W_seg = 40, W_det = 1 by default
 
 Detection terms are summed over the three Trident branches and divided by the number of
 ground-truth boxes in the batch (RetinaNet's normalisation). A prediction whose decoded box
 overlaps any ground truth by more than 0.6 IoU takes no no-object loss (YOLOv2).
-The criterion returns already-weighted named losses; their sum is ``loss``.
+The box term is YOLOv2's squared error on (sigmoid offsets, log size ratios), or with
+``box_loss="giou"`` 1 - GIoU between the decoded prediction and its ground truth, the IoU-type
+regression of YOLOv4/YOLOP/HybridNets (it optimises the overlap that AP@0.5 scores). Either is
+weighted by YOLOv2's 2 - relative area. The criterion returns already-weighted named losses;
+their sum is ``loss``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .detection.boxes import box_iou
+from .detection.boxes import box_iou, generalized_iou
 from .detection.coding import decode_boxes
 from .detection.targets import assign_targets
 from .model.detector import BOX_PARAMS
@@ -37,6 +41,7 @@ FOCAL_GAMMA = 2.0
 IGNORE_IOU = 0.6
 # Weight of the box term within L_det (YOLOv1's lambda_coord is 5; the paper gives none).
 BOX_WEIGHT = 1.0
+BOX_LOSSES = ("mse", "giou")
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,12 @@ class LossConfig:
     focal_gamma: float = FOCAL_GAMMA
     ignore_iou: float = IGNORE_IOU
     box_weight: float = BOX_WEIGHT
+    box_loss: str = "mse"
     void_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.box_loss not in BOX_LOSSES:
+            raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {self.box_loss!r}")
 
 
 def sigmoid_focal_loss(
@@ -61,6 +71,20 @@ def sigmoid_focal_loss(
     p_t = p * targets + (1 - p) * (1 - targets)
     alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
     return alpha_t * (1 - p_t).pow(gamma) * ce
+
+
+def _cell_boxes(
+    cells: torch.Tensor,
+    offsets: torch.Tensor,
+    log_sizes: torch.Tensor,
+    anchors: torch.Tensor,
+    stride: int,
+) -> torch.Tensor:
+    """(P, 4) xyxy input-pixel boxes from (P, 2) cell (x, y), offsets in [0, 1] within the cell
+    and log size ratios to (P, 2) anchors in pixels; sizes capped as in :func:`decode_boxes`."""
+    centre = (cells + offsets) * stride
+    half = anchors * log_sizes.clamp(max=10).exp() / 2
+    return torch.cat([centre - half, centre + half], dim=1)
 
 
 class MultiTaskLoss(nn.Module):
@@ -139,10 +163,21 @@ class MultiTaskLoss(nn.Module):
                     ).sum()
                 )
                 wanted = target.boxes[positive]
-                weight = target.scale_weight[positive][:, None]
-                offsets = (fields[:, :2].sigmoid() - wanted[:, :2]).pow(2)
-                sizes = (fields[:, 2:4] - wanted[:, 2:]).pow(2)
-                box_loss = box_loss + (weight * torch.cat([offsets, sizes], dim=1)).sum()
+                weight = target.scale_weight[positive]
+                if cfg.box_loss == "giou":
+                    where = positive.nonzero()  # (P, 4): image, anchor, row, column
+                    cells = where[:, [3, 2]].float()
+                    sizes = anchors.to(fields.device)[where[:, 1]]
+                    found = _cell_boxes(
+                        cells, fields[:, :2].sigmoid(), fields[:, 2:4], sizes, self.stride
+                    )
+                    truth = _cell_boxes(cells, wanted[:, :2], wanted[:, 2:], sizes, self.stride)
+                    terms = 1.0 - generalized_iou(found, truth)
+                else:
+                    offsets = (fields[:, :2].sigmoid() - wanted[:, :2]).pow(2)
+                    sizes = (fields[:, 2:4] - wanted[:, 2:]).pow(2)
+                    terms = torch.cat([offsets, sizes], dim=1).sum(dim=1)
+                box_loss = box_loss + (weight * terms).sum()
         return {
             "obj": obj_loss / num_boxes,
             "cls": cls_loss / num_boxes,
@@ -175,7 +210,8 @@ class MultiTaskLoss(nn.Module):
         cfg = self.config
         seg_weight = cfg.seg_weight if seg_weight is None else seg_weight
         det_weight = cfg.det_weight if det_weight is None else det_weight
-        zero = outputs.seg_logits.new_zeros((), dtype=torch.float32)
+        reference = outputs.seg_logits if outputs.seg_logits is not None else outputs.detections[0]
+        zero = reference.new_zeros((), dtype=torch.float32)
         losses = {
             "loss_seg": seg_weight * self.segmentation(outputs, segmentation)
             if seg_weight

@@ -12,9 +12,10 @@ from mtl_perception.data.loader import collate
 from mtl_perception.data.synthetic import write_dataset
 from mtl_perception.data.transforms import TrainAugmentation
 from mtl_perception.detection.anchors import kmeans_iou, split_by_branch
+from mtl_perception.detection.boxes import box_iou, generalized_iou
 from mtl_perception.detection.coding import decode_boxes
 from mtl_perception.detection.targets import assign_targets
-from mtl_perception.losses import MultiTaskLoss
+from mtl_perception.losses import LossConfig, MultiTaskLoss
 from mtl_perception.model import ModelConfig, MultiTaskNet, MultiTaskOutput, normalize_images
 from mtl_perception.model.config import DEFAULT_ANCHORS
 
@@ -121,6 +122,66 @@ def test_predictions_overlapping_ground_truth_take_no_no_object_loss():
     assert obj_loss(exact, 3.0) == pytest.approx(obj_loss(exact, -3.0), rel=1e-6)
     # The same cell predicting a box that overlaps nothing is penalised for confidence.
     assert obj_loss(tiny, 3.0) > obj_loss(tiny, -3.0) + 0.1
+
+
+def test_giou_box_term_is_zero_for_the_exact_box_and_grows_with_the_error():
+    criterion = MultiTaskLoss(ANCHORS, STRIDE, LossConfig(box_loss="giou"))
+    box = torch.tensor([[[300.0, 150.0, 328.0, 172.0]]])  # branch 1, anchor 1, cell (10, 19)
+    classes = torch.tensor([[0]])
+    anchor_w, anchor_h = ANCHORS[1, 1].tolist()
+    offsets = torch.logit(torch.tensor([314 / 16 - 19, 161 / 16 - 10])).tolist()
+    exact = [*offsets, float(np.log(28 / anchor_w)), float(np.log(22 / anchor_h))]
+
+    def box_loss(raw: list[float]) -> float:
+        maps = [torch.zeros(1, 3, 8, 24, 48) for _ in range(3)]
+        maps[1][0, 1, :4, 10, 19] = torch.tensor(raw)
+        return criterion.detection(_outputs(tuple(maps)), box, classes)["box"].item()
+
+    assert box_loss(exact) == pytest.approx(0.0, abs=1e-5)
+    wider = [exact[0], exact[1], exact[2] + 0.3, exact[3]]
+    much_wider = [exact[0], exact[1], exact[2] + 1.0, exact[3]]
+    assert 0 < box_loss(wider) < box_loss(much_wider)
+    # Far from the box GIoU still gives a gradient (IoU alone would be flat at 0).
+    leaf = torch.zeros(1, 3, 8, 24, 48, requires_grad=True)
+    values = torch.zeros(1, 3, 8, 24, 48)
+    values[0, 1, :4, 10, 19] = torch.tensor([*exact[:2], -4.0, -4.0])
+    maps = (torch.zeros(1, 3, 8, 24, 48), leaf + values, torch.zeros(1, 3, 8, 24, 48))
+    criterion.detection(_outputs(maps), box, classes)["box"].backward()
+    assert leaf.grad[0, 1, 2:4, 10, 19].abs().min() > 0
+    with pytest.raises(ValueError, match="box_loss must be one of"):
+        LossConfig(box_loss="l1")
+
+
+def test_generalized_iou_matches_its_definition():
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(200, 2, 2, generator=generator) * 100
+    sizes = torch.rand(200, 2, 2, generator=generator) * 50 + 1
+    a = torch.cat([corners[:, 0], corners[:, 0] + sizes[:, 0]], 1)
+    b = torch.cat([corners[:, 1], corners[:, 1] + sizes[:, 1]], 1)
+    expected = []
+    for (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) in zip(a.tolist(), b.tolist(), strict=True):
+        inter = max(0, min(ax1, bx1) - max(ax0, bx0)) * max(0, min(ay1, by1) - max(ay0, by0))
+        union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+        hull = (max(ax1, bx1) - min(ax0, bx0)) * (max(ay1, by1) - min(ay0, by0))
+        expected.append(inter / union - (hull - union) / hull)
+    assert torch.allclose(generalized_iou(a, b), torch.tensor(expected), atol=1e-5)
+    assert torch.allclose(generalized_iou(a, a), torch.ones(200))
+    assert torch.allclose(torch.diagonal(box_iou(a, a)), torch.ones(200))
+
+
+def test_skipped_heads_leave_the_other_task_unchanged():
+    model = MultiTaskNet(ModelConfig(width_multiplier=0.125, input_height=64, input_width=128))
+    model.eval()
+    images = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        full = model(images)
+        detection_only = model(images, segmentation=False)
+        segmentation_only = model(images, detection=False)
+    assert detection_only.seg_logits is None and detection_only.aux1_logits is None
+    assert segmentation_only.detections is None
+    for ours, theirs in zip(full.detections, detection_only.detections, strict=True):
+        assert torch.equal(ours, theirs)
+    assert torch.equal(full.seg_logits, segmentation_only.seg_logits)
 
 
 def test_segmentation_loss_ignores_void_and_weights_aux_heads():

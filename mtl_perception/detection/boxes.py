@@ -47,6 +47,23 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / union.clamp(min=1e-9)
 
 
+def generalized_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Element-wise GIoU (Rezatofighi et al. 2019) of aligned (..., 4) xyxy boxes -> (...,).
+
+    IoU minus the share of the enclosing box covered by neither; in [-1, 1], 1 for equal boxes.
+    Unlike IoU it still has a gradient when the boxes do not overlap.
+    """
+    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
+    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
+    top_left = torch.maximum(a[..., :2], b[..., :2])
+    wh = (torch.minimum(a[..., 2:], b[..., 2:]) - top_left).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = (area_a + area_b - inter).clamp(min=1e-9)
+    hull = torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])
+    hull_area = (hull[..., 0] * hull[..., 1]).clamp(min=1e-9)
+    return inter / union - (hull_area - union) / hull_area
+
+
 def shape_iou(wh_a: torch.Tensor, wh_b: torch.Tensor) -> torch.Tensor:
     """IoU of (N, 2) and (M, 2) (width, height) pairs aligned at a common centre -> (N, M)."""
     inter = torch.minimum(wh_a[:, None, 0], wh_b[None, :, 0]) * torch.minimum(

@@ -33,9 +33,9 @@ SKIP_CHANNELS = 24
 class DecoderOutput(NamedTuple):
     """Decoder results. Shapes for an (B, 3, H, W) input, C segmentation classes."""
 
-    logits: torch.Tensor  # (B, C, H, W)
-    aux1_logits: torch.Tensor  # (B, C, H/4, W/4)
-    aux2_logits: torch.Tensor  # (B, C, H/8, W/8)
+    logits: torch.Tensor | None  # (B, C, H, W); None when segmentation was not asked for
+    aux1_logits: torch.Tensor | None  # (B, C, H/4, W/4)
+    aux2_logits: torch.Tensor | None  # (B, C, H/8, W/8)
     level4: torch.Tensor  # (B, 256 + 24, H/4, W/4) stage-2 map with skip-1
     level8: torch.Tensor  # (B, 256 + 24, H/8, W/8) stage-1 map with skip-2
 
@@ -84,11 +84,17 @@ class SegmentationDecoder(nn.Module):
         self.aux2 = nn.Conv2d(chs, num_classes, 1)
 
     def forward(
-        self, bottleneck: torch.Tensor, block1: torch.Tensor, block2: torch.Tensor
+        self,
+        bottleneck: torch.Tensor,
+        block1: torch.Tensor,
+        block2: torch.Tensor,
+        segmentation: bool = True,
     ) -> DecoderOutput:
         up1 = self.up1(bottleneck)  # (B, 256, H/8, W/8)
         level8 = torch.cat([up1, self.skip2(block2)], dim=1)
         up2 = self.up2(self.fuse1(level8))  # (B, 256, H/4, W/4)
         level4 = torch.cat([up2, self.skip1(block1)], dim=1)
+        if not segmentation:  # the detector's maps only (a detection-only training stage)
+            return DecoderOutput(None, None, None, level4, level8)
         logits = self.upsample_logits(self.classifier(self.fuse2(level4)))
         return DecoderOutput(logits, self.aux1(up2), self.aux2(up1), level4, level8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -23,9 +24,18 @@ SEGMENTATION_PARTS = ("encoder", "easpp", "decoder")
 
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) uint8 RGB -> float normalised by PIXEL_MEAN / PIXEL_STD, on its device."""
-    mean = torch.tensor(PIXEL_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(PIXEL_STD, device=images.device).view(1, 3, 1, 1) * 255
+    mean, std = _pixel_statistics(images.device)
     return (images.float() - mean) / std
+
+
+@functools.cache
+def _pixel_statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, 3, 1, 1) mean and std in uint8 units, made once per device (no per-frame upload, so
+    normalisation can sit inside a CUDA graph)."""
+    with torch.inference_mode(False):  # usable in and out of inference mode
+        mean = torch.tensor(PIXEL_MEAN, device=device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(PIXEL_STD, device=device).view(1, 3, 1, 1) * 255
+    return mean, std
 
 
 DETECTOR_PARTS = ("detector",)
@@ -34,10 +44,12 @@ DETECTOR_PARTS = ("detector",)
 class MultiTaskOutput(NamedTuple):
     """Raw network outputs for (B, 3, H, W) images; C segmentation, K detection classes."""
 
-    seg_logits: torch.Tensor  # (B, C, H, W)
-    aux1_logits: torch.Tensor  # (B, C, H/4, W/4), stage-2 auxiliary head
-    aux2_logits: torch.Tensor  # (B, C, H/8, W/8), stage-1 auxiliary head
-    detections: tuple[torch.Tensor, ...]  # per branch (dilation 1, 2, 3): (B, 3, 5 + K, H/16, W/16)
+    # Segmentation or detection fields are None where the forward skipped that head.
+    seg_logits: torch.Tensor | None  # (B, C, H, W)
+    aux1_logits: torch.Tensor | None  # (B, C, H/4, W/4), stage-2 auxiliary head
+    aux2_logits: torch.Tensor | None  # (B, C, H/8, W/8), stage-1 auxiliary head
+    # Per Trident branch (dilation 1, 2, 3): (B, 3, 5 + K, H/16, W/16).
+    detections: tuple[torch.Tensor, ...] | None
 
 
 def check_input_size(height: int, width: int) -> None:
@@ -88,12 +100,20 @@ class MultiTaskNet(nn.Module):
         self.frozen_parts: set[str] = set()
         init_weights(self)
 
-    def forward(self, images: torch.Tensor) -> MultiTaskOutput:
+    def forward(
+        self, images: torch.Tensor, segmentation: bool = True, detection: bool = True
+    ) -> MultiTaskOutput:
+        """``segmentation`` / ``detection`` False skip that task's head (its outputs are None):
+        training stages that do not use a task save its compute."""
         check_input_size(images.shape[-2], images.shape[-1])
         features = self.encoder(images)
         bottleneck = self.easpp(features["block4"])  # (B, 256, H/16, W/16)
-        decoded = self.decoder(bottleneck, features["block1"], features["block2"])
-        detections = self.detector(decoded.level4, decoded.level8, bottleneck)
+        decoded = self.decoder(
+            bottleneck, features["block1"], features["block2"], segmentation=segmentation
+        )
+        detections = (
+            self.detector(decoded.level4, decoded.level8, bottleneck) if detection else None
+        )
         return MultiTaskOutput(decoded.logits, decoded.aux1_logits, decoded.aux2_logits, detections)
 
     def train(self, mode: bool = True) -> MultiTaskNet:

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from ..losses import BOX_LOSSES
 from ..model.config import ModelConfig
 from ..model.network import DETECTOR_PARTS, SEGMENTATION_PARTS
 from .schedule import POLY_POWER, RESTART_PERIOD
@@ -76,6 +77,7 @@ class TrainConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     box_weight: float = 1.0
+    box_loss: str = "mse"  # mse (YOLOv2 offsets and log sizes) or giou (1 - GIoU of decoded boxes)
     checkpoint_every: int = 2000
     validate_every: int = 10000
     val_images: int | None = None
@@ -126,6 +128,8 @@ class TrainConfig:
             raise ValueError(
                 f"precision must be auto, fp32, fp16 or bf16, got {config.precision!r}"
             )
+        if config.box_loss not in BOX_LOSSES:
+            raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {config.box_loss!r}")
         if config.batch_size < 1 or not config.stages:
             raise ValueError("batch_size must be >= 1 and at least one stage given")
         return config

@@ -131,6 +131,7 @@ class Trainer:
                 focal_alpha=config.focal_alpha,
                 focal_gamma=config.focal_gamma,
                 box_weight=config.box_weight,
+                box_loss=config.box_loss,
             ),
         ).to(self.device)
         self.precision = self._precision()
@@ -234,8 +235,12 @@ class Trainer:
             if self.precision
             else nullcontext()
         )
+        # A task with weight 0 whose head is frozen is not computed at all (the detection stage
+        # skips the segmentation head, the segmentation stage the detector).
+        segmentation = bool(stage.seg_weight) or "decoder" not in stage.frozen
+        detection = bool(stage.det_weight) or "detector" not in stage.frozen
         with autocast:
-            outputs = self.network(images)
+            outputs = self.network(images, segmentation=segmentation, detection=detection)
         losses = self.criterion(
             outputs,
             batch.segmentation,
