@@ -21,11 +21,20 @@ elif [ ! -f "$data/.complete" ]; then
   touch "$data/.complete"
 fi
 
+# A run trained from another version of the config is not reused.
+config_hash=$(sha256sum "$config" | cut -d' ' -f1)
+if [ -d "$run" ] && [ "$(cat "$run/.config_sha256" 2>/dev/null)" != "$config_hash" ]; then
+  echo "[demo] $config differs from the one $run was trained with: training again"
+  rm -rf "$run"
+fi
+
 if [ ! -f "$run/checkpoints/final.pt" ]; then
   if [ -f "$run/checkpoints/last.pt" ]; then
     "$venv/bin/mtl-train" --resume "$run"
   else
     rm -rf "$run"
+    mkdir -p "$run"
+    echo "$config_hash" > "$run/.config_sha256"
     "$venv/bin/mtl-train" --config "$config" --data "$data" --out "$run"
   fi
 else

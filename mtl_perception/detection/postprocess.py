@@ -161,3 +161,87 @@ def postprocess(
         mine = keep[kept_images == image][: config.max_detections]  # already by score
         results.append(Detections(flat_boxes[mine], flat_scores_kept[mine], flat_classes[mine]))
     return results
+
+
+# Cluster-NMS rounds run on the device before the host looks; each round settles at least one
+# more box, and scenes need a handful. Unsettled images are finished by :func:`postprocess`.
+FIXED_NMS_ROUNDS = 16
+
+
+@dataclass
+class FixedDetections:
+    """Detections of a batch in fixed-size tensors (no data-dependent shapes: capturable in a
+    CUDA graph, no host sync).
+
+    Attributes:
+        table: (B, max_detections, 6) rows x0, y0, x1, y1 (input pixels), score, class; rows past
+            ``counts`` are zero.
+        counts: (B,) long, detections per image.
+        settled: (B,) bool, False where NMS needed more than the fixed rounds.
+    """
+
+    table: torch.Tensor
+    counts: torch.Tensor
+    settled: torch.Tensor
+
+
+def cluster_nms_fixed(
+    boxes: torch.Tensor,
+    classes: torch.Tensor,
+    valid: torch.Tensor,
+    iou_threshold: float,
+    rounds: int = FIXED_NMS_ROUNDS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class Cluster-NMS over score-sorted candidates in a fixed number of rounds.
+
+    Args:
+        boxes: (B, k, 4) xyxy by decreasing score; classes: (B, k); valid: (B, k) bool, the
+            candidates that take part (others neither survive nor suppress).
+
+    Returns:
+        keep (B, k) bool and settled (B,) bool: True where the last round changed nothing, so
+        ``keep`` is the greedy NMS result.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    same_class = classes[:, :, None] == classes[:, None, :]
+    iou = (box_iou(boxes, boxes) * same_class).triu_(diagonal=1)  # [i, j]: i ranks above j
+    keep = previous = valid
+    for _ in range(rounds):
+        previous = keep
+        keep = valid & ~((iou * keep[:, :, None]).amax(dim=1) > iou_threshold)
+    return keep, (keep == previous).all(dim=1)
+
+
+def postprocess_fixed(
+    detections: tuple[torch.Tensor, ...],
+    anchors: torch.Tensor,
+    stride: int,
+    config: PostprocessConfig,
+    rounds: int = FIXED_NMS_ROUNDS,
+) -> FixedDetections:
+    """:func:`postprocess` with fixed shapes and no host synchronisation.
+
+    The top ``pre_nms_top_k`` (box, class) candidates of each image go through Cluster-NMS in a
+    (B, k, k) IoU matrix restricted to same-class pairs; candidates under the score threshold
+    neither survive nor suppress. Where ``settled`` is True the result equals
+    :func:`postprocess`'s.
+    """
+    boxes, scores = decode_all(detections, anchors.to(detections[0].device), stride)
+    batch, _, num_classes = scores.shape
+    flat_scores = scores.flatten(1)
+    top_k = min(config.pre_nms_top_k, flat_scores.shape[1])
+    top_scores, top_index = flat_scores.topk(top_k, dim=1)  # (B, k), by decreasing score
+    box_index, class_index = top_index // num_classes, top_index % num_classes
+    top_boxes = boxes.gather(1, box_index[..., None].expand(-1, -1, 4))  # (B, k, 4)
+    valid = top_scores > config.score_threshold
+    keep, settled = cluster_nms_fixed(top_boxes, class_index, valid, config.nms_iou, rounds)
+
+    rank = keep.long().cumsum(dim=1) - 1  # position among the kept, by score
+    wanted = keep & (rank < config.max_detections)
+    slot = torch.where(wanted, rank, torch.full_like(rank, config.max_detections))
+    rows = torch.cat([top_boxes, top_scores[..., None], class_index[..., None].float()], dim=2)
+    table = rows.new_zeros(batch, config.max_detections + 1, 6)
+    table.scatter_(1, slot[..., None].expand(-1, -1, 6), rows * wanted[..., None])
+    counts = wanted.sum(dim=1)
+    return FixedDetections(table[:, : config.max_detections], counts, settled)

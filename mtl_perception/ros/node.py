@@ -97,6 +97,11 @@ class PerceptionNode(LifecycleNode):
             config = PredictorConfig(
                 device=device,
                 precision=params.precision,
+                channels_last=params.channels_last,
+                compile=params.compile,
+                cuda_graph=params.cuda_graph,
+                preallocate=params.preallocate,
+                resize=params.resize,
                 input_height=params.input_height,
                 input_width=params.input_width,
                 score_threshold=params.score_threshold,

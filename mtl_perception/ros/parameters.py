@@ -18,6 +18,11 @@ class NodeParameters:
     device: str = "auto"
     precision: str = "fp32"
     backend: str = "torch"
+    channels_last: bool = False
+    compile: str = "none"
+    cuda_graph: bool = False
+    preallocate: bool = False
+    resize: str = "device"
     input_width: int = 768
     input_height: int = 384
     score_threshold: float = 0.25
@@ -43,6 +48,8 @@ class NodeParameters:
         choices = {
             "precision": ("fp32", "fp16", "bf16"),
             "backend": ("torch", "onnxruntime"),
+            "compile": ("none", "default", "max-autotune", "reduce-overhead"),
+            "resize": ("device", "host"),
             "input_transport": ("raw", "compressed"),
             "qos_reliability": ("best_effort", "reliable"),
         }
@@ -76,6 +83,11 @@ _DESCRIPTIONS = {
     "device": "auto (cuda if available), cpu or cuda:N",
     "precision": "fp32, or fp16 / bf16 autocast (fp16 needs CUDA)",
     "backend": "torch or onnxruntime",
+    "channels_last": "run the network in channels-last memory format",
+    "compile": "torch.compile mode: none, default, max-autotune or reduce-overhead",
+    "cuda_graph": "capture and replay one CUDA graph per input size (CUDA, compile none)",
+    "preallocate": "reuse pinned input/output buffers across frames",
+    "resize": "device or host: where frames are resized to the network input",
     "input_width": "network input width, pixels (multiple of 16)",
     "input_height": "network input height, pixels (multiple of 16)",
     "score_threshold": "detections below this score are not published",

@@ -8,6 +8,7 @@ import torch
 
 from mtl_perception.model import ModelConfig, MultiTaskNet
 from mtl_perception.model.checkpoint import save_checkpoint
+from mtl_perception.model.config import DEFAULT_ANCHORS
 
 SEG_NAMES = (
     "void",
@@ -34,6 +35,17 @@ SMALL_NAMED = ModelConfig(
 )
 
 
+# SMALL with anchors for boxes at 256x128 (the defaults are k-means at 768x384, a third).
+SMALL_SCALED_ANCHORS = ModelConfig(
+    width_multiplier=0.125,
+    input_height=128,
+    input_width=256,
+    anchors=tuple(
+        tuple(tuple(v / 3 for v in size) for size in branch) for branch in DEFAULT_ANCHORS
+    ),
+)
+
+
 def calibrated_small_model(seed: int = 0, config: ModelConfig = SMALL) -> MultiTaskNet:
     """A small network in eval mode whose BN statistics come from data, as a trained one's do
     (raw He-initialised networks in eval mode have activations in the thousands)."""
@@ -48,3 +60,33 @@ def calibrated_small_model(seed: int = 0, config: ModelConfig = SMALL) -> MultiT
 def save_model(path: Path, model: MultiTaskNet) -> Path:
     save_checkpoint(path, {"model_config": model.config.to_dict(), "model": model.state_dict()})
     return path
+
+
+def trained_small_model(data_dir: Path, steps: int = 150) -> MultiTaskNet:
+    """SMALL_SCALED_ANCHORS trained briefly on 4 synthetic scenes: confident masks and a few
+    real detections with spread-out scores, for comparisons where a random network's near-tied
+    logits would flip under any rounding."""
+    from mtl_perception.data.cityscapes import CityscapesDataset
+    from mtl_perception.data.labels import ClassMap
+    from mtl_perception.data.loader import collate
+    from mtl_perception.data.synthetic import write_dataset
+    from mtl_perception.data.transforms import ValidationResize
+    from mtl_perception.losses import LossConfig, MultiTaskLoss
+    from mtl_perception.model import normalize_images
+
+    write_dataset(data_dir, {"train": 4}, seed=5, width=512, height=256, progress=False)
+    dataset = CityscapesDataset(
+        data_dir, "train", ClassMap.from_yaml(), ValidationResize(128, 256, min_box_size=2)
+    )
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    torch.manual_seed(0)
+    model = MultiTaskNet(SMALL_SCALED_ANCHORS).train()
+    anchors = torch.tensor(SMALL_SCALED_ANCHORS.anchors)
+    criterion = MultiTaskLoss(anchors, 16, LossConfig(box_loss="giou"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    images = normalize_images(batch.images)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        criterion(model(images), batch.segmentation, batch.boxes, batch.classes)["loss"].backward()
+        optimizer.step()
+    return model.eval()
