@@ -369,6 +369,8 @@ def test_deactivate_activate_deactivate(raw_node, client, scene):
         ({"checkpoint": "x.pt", "input_width": 100}, "input_width is not a valid step"),
         ({"checkpoint": "x.pt", "precision": "fp8"}, "parameter 'precision' must be one of"),
         ({"checkpoint": "x.pt", "score_threshold": 2.0}, "score_threshold"),
+        ({"checkpoint": "x.pt", "compile": "fastest"}, "parameter 'compile' must be one of"),
+        ({"checkpoint": "x.pt", "device": "cpu", "cuda_graph": True}, "cuda_graph needs a CUDA"),
     ],
 )
 def test_bad_configuration_exits_non_zero_with_a_clear_message(params, message, env, tmp_path):

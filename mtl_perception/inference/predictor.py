@@ -84,6 +84,9 @@ class PredictorConfig:
     mask_mode: str = "nearest"
     backend: str = "torch"
 
+    def __post_init__(self) -> None:
+        self.check()
+
     def check(self) -> None:
         """Raises ValueError naming the first unusable option."""
         choices = {
