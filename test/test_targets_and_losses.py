@@ -126,15 +126,15 @@ def test_predictions_overlapping_ground_truth_take_no_no_object_loss():
 
 def test_giou_box_term_is_zero_for_the_exact_box_and_grows_with_the_error():
     criterion = MultiTaskLoss(ANCHORS, STRIDE, LossConfig(box_loss="giou"))
-    box = torch.tensor([[[300.0, 150.0, 328.0, 172.0]]])  # branch 1, anchor 1, cell (10, 19)
+    box = torch.tensor([[[300.0, 150.0, 328.0, 172.0]]])  # branch 1, anchor 0, cell (10, 19)
     classes = torch.tensor([[0]])
-    anchor_w, anchor_h = ANCHORS[1, 1].tolist()
+    anchor_w, anchor_h = ANCHORS[1, 0].tolist()
     offsets = torch.logit(torch.tensor([314 / 16 - 19, 161 / 16 - 10])).tolist()
     exact = [*offsets, float(np.log(28 / anchor_w)), float(np.log(22 / anchor_h))]
 
     def box_loss(raw: list[float]) -> float:
         maps = [torch.zeros(1, 3, 8, 24, 48) for _ in range(3)]
-        maps[1][0, 1, :4, 10, 19] = torch.tensor(raw)
+        maps[1][0, 0, :4, 10, 19] = torch.tensor(raw)
         return criterion.detection(_outputs(tuple(maps)), box, classes)["box"].item()
 
     assert box_loss(exact) == pytest.approx(0.0, abs=1e-5)
@@ -144,10 +144,10 @@ def test_giou_box_term_is_zero_for_the_exact_box_and_grows_with_the_error():
     # Far from the box GIoU still gives a gradient (IoU alone would be flat at 0).
     leaf = torch.zeros(1, 3, 8, 24, 48, requires_grad=True)
     values = torch.zeros(1, 3, 8, 24, 48)
-    values[0, 1, :4, 10, 19] = torch.tensor([*exact[:2], -4.0, -4.0])
+    values[0, 0, :4, 10, 19] = torch.tensor([*exact[:2], -4.0, -4.0])
     maps = (torch.zeros(1, 3, 8, 24, 48), leaf + values, torch.zeros(1, 3, 8, 24, 48))
     criterion.detection(_outputs(maps), box, classes)["box"].backward()
-    assert leaf.grad[0, 1, 2:4, 10, 19].abs().min() > 0
+    assert leaf.grad[0, 0, 2:4, 10, 19].abs().min() > 0
     with pytest.raises(ValueError, match="box_loss must be one of"):
         LossConfig(box_loss="l1")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -68,7 +67,6 @@ def collate(samples: list[Sample]) -> Batch:
 
 
 def _seed_worker(worker_id: int) -> None:
-    cv2.setNumThreads(1)  # a worker is one core's worth; OpenCV's pool would fight the model's
     seed = torch.initial_seed() % 2**32  # set per worker by the DataLoader from its generator
     np.random.seed(seed)
     random.seed(seed)

@@ -246,18 +246,20 @@ class Predictor:
         size = images[0].shape[:2]
         if self.config.resize == "host":
             height, width = self.input_size
+            # In float: rounding the resized pixels to uint8 would move a network's outputs.
             images = [
-                cv2.resize(i, (width, height), interpolation=cv2.INTER_LINEAR) for i in images
+                cv2.resize(i.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+                for i in images
             ]
         return self._run(self._upload(images), size)
 
     def _upload(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Same-size HxWx3 uint8 images -> (B, 3, H, W) uint8 on the device (a channels-last
-        view of one NHWC upload)."""
+        """Same-size HxWx3 uint8 (float32 after a host resize) images -> (B, 3, H, W) on the
+        device (a channels-last view of one NHWC upload)."""
         if not self.config.preallocate:
             batch = torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True)
             return batch.permute(0, 3, 1, 2)
-        buffers = self._buffers_for(("input", len(images), *images[0].shape))
+        buffers = self._buffers_for(("input", len(images), *images[0].shape), images[0].dtype)
         host, device = buffers["host"], buffers["device"]
         for index, image in enumerate(images):
             np.copyto(host[index].numpy(), image)
@@ -265,14 +267,16 @@ class Predictor:
             device.copy_(host, non_blocking=True)
         return device.permute(0, 3, 1, 2)
 
-    def _buffers_for(self, key: tuple) -> dict[str, torch.Tensor]:
+    def _buffers_for(self, key: tuple, dtype: np.dtype) -> dict[str, torch.Tensor]:
         """Input staging buffers for ('input', B, H, W, 3): pinned host memory and its device
         twin (the same tensor on the CPU)."""
+        key = (*key, str(dtype))
         if key not in self._buffers:
-            shape = key[1:]
+            shape = key[1:-1]
+            dtype = torch.from_numpy(np.zeros(0, dtype)).dtype
             cuda = self.device.type == "cuda"
-            host = torch.empty(shape, dtype=torch.uint8, pin_memory=cuda)
-            device = torch.empty(shape, dtype=torch.uint8, device=self.device) if cuda else host
+            host = torch.empty(shape, dtype=dtype, pin_memory=cuda)
+            device = torch.empty(shape, dtype=dtype, device=self.device) if cuda else host
             self._buffers[key] = {"host": host, "device": device}
         return self._buffers[key]
 
