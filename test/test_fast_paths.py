@@ -103,6 +103,8 @@ def test_onnxruntime_backend_matches_fp32_eager(tmp_path, model, images, referen
     path = export_onnx(model, tmp_path / "small.onnx", 128, 256)
     predictor = Predictor.from_onnx(path, PredictorConfig(score_threshold=SCORE_THRESHOLD))
     assert_parity(reference, [predictor.predict(image)[0] for image in images])
+    # The exported batch dimension is dynamic: three frames in one call.
+    assert_parity(reference[:1] * 3, predictor.predict([images[0]] * 3))
 
 
 @needs_cuda

@@ -50,7 +50,8 @@ def export_onnx(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     graph = InferenceGraph(model.eval()).cpu()
-    example = torch.zeros(1, 3, height, width)
+    # Batch 2: torch.export specialises a size-1 dimension, which would pin the graph to batch 1.
+    example = torch.zeros(2, 3, height, width)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
