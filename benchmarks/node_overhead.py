@@ -123,7 +123,7 @@ def main() -> int:
         ["| per-frame step | median ms | share of model time |", "| --- | ---: | ---: |", *lines]
     )
     section = (
-        f"### Node overhead, {WIDTH}x{HEIGHT} rgb8 input, {args.device} {args.precision}\n\n"
+        f"### Node overhead, {WIDTH}x{HEIGHT} bgr8 input, {args.device} {args.precision}\n\n"
         f"{header('node_overhead')}\nModel: {model_name}.\n\n{table}\n\n"
         f"Medians of {args.repeats} calls each; {len(prediction.boxes)} detections published.\n"
     )
