@@ -10,7 +10,6 @@ the median and p95 over ``--repeats`` steps (after two warm-up steps) and the ma
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -19,23 +18,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import machine
 
 from mtl_perception.losses import MultiTaskLoss
 from mtl_perception.model import MultiTaskNet
 from mtl_perception.training.config import TrainConfig
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {torch.get_num_threads()} threads, {gpu}; torch {torch.__version__}"
 
 
 def step_times(
