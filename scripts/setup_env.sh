@@ -59,10 +59,11 @@ fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 
 # 2. Python dependencies (pins in requirements/).
-key=$(inputs_hash requirements/python.txt requirements/constraints.txt)
+key=$(inputs_hash requirements/python.txt requirements/dev.txt requirements/constraints.txt)
 if ! up_to_date python-deps "$key"; then
-  log "installing Python dependencies (requirements/python.txt)"
-  "${pip[@]}" install -q -r "$root/requirements/python.txt" -c "$root/requirements/constraints.txt"
+  log "installing Python dependencies (requirements/python.txt, requirements/dev.txt)"
+  "${pip[@]}" install -q -r "$root/requirements/python.txt" -r "$root/requirements/dev.txt" \
+    -c "$root/requirements/constraints.txt"
   mark_done python-deps "$key"
 fi
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ..config_loading import from_mapping, read_yaml
 
 # Paper section 3.2: three Trident branches (dilations 1, 2, 3), three anchors each.
 TRIDENT_DILATIONS = (1, 2, 3)
@@ -104,25 +104,17 @@ class ModelConfig:
         return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**values)
+    def from_dict(cls, values: dict[str, Any], where: str = "") -> ModelConfig:
+        """Builds the config; a bad value is refused naming its field, type and value."""
+        return from_mapping(cls, values, where)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ModelConfig:
         """Reads a YAML file whose top level (or ``model:`` section) holds the fields."""
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ValueError(f"cannot read model config {path}: {error}") from error
-        if not isinstance(data, dict):
-            raise ValueError(f"model config {path} must be a mapping, got {type(data).__name__}")
+        data = read_yaml(path, "model config")
         data = data.get("model", data)
         try:
             return cls.from_dict(data)
-        except (TypeError, ValueError) as error:
+        except ValueError as error:
             raise ValueError(f"invalid model config {path}: {error}") from error

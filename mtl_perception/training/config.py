@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..config_loading import from_mapping, read_yaml
 from ..losses import BOX_LOSSES
 from ..model.config import ModelConfig
 from ..model.network import DETECTOR_PARTS, SEGMENTATION_PARTS
 from .schedule import POLY_POWER, RESTART_PERIOD
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 PARTS = (*SEGMENTATION_PARTS, *DETECTOR_PARTS)
 
@@ -43,8 +44,14 @@ class StageConfig:
             raise ValueError(
                 f"stage {self.name}: unknown frozen parts {unknown}; parts: {list(PARTS)}"
             )
-        if self.iterations < 0 or self.lr <= 0:
-            raise ValueError(f"stage {self.name}: iterations must be >= 0 and lr > 0")
+        if self.iterations < 0:
+            raise ValueError(f"stage {self.name}: iterations must be >= 0, got {self.iterations}")
+        if self.lr <= 0:
+            raise ValueError(f"stage {self.name}: lr must be > 0, got {self.lr}")
+        for name in ("seg_weight", "det_weight"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"stage {self.name}: {name} must be >= 0, got {value}")
         if set(self.frozen) == set(PARTS):
             raise ValueError(f"stage {self.name} freezes the whole network")
 
@@ -57,6 +64,15 @@ class DataConfig:
     scale_range: tuple[float, float] = (1.0, 1.5)
     flip_probability: float = 0.5
     workers: int = 2
+
+    def __post_init__(self) -> None:
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise ValueError(f"scale_range must be 0 < low <= high, got {list(self.scale_range)}")
+        if not 0.0 <= self.flip_probability <= 1.0:
+            raise ValueError(f"flip_probability must be in [0, 1], got {self.flip_probability}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,44 @@ class TrainConfig:
     channels_last: bool | None = None  # None: on for CUDA
     pretrained: str | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(self.stages))
+        if not self.stages:
+            raise ValueError("stages: at least one stage is needed")
+        if self.total_iterations < 1:
+            raise ValueError("stages: the schedule has no iterations")
+        names = [stage.name for stage in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stages: names must differ (they name checkpoints), got {names}")
+        at_least = {
+            "batch_size": 1,
+            "checkpoint_every": 1,
+            "log_every": 1,
+            "restart_period": 1,
+            "validate_every": 0,
+            "overlays": 0,
+            "seed": 0,
+        }
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.val_images is not None and self.val_images < 1:
+            raise ValueError(f"val_images must be >= 1 or null (all), got {self.val_images}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.box_loss not in BOX_LOSSES:
+            raise ValueError(f"box_loss must be one of {list(BOX_LOSSES)}, got {self.box_loss!r}")
+        if not all(0.0 <= beta < 1.0 for beta in self.adam_betas):
+            raise ValueError(f"adam_betas must be in [0, 1), got {list(self.adam_betas)}")
+        for name in ("adam_eps", "poly_power"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("focal_gamma", "box_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.focal_alpha <= 1.0:
+            raise ValueError(f"focal_alpha must be in [0, 1], got {self.focal_alpha}")
+
     @property
     def total_iterations(self) -> int:
         return sum(stage.iterations for stage in self.stages)
@@ -106,38 +160,20 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        values = dict(values)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training config keys {unknown}; known: {sorted(known)}")
-        if "model" not in values or "stages" not in values:
-            raise ValueError("a training config needs 'model' and 'stages' sections")
-        model = values.pop("model")
-        values["model"] = model if isinstance(model, ModelConfig) else ModelConfig.from_dict(model)
-        values["stages"] = tuple(
-            s if isinstance(s, StageConfig) else StageConfig(**s) for s in values["stages"]
-        )
-        data = values.get("data", {})
-        values["data"] = data if isinstance(data, DataConfig) else DataConfig(**data)
-        for key in ("adam_betas",):
-            if key in values:
-                values[key] = tuple(values[key])
-        config = cls(**values)
-        if config.precision not in ("auto", "fp32", "fp16", "bf16"):
-            raise ValueError(
-                f"precision must be auto, fp32, fp16 or bf16, got {config.precision!r}"
-            )
-        if config.box_loss not in BOX_LOSSES:
-            raise ValueError(f"box_loss must be one of {BOX_LOSSES}, got {config.box_loss!r}")
-        if config.batch_size < 1 or not config.stages:
-            raise ValueError("batch_size must be >= 1 and at least one stage given")
-        return config
+        """Builds the config; a bad value is refused naming its field, type and value."""
+        if isinstance(values, dict):
+            missing = [key for key in ("model", "stages") if key not in values]
+            if missing:
+                raise ValueError(f"a training config needs {missing} sections")
+        return from_mapping(cls, values)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
         try:
-            return cls.from_dict(yaml.safe_load(path.read_text()) or {})
-        except (OSError, yaml.YAMLError, TypeError, ValueError) as error:
-            raise ValueError(f"invalid training config {path}: {error}") from error
+            return cls.from_dict(read_yaml(path, "training config"))
+        except ValueError as error:
+            message = str(error)
+            if str(path) in message:
+                raise
+            raise ValueError(f"invalid training config {path}: {message}") from error

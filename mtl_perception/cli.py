@@ -1,0 +1,153 @@
+"""One error path for every command-line tool.
+
+Every console script builds its parser with :class:`ToolParser` and wraps its body with
+:func:`tool_main`. A known failure (bad input, a missing or unreadable file, an output that would
+overwrite something) prints ONE line ``error: <what> (<file or field>)`` to stderr and exits 2;
+the traceback appears only with ``--debug``. An unexpected exception is a bug: one line that
+says so and exit 1, the traceback again only with ``--debug``.
+
+Known failures are the exception types below. Code that detects a bad input raises
+``ValueError`` (or :class:`ToolError`) with a message that names the file, field or option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+EXIT_ERROR = 2  # a known failure: bad input, output collision, unreadable file
+EXIT_BUG = 1  # an unexpected exception
+
+
+class ToolError(Exception):
+    """A failure to report in one line (for conditions that are not a bad value, e.g. a node
+    process that exited)."""
+
+
+KNOWN_ERRORS: tuple[type[BaseException], ...] = (
+    ToolError,
+    ValueError,
+    OSError,  # FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError, ENOSPC
+    FloatingPointError,
+)
+
+
+class ToolParser(argparse.ArgumentParser):
+    """argparse with a ``--debug`` flag and one-line errors (``error: ...``, exit 2)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "--debug", action="store_true", help="show the full traceback of a failure"
+        )
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_ERROR)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (a multi-line message keeps its first line and says how
+    many more there are)."""
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        text = f"{error.strerror} ({error.filename})"
+    lines = text.splitlines()
+    if len(lines) > 1:
+        extra = [line.strip() for line in lines[1:] if line.strip()]
+        text = f"{lines[0]} {'; '.join(extra[:3])}" + (" ..." if len(extra) > 3 else "")
+    return text
+
+
+def tool_main(build_parser: Callable[[], ToolParser]):
+    """Decorator: turns ``body(args) -> exit code`` into ``main(argv=None) -> exit code``.
+
+    ``build_parser`` makes the tool's :class:`ToolParser`. The body returns an exit code (None
+    means 0) or raises; see the module docstring for what is printed.
+    """
+
+    def decorate(body: Callable[[argparse.Namespace], int | None]) -> Callable[..., int]:
+        @functools.wraps(body)
+        def main(argv: Sequence[str] | None = None) -> int:
+            try:
+                args = build_parser().parse_args(argv)
+            except SystemExit as exit_:  # --help, or a usage error already printed
+                return int(exit_.code or 0)
+            try:
+                code = body(args)
+            except KeyboardInterrupt:
+                print("error: interrupted", file=sys.stderr)
+                return 130
+            except KNOWN_ERRORS as error:
+                if args.debug:
+                    traceback.print_exc()
+                print(f"error: {one_line(error)}", file=sys.stderr)
+                return EXIT_ERROR
+            except Exception as error:  # a bug: one line, the traceback with --debug
+                if args.debug:
+                    traceback.print_exc()
+                print(
+                    f"error: unexpected {type(error).__name__}: {one_line(error)} "
+                    "(a bug; rerun with --debug for the traceback and report it)",
+                    file=sys.stderr,
+                )
+                return EXIT_BUG
+            return 0 if code is None else int(code)
+
+        return main
+
+    return decorate
+
+
+# -- argument types: a bad number is refused by argparse, naming the option -----------------
+
+
+def _number(text: str, kind: type) -> float | int:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def multiple_of(step: int) -> Callable[[str], int]:
+    """A positive integer that is a multiple of ``step`` (network input sizes)."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value % step:
+            raise argparse.ArgumentTypeError(f"must be a multiple of {step}, got {value}")
+        return value
+
+    parse.__name__ = f"multiple_of_{step}"
+    return parse
