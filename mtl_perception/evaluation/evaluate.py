@@ -27,6 +27,7 @@ from ..data.cityscapes import CityscapesDataset
 from ..data.labels import DEFAULT_CLASSES_FILE, ClassMap
 from ..inference.predictor import Predictor, PredictorConfig
 from ..visualization import draw_overlay
+from .ground_truth import counted_boxes
 from .metrics import ConfusionMatrix, DetectionAP
 
 EVAL_SCORE_THRESHOLD = 0.001
@@ -79,15 +80,15 @@ def evaluate(
         (prediction,) = predictor.predict(sample.image)
         latencies.append(time.perf_counter() - start)
         confusion.update(prediction.mask, sample.segmentation)
-        min_size = class_map.min_box_size * sample.image.shape[1] / input_width
-        sizes = sample.boxes[:, 2:] - sample.boxes[:, :2]
-        keep = (sizes >= min_size).all(axis=1)
+        gt_boxes, gt_classes = counted_boxes(
+            sample.boxes,
+            sample.classes,
+            sample.image.shape[1],
+            input_width,
+            class_map.min_box_size,
+        )
         average_precision.update(
-            prediction.boxes,
-            prediction.scores,
-            prediction.classes,
-            sample.boxes[keep],
-            sample.classes[keep],
+            prediction.boxes, prediction.scores, prediction.classes, gt_boxes, gt_classes
         )
         if overlay_dir is not None and index < save_overlays:
             overlay_dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,10 @@
 """Checkpoints: written atomically, read with ``weights_only=True``, checked before use.
 
+Written with the usual file permissions (0666 less the umask), so a node running as another
+user can read them. Weights are checked against the network their config describes (names and
+shapes) and for non-finite values, by everything that loads them: the node, the evaluators,
+the exporter and ``--resume``.
+
 A checkpoint is a dict of plain containers and tensors:
 
 * ``format``: :data:`CHECKPOINT_FORMAT`;
@@ -10,14 +15,14 @@ A checkpoint is a dict of plain containers and tensors:
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..outputs import atomic_file
 from .config import ModelConfig
 from .network import MultiTaskNet
 
@@ -27,18 +32,8 @@ CHECKPOINT_FORMAT = "mtl_perception/1"
 def save_checkpoint(path: str | Path, content: dict[str, Any]) -> None:
     """Writes ``content`` to ``path`` atomically: a temporary file in the same folder, fsync'd,
     then renamed over the target, so a reader (or a crash) never sees a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save({"format": CHECKPOINT_FORMAT, **content}, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as stream:
+        torch.save({"format": CHECKPOINT_FORMAT, **content}, stream)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -88,7 +83,24 @@ def load_model(
         raise ValueError(f"checkpoint {path} has an invalid model config: {error}") from error
     model = MultiTaskNet(config)
     state = content["model"]
-    expected = model.state_dict()
+    check_weights(model.state_dict(), state, path)
+    model.load_state_dict(state)
+    return model.to(device).eval(), content
+
+
+def check_weights(expected: Mapping[str, torch.Tensor], state: object, path: str | Path) -> None:
+    """Refuses weights that do not fit a network (missing, unexpected or mis-shaped tensors,
+    listed) or hold NaN or infinite values (naming the first such tensor).
+
+    Args:
+        expected: the network's own ``state_dict()``.
+        state: the checkpoint's weights.
+        path: the checkpoint, for the message.
+    """
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise ValueError(f"checkpoint {path}: 'model' is not a mapping of names to tensors")
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
@@ -109,5 +121,9 @@ def load_model(
         raise ValueError(
             f"checkpoint {path} does not fit the network its config describes: {details}"
         )
-    model.load_state_dict(state)
-    return model.to(device).eval(), content
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(
+                f"checkpoint {path} holds non-finite values (NaN or inf) in '{name}': "
+                "a diverged or damaged training run"
+            )
