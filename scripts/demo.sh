@@ -22,8 +22,12 @@ elif [ ! -f "$data/.complete" ]; then
 fi
 
 # A run trained from another version of the config is not reused.
-config_hash=$(sha256sum "$config" | cut -d' ' -f1)
-if [ -d "$run" ] && [ "$(cat "$run/.config_sha256" 2>/dev/null)" != "$config_hash" ]; then
+same_config() {
+  "$venv/bin/python" -c 'import sys
+from mtl_perception.training.config import TrainConfig as T
+sys.exit(T.from_yaml(sys.argv[1]) != T.from_yaml(sys.argv[2]))' "$config" "$run/config.yaml" 2>/dev/null
+}
+if [ -d "$run" ] && ! same_config; then
   echo "[demo] $config differs from the one $run was trained with: training again"
   rm -rf "$run"
 fi
@@ -33,8 +37,6 @@ if [ ! -f "$run/checkpoints/final.pt" ]; then
     "$venv/bin/mtl-train" --resume "$run"
   else
     rm -rf "$run"
-    mkdir -p "$run"
-    echo "$config_hash" > "$run/.config_sha256"
     "$venv/bin/mtl-train" --config "$config" --data "$data" --out "$run"
   fi
 else

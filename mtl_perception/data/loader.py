@@ -50,8 +50,40 @@ class Batch:
         )
 
 
-def collate(samples: list[Sample]) -> Batch:
-    """Stacks samples of one size; pads boxes with zeros and classes with -1."""
+@dataclass(frozen=True)
+class LoadFailure:
+    """A sample that could not be read, carried out of a DataLoader worker as a value so the
+    main process can report its one-line message (a worker's exception would arrive wrapped
+    in the worker's traceback)."""
+
+    message: str
+
+
+class _Reporting(Dataset):
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        try:
+            return self.dataset[key]
+        except ValueError as error:  # bad data: the dataset's message names the file
+            return LoadFailure(str(error))
+
+
+def reporting(dataset: Dataset) -> Dataset:
+    """``dataset`` whose bad samples come back as :class:`LoadFailure` instead of raising."""
+    return _Reporting(dataset)
+
+
+def collate(samples: list[Sample | LoadFailure]) -> Batch | LoadFailure:
+    """Stacks samples of one size; pads boxes with zeros and classes with -1. A batch holding a
+    :class:`LoadFailure` is that failure."""
+    for sample in samples:
+        if isinstance(sample, LoadFailure):
+            return sample
     sizes = {s.image.shape for s in samples}
     if len(sizes) != 1:
         raise ValueError(f"samples of one batch must share a size, got {sorted(sizes)}")

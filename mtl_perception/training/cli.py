@@ -3,22 +3,30 @@
 python -m mtl_perception.training --config config/train_cityscapes.yaml --data DIR --out RUN_DIR
 python -m mtl_perception.training --resume RUN_DIR [--data DIR]
 torchrun --nproc_per_node=N -m mtl_perception.training --config ... --data DIR --out RUN_DIR
+
+A new run needs an --out that does not exist (or an empty folder). ``--resume`` continues from
+``RUN_DIR/checkpoints/last.pt`` with the config that checkpoint was trained with, and refuses a
+``RUN_DIR/config.yaml`` that says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from pathlib import Path
 
+from ..cli import ToolParser, positive_int, tool_main
 from ..model.checkpoint import read_checkpoint
+from ..outputs import check_new_directory
 from .config import TrainConfig
 from .distributed import init_distributed, shutdown_distributed
-from .trainer import Trainer
+from .trainer import Trainer, last_checkpoint
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train the multi-task network (4-stage schedule).")
+def build_parser() -> ToolParser:
+    parser = ToolParser(
+        prog="mtl-train", description="Train the multi-task network (4-stage schedule)."
+    )
     parser.add_argument("--config", type=Path, help="training config YAML")
     parser.add_argument("--data", type=Path, help="Cityscapes-layout dataset root")
     parser.add_argument("--out", type=Path, help="run directory to create")
@@ -30,49 +38,79 @@ def main(argv: list[str] | None = None) -> int:
         "--device", help="cpu, cuda, cuda:N (default: cuda:LOCAL_RANK if available)"
     )
     parser.add_argument(
-        "--stop-after", type=int, metavar="N", help="stop after N iterations, with a checkpoint"
+        "--stop-after",
+        type=positive_int,
+        metavar="N",
+        help="stop after N iterations, with a checkpoint",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def resumed_config(run_dir: Path) -> tuple[TrainConfig, dict]:
+    """The config a run was trained with (from its checkpoint), checked against config.yaml."""
+    if not run_dir.is_dir():
+        raise ValueError(f"--resume {run_dir}: no such run directory")
+    path = last_checkpoint(run_dir)
+    if not path.is_file():
+        raise ValueError(
+            f"--resume {run_dir}: no checkpoint {path} to resume from "
+            "(start a new run with --config, --data and another --out)"
+        )
+    content = read_checkpoint(path)
+    if "train_config" not in content:
+        raise ValueError(f"checkpoint {path} has no training config; it cannot be resumed")
     try:
-        if args.resume:
-            run_dir = args.resume
-            config = TrainConfig.from_yaml(run_dir / "config.yaml")
-            data = args.data or Path(
-                read_checkpoint(run_dir / "checkpoints" / "last.pt")["data_root"]
+        config = TrainConfig.from_dict(content["train_config"])
+    except ValueError as error:
+        raise ValueError(f"checkpoint {path} holds an invalid training config: {error}") from error
+    on_disk = run_dir / "config.yaml"
+    if on_disk.is_file():
+        written = TrainConfig.from_yaml(on_disk)
+        if written != config:
+            ours, theirs = written.to_dict(), config.to_dict()
+            fields = sorted(k for k in ours if ours[k] != theirs.get(k))
+            raise ValueError(
+                f"{on_disk} differs from the config {path} was trained with (in {fields}); "
+                "--resume continues a run as it was: restore config.yaml, or start a new run "
+                "with --config and another --out"
             )
-        else:
-            if not (args.config and args.data and args.out):
-                parser.error("--config, --data and --out are required (or --resume RUN_DIR)")
-            config = TrainConfig.from_yaml(args.config)
-            if args.pretrained:
-                config = TrainConfig.from_dict(
-                    {**config.to_dict(), "pretrained": str(args.pretrained)}
-                )
-            run_dir, data = args.out, args.data
-            if (run_dir / "checkpoints" / "last.pt").exists():
-                raise ValueError(
-                    f"{run_dir} already holds a run; use --resume {run_dir} or another --out"
-                )
-        context = init_distributed(args.device)
-        try:
-            trainer = Trainer(
-                config,
-                data,
-                run_dir,
-                context,
-                resume=bool(args.resume),
-                stop_after=args.stop_after,
-                progress=not args.no_progress,
+    return config, content
+
+
+@tool_main(build_parser)
+def main(args: argparse.Namespace) -> int:
+    if args.resume:
+        if args.config or args.out or args.pretrained:
+            raise ValueError(
+                "--resume continues a run as it was: drop --config, --out and --pretrained"
             )
-            trainer.run()
-        finally:
-            shutdown_distributed()
-    except (FileNotFoundError, ValueError, FloatingPointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        run_dir = args.resume
+        config, content = resumed_config(run_dir)
+        data = args.data or Path(content["data_root"])
+    else:
+        if not (args.config and args.data and args.out):
+            raise ValueError("--config, --data and --out are required (or --resume RUN_DIR)")
+        config = TrainConfig.from_yaml(args.config)
+        if args.pretrained:
+            if not args.pretrained.is_file():
+                raise ValueError(f"--pretrained {args.pretrained}: no such file")
+            config = TrainConfig.from_dict({**config.to_dict(), "pretrained": str(args.pretrained)})
+        run_dir, data = args.out, args.data
+        if int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 creates it
+            check_new_directory(run_dir, "--out")
+    context = init_distributed(args.device)
+    try:
+        trainer = Trainer(
+            config,
+            data,
+            run_dir,
+            context,
+            resume=bool(args.resume),
+            stop_after=args.stop_after,
+            progress=not args.no_progress,
+        )
+        trainer.run()
+    finally:
+        shutdown_distributed()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

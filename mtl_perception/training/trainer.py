@@ -1,9 +1,13 @@
 """The training loop of the paper's four-stage schedule (section 4.2).
 
-The step itself is data -> loss -> backward -> step. Around it: the stage changes (freezing,
-a fresh Adam per stage), the learning rate, logging (tqdm, TensorBoard, metrics.jsonl),
-checkpoints (atomic, every N iterations and at each stage end) and validation (every N
-iterations and at each stage end). A non-finite loss stops the run at once.
+The step itself is data -> loss -> backward -> step (:meth:`Trainer.train_step`). The loop
+(:meth:`Trainer.run`) enters each stage (freezing, a fresh Adam) and runs the hooks of
+:mod:`.hooks` around the step: progress and logging (tqdm, TensorBoard, metrics.jsonl),
+checkpoints (atomic; every N iterations, at each stage end, when stopping, at the end),
+validation (every N iterations and at each stage end) and stopping. A non-finite loss stops the
+run at once. Everything a run needs to continue exactly is saved and restored by
+:mod:`.state`, in one place, so ``--resume`` from any checkpoint equals a run that never
+stopped, bit for bit.
 
 Run directory::
 
@@ -19,33 +23,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import time
+import shutil
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import cv2
 import torch
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.cityscapes import CityscapesDataset
 from ..data.labels import ClassMap
-from ..data.loader import Batch, collate
+from ..data.loader import Batch, LoadFailure, collate, reporting
 from ..data.transforms import TrainAugmentation
-from ..evaluation.evaluate import EVAL_SCORE_THRESHOLD, evaluate
-from ..inference.predictor import Predictor, PredictorConfig
 from ..losses import LossConfig, MultiTaskLoss
-from ..model.checkpoint import read_checkpoint, save_checkpoint
+from ..model.checkpoint import check_weights, read_checkpoint
 from ..model.config import OUTPUT_STRIDE, ModelConfig
 from ..model.freezing import set_frozen, unfreeze_all
 from ..model.network import MultiTaskNet, normalize_images
 from ..model.pretrained import load_pretrained_encoder
+from ..outputs import write_text
+from . import state
 from .config import StageConfig, TrainConfig
 from .distributed import DistributedContext
+from .hooks import CheckpointHook, Hook, ProgressHook, StopHook, ValidationHook, write_run_config
 from .sampler import IterationSampler
 from .schedule import poly_restart_lr
 
@@ -70,6 +72,10 @@ def stage_at(stages: tuple[StageConfig, ...], iteration: int) -> tuple[int, int]
     raise ValueError(f"iteration {iteration} is past the schedule's {start} iterations")
 
 
+def last_checkpoint(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints" / "last.pt"
+
+
 class Trainer:
     """Trains (or resumes) one run.
 
@@ -78,7 +84,8 @@ class Trainer:
         data_root: a Cityscapes-layout dataset.
         run_dir: where everything is written.
         context: the process group (single process by default).
-        resume: continue from ``run_dir/checkpoints/last.pt``.
+        resume: continue from ``run_dir/checkpoints/last.pt`` (whose weights, config and
+            state are checked against ``config`` first).
         stop_after: stop (with a checkpoint) after this many iterations of this invocation.
         progress: show the tqdm bar.
     """
@@ -94,13 +101,13 @@ class Trainer:
         stop_after: int | None = None,
         progress: bool = True,
     ) -> None:
+        if stop_after is not None and stop_after < 1:
+            raise ValueError(f"--stop-after must be >= 1, got {stop_after}")
         self.config = config
         self.data_root = Path(data_root)
         self.run_dir = Path(run_dir)
         self.context = context
         self.device = context.device
-        self.stop_after = stop_after
-        self.progress = progress and context.is_main
         self.class_map = ClassMap.from_yaml(resolve_path(config.data.classes))
         self.model_config = self._model_config_with_names(config.model)
         height, width = self.model_config.input_height, self.model_config.input_width
@@ -136,16 +143,33 @@ class Trainer:
         ).to(self.device)
         self.precision = self._precision()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == torch.float16)
+        # Loop state, read by the hooks.
         self.iteration = 0
         self.stage_index: int | None = None
+        self.stage: StageConfig | None = None
+        self.stage_ended = False
+        self.stop_requested = False
+        self.losses: dict[str, torch.Tensor] = {}
+        self.checkpoints_written = 0
         self.optimizer: torch.optim.Optimizer | None = None
         self.network: torch.nn.Module = self.model
-        self._resume_state: dict[str, Any] | None = None
+        self._resume_content: dict[str, Any] | None = None
         if resume:
             self._load_last()
         elif config.pretrained:
             report = load_pretrained_encoder(self.model.encoder, resolve_path(config.pretrained))
-            self._log_text(report.summary())
+            self.log(report.summary())
+        self.progress = ProgressHook(progress)
+        self.validation = ValidationHook(self.progress)
+        # Order matters: stop decides before the checkpoint hook writes last.pt for it.
+        self.hooks: list[Hook] = [
+            StopHook(stop_after),
+            self.progress,
+            CheckpointHook(),
+            self.validation,
+        ]
+        for hook in self.hooks:
+            hook.trainer = self
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -173,7 +197,8 @@ class Trainer:
         return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[wanted]
 
     def _load_last(self) -> None:
-        path = self.run_dir / "checkpoints" / "last.pt"
+        """Reads ``last.pt`` and checks it belongs to this run before anything is changed."""
+        path = last_checkpoint(self.run_dir)
         content = read_checkpoint(path)
         saved = content["model_config"]
         ours = self.model_config.to_dict()
@@ -183,11 +208,19 @@ class Trainer:
                 f"checkpoint {path} was written for a different model config "
                 f"(differs in {differing}); it cannot resume this run"
             )
+        check_weights(self.model.state_dict(), content["model"], path)
+        iteration = content.get("iteration")
+        if not isinstance(iteration, int) or not 0 < iteration <= self.config.total_iterations:
+            raise ValueError(
+                f"checkpoint {path} is at iteration {iteration!r}, outside this run's schedule "
+                f"of {self.config.total_iterations} iterations"
+            )
         self.model.load_state_dict(content["model"])
-        self.iteration = int(content["iteration"])
-        self._resume_state = content
+        self.iteration = iteration
+        self._resume_content = content
 
-    def _enter_stage(self, index: int) -> None:
+    def enter_stage(self, index: int) -> None:
+        """Freezes what the stage freezes and gives it a fresh Adam (paper section 4.2)."""
         stage = self.config.stages[index]
         unfreeze_all(self.model)
         set_frozen(self.model, stage.frozen, True)
@@ -202,18 +235,12 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
         self.model.train()
-        state = self._resume_state
-        if state is not None and state.get("stage") == index and "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
-            if state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
-            rng = state.get("rng", {})
-            if "torch" in rng:
-                torch.set_rng_state(rng["torch"])
-            if rng.get("cuda") and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-        self._resume_state = None
-        self.stage_index = index
+        self.stage_index, self.stage = index, stage
+        self.log(
+            f"stage {index + 1}/{len(self.config.stages)} '{stage.name}': "
+            f"{stage.iterations} iterations, lr {stage.lr:g}, W_seg {stage.seg_weight:g}, "
+            f"W_det {stage.det_weight:g}, frozen {list(stage.frozen) or 'nothing'}"
+        )
 
     # -- the step ---------------------------------------------------------------------------
 
@@ -260,188 +287,112 @@ class Trainer:
         self.scaler.update()
         return {"lr": torch.tensor(lr), **{k: v.detach() for k, v in losses.items()}}
 
-    # -- hooks ------------------------------------------------------------------------------
-
-    def checkpoint(self, names: list[str]) -> None:
-        if not self.context.is_main:
-            return
-        content = {
-            "model_config": self.model_config.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer else {},
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            "scheduler": {
-                "type": "poly_restart",
-                "restart_period": self.config.restart_period,
-                "power": self.config.poly_power,
-            },
-            "stage": self.stage_index,
-            "iteration": self.iteration,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
-            "train_config": self.config.to_dict(),
-            "data_root": str(self.data_root),
-        }
-        for name in names:
-            save_checkpoint(self.run_dir / "checkpoints" / name, content)
-
-    def validate(self, writer) -> dict[str, Any] | None:
-        """mIoU and mAP on the val split (main process); overlays to disk and TensorBoard."""
-        if self.context.is_main:
-            overlay_dir = self.run_dir / "overlays" / f"iter_{self.iteration:07d}"
-            predictor = Predictor(
-                self.model,
-                self.model_config,
-                PredictorConfig(device=str(self.device), score_threshold=EVAL_SCORE_THRESHOLD),
-            )
-            metrics = evaluate(
-                predictor,
-                self.val_set,
-                overlay_dir=overlay_dir,
-                save_overlays=self.config.overlays,
-                max_images=self.config.val_images,
-                progress=False,
-            )
-            self.model.train()
-            if writer is not None:
-                for key in ("miou", "map"):
-                    if metrics[key] is not None:
-                        writer.add_scalar(f"val/{key}", metrics[key], self.iteration)
-                for path in sorted(overlay_dir.glob("*.png")):
-                    picture = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-                    writer.add_image(f"val/{path.stem}", picture, self.iteration, dataformats="HWC")
-            self._append_metrics(
-                {"iteration": self.iteration, "stage": self._stage_name(), "validation": metrics}
-            )
-        else:
-            metrics = None
-        self.context.barrier()
-        return metrics
-
-    def _stage_name(self) -> str:
-        return self.config.stages[self.stage_index].name if self.stage_index is not None else ""
-
-    def _append_metrics(self, record: dict[str, Any]) -> None:
-        with (self.run_dir / "metrics.jsonl").open("a") as stream:
-            stream.write(json.dumps(record) + "\n")
-
-    def _log_text(self, text: str) -> None:
-        if self.context.is_main:
-            tqdm.write(text)
-
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any] | None:
-        """Trains to the end of the schedule (or ``stop_after``); returns the last validation."""
-        config = self.config
-        total = config.total_iterations
-        writer = None
-        if self.context.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            config_file = self.run_dir / "config.yaml"
-            if not config_file.exists():
-                config_file.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-            from torch.utils.tensorboard import SummaryWriter
+        """Trains to the end of the schedule (or ``stop_after``); returns the last validation.
 
-            writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        A new run whose start fails before its first checkpoint leaves no run directory.
+        """
+        created = self._prepare_run_dir()
+        try:
+            loader = self._loader()
+            batches = iter(loader)
+            if self.iteration < self.config.total_iterations:
+                self.enter_stage(stage_at(self.config.stages, self.iteration)[0])
+            if self._resume_content is not None:
+                state.restore(self, self._resume_content)
+                self._resume_content = None
+            for hook in self.hooks:
+                hook.before_train()
+            try:
+                while self.iteration < self.config.total_iterations and not self.stop_requested:
+                    index, stage_iteration = stage_at(self.config.stages, self.iteration)
+                    if index != self.stage_index:
+                        self.enter_stage(index)
+                    batch = next(batches)
+                    if isinstance(batch, LoadFailure):
+                        raise ValueError(batch.message)
+                    self.losses = self.train_step(batch, self.stage, stage_iteration)
+                    self.iteration += 1
+                    self.stage_ended = stage_iteration + 1 == self.stage.iterations
+                    for hook in self.hooks:
+                        hook.after_step()
+            finally:
+                for hook in self.hooks:
+                    hook.after_train()
+        except BaseException:
+            if created is not None and self.checkpoints_written == 0 and self.context.is_main:
+                created()  # a start that failed leaves nothing behind
+            raise
+        return self.validation.last
+
+    def _prepare_run_dir(self):
+        """Creates the run directory of a new run (config.yaml) or trims a resumed run's
+        metrics.jsonl to its checkpoint. Returns an undo for a new run, else None."""
+        if not self.context.is_main:
+            return None
+        if self._resume_content is not None:
+            self._trim_metrics()
+            for stale in (self.run_dir / "checkpoints").glob(".*.tmp"):  # a killed write's
+                stale.unlink(missing_ok=True)
+            return None
+        existed = self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(self)
+
+        def undo() -> None:
+            if existed:
+                for child in self.run_dir.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            else:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+
+        return undo
+
+    def _trim_metrics(self) -> None:
+        """Drops records a killed run logged after the checkpoint it resumes from."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by the kill
+            if record.get("iteration", 0) <= self.iteration:
+                kept.append(line)
+        write_text(path, "".join(f"{line}\n" for line in kept))
+
+    def _loader(self) -> DataLoader:
         sampler = IterationSampler(
             len(self.train_set),
-            config.batch_size,
-            config.seed,
+            self.config.batch_size,
+            self.config.seed,
             start_iteration=self.iteration,
             rank=self.context.rank,
             world_size=self.context.world_size,
         )
-        loader = DataLoader(
-            self.train_set,
+        workers = self.config.data.workers
+        return DataLoader(
+            reporting(self.train_set),
             batch_sampler=sampler,
-            num_workers=config.data.workers,
+            num_workers=workers,
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=config.data.workers > 0,
+            persistent_workers=workers > 0,
+            # Its own generator: creating the iterator draws a seed, and must not draw it from
+            # the global RNG the run's dropout uses.
+            generator=torch.Generator().manual_seed(self.config.seed),
         )
-        batches = iter(loader)
-        bar = tqdm(
-            total=total,
-            initial=self.iteration,
-            disable=not self.progress,
-            unit="it",
-            dynamic_ncols=True,
-        )
-        last_validation = None
-        started_at, start_iteration = time.monotonic(), self.iteration
-        try:
-            while self.iteration < total:
-                index, stage_iteration = stage_at(config.stages, self.iteration)
-                stage = config.stages[index]
-                if index != self.stage_index:
-                    self._enter_stage(index)
-                    self._log_text(
-                        f"stage {index + 1}/{len(config.stages)} '{stage.name}': "
-                        f"{stage.iterations} iterations, lr {stage.lr:g}, "
-                        f"W_seg {stage.seg_weight:g}, "
-                        f"W_det {stage.det_weight:g}, frozen {list(stage.frozen) or 'nothing'}"
-                    )
-                losses = self.train_step(next(batches), stage, stage_iteration)
-                self.iteration += 1
-                bar.update(1)
-                stage_end = stage_iteration + 1 == stage.iterations
-                if self.iteration % config.log_every == 0 or stage_end:
-                    values = {k: float(v.detach()) for k, v in losses.items()}
-                    bar.set_description(f"{index + 1}:{stage.name}")
-                    bar.set_postfix(
-                        {k.removeprefix("loss_"): f"{v:.3g}" for k, v in values.items()},
-                        refresh=False,
-                    )
-                    if writer is not None:
-                        for key, value in values.items():
-                            writer.add_scalar(f"train/{key}", value, self.iteration)
-                        elapsed = time.monotonic() - started_at
-                        writer.add_scalar(
-                            "train/iterations_per_second",
-                            (self.iteration - start_iteration) / max(elapsed, 1e-9),
-                            self.iteration,
-                        )
-                        self._append_metrics(
-                            {"iteration": self.iteration, "stage": stage.name, **values}
-                        )
-                names = []
-                if self.iteration % config.checkpoint_every == 0:
-                    names.append("last.pt")
-                if stage_end:
-                    names += ["last.pt", f"stage{index + 1}_{stage.name}.pt"]
-                stopping = (
-                    self.stop_after is not None
-                    and self.iteration - start_iteration >= self.stop_after
-                )
-                if stopping:
-                    names.append("last.pt")
-                if self.iteration == total:
-                    names.append("final.pt")
-                if names:
-                    self.checkpoint(sorted(set(names)))
-                if (
-                    config.validate_every and self.iteration % config.validate_every == 0
-                ) or stage_end:
-                    last_validation = self.validate(writer)
-                    if last_validation is not None:
-                        self._log_text(
-                            f"iteration {self.iteration}: mIoU {_pct(last_validation['miou'])}, "
-                            f"mAP@0.5 {_pct(last_validation['map'])}"
-                        )
-                if stopping:
-                    self._log_text(
-                        f"stopped after {self.stop_after} iterations at {self.iteration}"
-                    )
-                    break
-        finally:
-            bar.close()
-            if writer is not None:
-                writer.close()
-        return last_validation
 
+    # -- helpers ------------------------------------------------------------------------------
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with (self.run_dir / "metrics.jsonl").open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+    def log(self, text: str) -> None:
+        if self.context.is_main:
+            tqdm.write(text)
