@@ -1,0 +1,330 @@
+"""Bad inputs to ``mtl-train``: configs, datasets, run directories, checkpoints to resume.
+
+Each case: exit code 2, one ``error:`` line naming the problem and the file or field, no
+traceback, and every file that existed before byte-identical after (nothing left behind).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+from helpers.refusal import Snapshot, assert_refused, invoke
+
+from mtl_perception.data.synthetic import write_dataset
+from mtl_perception.model.checkpoint import read_checkpoint, save_checkpoint
+from mtl_perception.training.cli import main as train
+
+pytestmark = pytest.mark.bad_input
+
+TINY = {
+    "model": {"width_multiplier": 0.125, "input_height": 64, "input_width": 128},
+    "stages": [
+        {"name": "joint", "iterations": 1, "lr": 1e-3, "seg_weight": 40, "det_weight": 1},
+        {
+            "name": "detection",
+            "iterations": 1,
+            "lr": 1e-4,
+            "seg_weight": 0,
+            "det_weight": 1,
+            "frozen": ["encoder", "easpp", "decoder"],
+        },
+    ],
+    "data": {"workers": 0},
+    "batch_size": 2,
+    "checkpoint_every": 1,
+    "validate_every": 0,
+    "val_images": 1,
+    "overlays": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train_inputs") / "data"
+    write_dataset(root, {"train": 2, "val": 1}, seed=3, width=128, height=64, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished_run(data, tmp_path_factory) -> Path:
+    """A complete tiny run to resume from (copied by each case that changes it)."""
+    folder = tmp_path_factory.mktemp("finished")
+    config = folder / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "stages": [{**TINY["stages"][0], "iterations": 2}]}))
+    run = folder / "run"
+    code = invoke(train, "--no-progress", "--config", config, "--data", data, "--out", run)
+    assert code.code == 0, code.stderr
+    return run
+
+
+def _config(folder: Path, text: str | None = None, **changes) -> Path:
+    path = folder / "train.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump({**TINY, **changes}))
+    return path
+
+
+def _refused_start(folder: Path, data: Path, config: Path, *mentions: str, extra=()) -> None:
+    out = folder / "run"
+    before = Snapshot(folder, data)
+    outcome = invoke(
+        train, "--no-progress", "--config", config, "--data", data, "--out", out, *extra
+    )
+    assert_refused(outcome, *mentions)
+    before.assert_unchanged()
+    assert not out.exists()
+
+
+# -- configs -----------------------------------------------------------------------------------
+
+CONFIG_CASES = {
+    "iterations_fraction": (
+        {"stages": [{**TINY["stages"][0], "iterations": 2.5}]},
+        ["stages[0].iterations", "expected an integer", "2.5"],
+    ),
+    "checkpoint_every_zero": ({"checkpoint_every": 0}, ["checkpoint_every", ">= 1", "0"]),
+    "log_every_zero": ({"log_every": 0}, ["log_every", ">= 1"]),
+    "lr_word": (
+        {"stages": [{**TINY["stages"][0], "lr": "fast"}]},
+        ["stages[0].lr", "expected a number", "fast"],
+    ),
+    "lr_negative": ({"stages": [{**TINY["stages"][0], "lr": -1e-3}]}, ["lr must be > 0"]),
+    "batch_size_zero": ({"batch_size": 0}, ["batch_size", ">= 1"]),
+    "batch_size_bool": ({"batch_size": True}, ["batch_size", "expected an integer"]),
+    "no_stages": ({"stages": []}, ["stages", "at least one stage"]),
+    "zero_iterations": (
+        {"stages": [{**TINY["stages"][0], "iterations": 0}]},
+        ["stages", "no iterations"],
+    ),
+    "duplicate_stage_names": (
+        {"stages": [TINY["stages"][0], TINY["stages"][0]]},
+        ["stages", "names must differ"],
+    ),
+    "unknown_key": ({"learning_rate": 1}, ["unknown keys", "learning_rate"]),
+    "unknown_stage_key": (
+        {"stages": [{**TINY["stages"][0], "epochs": 3}]},
+        ["stages[0]", "unknown keys", "epochs"],
+    ),
+    "missing_stage_key": (
+        {"stages": [{"name": "x", "iterations": 1, "lr": 1e-3}]},
+        ["stages[0]", "missing required keys", "seg_weight"],
+    ),
+    "precision": ({"precision": "fp8"}, ["precision must be one of", "fp8"]),
+    "frozen_part": (
+        {"stages": [{**TINY["stages"][0], "frozen": ["wheels"]}]},
+        ["unknown frozen parts", "wheels"],
+    ),
+    "input_not_multiple_of_16": (
+        {"model": {**TINY["model"], "input_width": 100}},
+        ["input_width", "multiple of 16", "100"],
+    ),
+    "anchors_shape": (
+        {"model": {**TINY["model"], "anchors": [[[1, 2]]]}},
+        ["anchors must be 3 branches"],
+    ),
+    "anchor_not_a_number": (
+        {"model": {**TINY["model"], "anchors": [[[4, "x"], [8, 6], [6, 14]]] * 3}},
+        ["model.anchors[0][0][1]", "expected a number", "x"],
+    ),
+    "workers_negative": ({"data": {"workers": -1}}, ["workers must be >= 0"]),
+    "workers_word": ({"data": {"workers": "two"}}, ["data.workers", "expected an integer"]),
+    "scale_range_reversed": ({"data": {"scale_range": [1.5, 1.0]}}, ["scale_range"]),
+    "flip_probability": ({"data": {"flip_probability": 2}}, ["flip_probability", "[0, 1]"]),
+    "val_images_zero": ({"val_images": 0}, ["val_images"]),
+    "classes_file_missing": (
+        {"data": {"classes": "nowhere/classes.yaml", "workers": 0}},
+        ["classes.yaml"],
+    ),
+    "lr_nan": ({"stages": [{**TINY["stages"][0], "lr": float("nan")}]}, ["finite number"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_bad_config_value_is_named(data, tmp_path, case):
+    changes, mentions = CONFIG_CASES[case]
+    _refused_start(tmp_path, data, _config(tmp_path, **changes), *mentions)
+
+
+YAML_CASES = {
+    "syntax_error": ("stages: [\n  {name: a\n", ["not valid YAML", "line"]),
+    "duplicate_key": (
+        yaml.safe_dump(TINY) + "batch_size: 4\n",
+        ["not valid YAML", "duplicate key 'batch_size'"],
+    ),
+    "list_at_top": ("- 1\n- 2\n", ["must be a mapping", "list"]),
+    "empty_file": ("", ["needs", "model", "stages"]),
+    "binary": ("\x00\x01\x02", ["train.yaml"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(YAML_CASES))
+def test_unreadable_config_file_is_named(data, tmp_path, case):
+    text, mentions = YAML_CASES[case]
+    config = _config(tmp_path, text=text)
+    _refused_start(tmp_path, data, config, str(config), *mentions)
+
+
+def test_config_that_is_a_folder_or_missing(data, tmp_path):
+    (tmp_path / "folder.yaml").mkdir()
+    _refused_start(tmp_path, data, tmp_path / "folder.yaml", "folder.yaml", "is a folder")
+    _refused_start(tmp_path, data, tmp_path / "none.yaml", "none.yaml", "not found")
+
+
+def test_scientific_notation_floats_are_floats(tmp_path):
+    """PyYAML reads `lr: 1e-3` as a string; users write exactly this."""
+    from mtl_perception.training.config import TrainConfig
+
+    text = yaml.safe_dump(TINY).replace("lr: 0.001", "lr: 1e-3")
+    assert "lr: 1e-3" in text
+    config = TrainConfig.from_yaml(_config(tmp_path, text=text))
+    assert config.stages[0].lr == pytest.approx(1e-3) and isinstance(config.stages[0].lr, float)
+
+
+# -- command line and output folder ------------------------------------------------------------
+
+
+def test_out_is_an_existing_file(data, tmp_path):
+    (tmp_path / "run").write_text("mine")
+    config = _config(tmp_path)
+    before = Snapshot(tmp_path, data)
+    outcome = invoke(train, "--config", config, "--data", data, "--out", tmp_path / "run")
+    assert_refused(outcome, "--out", "run", "existing file")
+    before.assert_unchanged()
+
+
+def test_out_is_a_folder_with_content(data, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    config = _config(tmp_path)
+    before = Snapshot(tmp_path, data)
+    outcome = invoke(train, "--config", config, "--data", data, "--out", tmp_path / "run")
+    assert_refused(outcome, "--out", "not empty")
+    before.assert_unchanged()
+
+
+@pytest.mark.parametrize(
+    ("argv", "mentions"),
+    [
+        (["--stop-after", "0"], ["--stop-after", ">= 1"]),
+        (["--stop-after", "two"], ["--stop-after", "integer"]),
+        (["--device", "cuda:0"], ["cuda:0", "CUDA is not available"]),
+        (["--pretrained", "nowhere.safetensors"], ["--pretrained", "nowhere.safetensors"]),
+    ],
+    ids=["stop_after_zero", "stop_after_word", "cuda_missing", "pretrained_missing"],
+)
+def test_bad_option_is_named(data, tmp_path, argv, mentions):
+    _refused_start(tmp_path, data, _config(tmp_path), *mentions, extra=argv)
+
+
+def test_missing_dataset_is_named(tmp_path):
+    _refused_start(tmp_path, tmp_path / "nodata", _config(tmp_path), "nodata", "does not exist")
+
+
+# -- datasets ----------------------------------------------------------------------------------
+
+
+def _broken_copy(data: Path, folder: Path, how: str) -> Path:
+    copy = folder / "data"
+    shutil.copytree(data, copy)
+    (image,) = sorted((copy / "leftImg8bit" / "train").rglob("*.png"))[:1]
+    label = Path(
+        str(image)
+        .replace("leftImg8bit", "gtFine", 1)
+        .replace("_leftImg8bit.png", "_gtFine_labelIds.png")
+    )
+    if how == "image_not_png":
+        image.write_bytes(b"this is not a picture")
+    elif how == "label_size":
+        cv2.imwrite(str(label), np.zeros((10, 10), np.uint8))
+    return copy
+
+
+@pytest.mark.parametrize("how", ["image_not_png", "label_size"])
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_sample_gives_one_line_with_or_without_loader_workers(data, tmp_path, how, workers):
+    """The finding: with workers >= 1 the error arrived as 'Caught ValueError in DataLoader
+    worker process 0. Original Traceback...'. The same one line either way, and a start that
+    fails leaves no run directory."""
+    copy = _broken_copy(data, tmp_path, how)
+    config = _config(tmp_path, data={"workers": workers})
+    line = {"image_not_png": "unreadable image", "label_size": "sizes must match"}[how]
+    outcome = invoke(
+        train, "--no-progress", "--config", config, "--data", copy, "--out", tmp_path / "run"
+    )
+    assert_refused(outcome, line, "train")
+    assert "DataLoader worker" not in outcome.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# -- resume -----------------------------------------------------------------------------------
+
+
+def _copy_run(run: Path, folder: Path) -> Path:
+    copy = folder / "run"
+    shutil.copytree(run, copy)
+    return copy
+
+
+def _refused_resume(run: Path, data: Path, *mentions: str, extra=()) -> None:
+    before = Snapshot(run.parent, data)
+    assert_refused(invoke(train, "--no-progress", "--resume", run, *extra), *mentions)
+    before.assert_unchanged()
+
+
+def test_resume_without_a_checkpoint(data, tmp_path):
+    """A start that died before its first checkpoint: --resume says there is nothing."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(TINY))
+    _refused_resume(run, data, "no checkpoint", "last.pt")
+    _refused_resume(tmp_path / "nowhere", data, "no such run directory")
+
+
+def test_resume_refuses_a_config_yaml_that_changed(finished_run, data, tmp_path):
+    """The finding: a leftover config.yaml of another config was silently used by --resume."""
+    run = _copy_run(finished_run, tmp_path)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["batch_size"] = 1
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    _refused_resume(run, data, "config.yaml", "differs", "batch_size")
+
+
+def test_resume_refuses_mis_shaped_weights(finished_run, data, tmp_path):
+    """The finding: a last.pt with the right config but wrongly shaped tensors gave a
+    RuntimeError traceback."""
+    run = _copy_run(finished_run, tmp_path)
+    path = run / "checkpoints" / "last.pt"
+    content = read_checkpoint(path)
+    name = next(k for k, v in content["model"].items() if v.ndim == 4)
+    content["model"][name] = torch.zeros(1, 1, 1, 1)
+    content.pop("format")
+    save_checkpoint(path, content)
+    _refused_resume(run, data, "does not fit", name)
+
+
+def test_resume_refuses_non_finite_weights(finished_run, data, tmp_path):
+    run = _copy_run(finished_run, tmp_path)
+    path = run / "checkpoints" / "last.pt"
+    content = read_checkpoint(path)
+    name = next(k for k, v in content["model"].items() if v.is_floating_point())
+    content["model"][name] = content["model"][name] * float("nan")
+    content.pop("format")
+    save_checkpoint(path, content)
+    _refused_resume(run, data, "non-finite", name)
+
+
+def test_resume_refuses_a_truncated_checkpoint(finished_run, data, tmp_path):
+    run = _copy_run(finished_run, tmp_path)
+    path = run / "checkpoints" / "last.pt"
+    path.write_bytes(path.read_bytes()[:1000])
+    _refused_resume(run, data, "last.pt", "not a readable checkpoint")
+
+
+def test_resume_refuses_new_config_options(finished_run, data, tmp_path):
+    run = _copy_run(finished_run, tmp_path)
+    _refused_resume(run, data, "--resume continues a run as it was", extra=["--config", "x.yaml"])
