@@ -25,18 +25,79 @@ from .sample import Sample
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
+PNG_MAGIC = b"\x89PNG"  # the first bytes of every PNG file
 
 Transform = Callable[[Sample, np.random.Generator], Sample]
 
 
 def read_png(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
-    """Reads a PNG, raising ValueError naming the file when it is missing or undecodable."""
+    """Reads a PNG file.
+
+    Raises:
+        ValueError: the file is missing, a folder, unreadable, not a PNG or not decodable
+            (names the file).
+    """
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a PNG file")
     if not path.is_file():
         raise ValueError(f"missing file: {path}")
-    data = cv2.imread(str(path), flags)
-    if data is None:
-        raise ValueError(f"unreadable image (not a decodable PNG): {path}")
-    return data
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror or error}") from error
+    if not data.startswith(PNG_MAGIC):
+        raise ValueError(f"not a PNG file (the Cityscapes layout holds PNGs only): {path}")
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if array is None:
+        raise ValueError(f"unreadable image (not a decodable PNG, truncated?): {path}")
+    return array
+
+
+def read_label_ids(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A labelIds PNG: (H, W) uint8 Cityscapes label ids.
+
+    Args:
+        path: the file.
+        shape: (H, W) of its image.
+
+    Raises:
+        ValueError: not single-channel, another size than the image, or a value outside 0..255
+            (names the file and the first such value).
+    """
+    labels = _read_label_png(path, shape, "label image")
+    if labels.dtype != np.uint8:  # a 16-bit PNG
+        rows, columns = np.nonzero(labels > 255)
+        if rows.size:
+            raise ValueError(
+                f"label image {path} holds label id {labels[rows[0], columns[0]]} at row "
+                f"{rows[0]}, column {columns[0]} ({rows.size} pixels above 255): Cityscapes "
+                "label ids are 0..255 (an instanceIds file in its place?)"
+            )
+        labels = labels.astype(np.uint8)
+    return labels
+
+
+def read_instance_ids(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """An instanceIds PNG (8 or 16 bit; label_id * 1000 + k): (H, W) int32.
+
+    Raises:
+        ValueError: not single-channel or another size than the image (names the file).
+    """
+    return _read_label_png(path, shape, "instance image").astype(np.int32)
+
+
+def _read_label_png(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
+    array = read_png(path)
+    if array.ndim != 2:
+        raise ValueError(
+            f"{what} {path} has {array.shape[2]} channels: labels must be single-channel"
+        )
+    if array.shape != tuple(shape):
+        raise ValueError(
+            f"{what} {path} is {array.shape[1]}x{array.shape[0]} but its image is "
+            f"{shape[1]}x{shape[0]}: sizes must match"
+        )
+    return array
 
 
 def label_paths(image_path: Path, root: Path, split: str) -> tuple[Path, Path]:
@@ -72,8 +133,10 @@ class CityscapesDataset(Dataset):
         self.class_map = class_map
         self.transform = transform
         pattern = self.root / "leftImg8bit" / split / "*" / f"*{IMAGE_SUFFIX}"
-        if not self.root.is_dir():
+        if not self.root.exists():
             raise ValueError(f"dataset root {self.root} does not exist")
+        if not self.root.is_dir():
+            raise ValueError(f"dataset root {self.root} is a file, not a folder")
         self.images = sorted((self.root / "leftImg8bit" / split).glob(f"*/*{IMAGE_SUFFIX}"))
         if not self.images:
             raise ValueError(
@@ -105,14 +168,8 @@ class CityscapesDataset(Dataset):
         image_path = self.images[index]
         label_path, instance_path = label_paths(image_path, self.root, self.split)
         image = cv2.cvtColor(read_png(image_path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        label_ids = read_png(label_path)
-        instances = read_png(instance_path).astype(np.int32)
-        for path, array in ((label_path, label_ids), (instance_path, instances)):
-            if array.ndim != 2 or array.shape != image.shape[:2]:
-                raise ValueError(
-                    f"label image {path} is {array.shape[::-1]} but its image {image_path} is "
-                    f"{image.shape[1::-1]}: sizes must match and labels be single-channel"
-                )
+        label_ids = read_label_ids(label_path, image.shape[:2])
+        instances = read_instance_ids(instance_path, image.shape[:2])
         values, boxes = tight_boxes(instances)
         classes = self.class_map.instance_classes(values)
         keep = classes >= 0

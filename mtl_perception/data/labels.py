@@ -10,13 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
+
+from ..config_loading import from_mapping, read_yaml
 
 # Cityscapes instanceIds: label_id * 1000 + k for individually annotated objects (k >= 0);
 # values below 1000 are plain label ids (stuff, or crowd regions of thing classes).
 INSTANCE_ID_DIVISOR = 1000
 NUM_LABEL_IDS = 34  # Cityscapes label ids 0..33 (license plate, -1, is never in label images)
+LABEL_IDS = {label.name: label.id for label in CITYSCAPES_LABELS if label.id >= 0}
 DEFAULT_CLASSES_FILE = Path(__file__).resolve().parents[2] / "config" / "classes_cityscapes.yaml"
 
 
@@ -60,50 +62,124 @@ class ClassMap:
 
     @classmethod
     def from_yaml(cls, path: str | Path = DEFAULT_CLASSES_FILE) -> ClassMap:
-        """Reads the mapping; every label name must exist in cityscapesscripts' table."""
+        """Reads the mapping; every label name must exist in cityscapesscripts' table.
+
+        Raises:
+            ValueError: the file is missing, unreadable, empty or not YAML, or a field is
+                missing, of the wrong type, duplicated or unknown (names the file and the field,
+                e.g. ``segmentation.classes[2].id``).
+        """
         path = Path(path)
+        spec = read_yaml(path, "class map")
+        if not spec:
+            raise ValueError(
+                f"class map {path} is empty: expected 'segmentation' and 'detection' sections"
+            )
         try:
-            spec = yaml.safe_load(path.read_text())
             return cls._from_spec(spec)
-        except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"invalid class mapping {path}: {error}") from error
+        except ValueError as error:
+            raise ValueError(f"invalid class map {path}: {error}") from error
 
     @classmethod
     def _from_spec(cls, spec: dict) -> ClassMap:
-        by_name = {label.name: label.id for label in CITYSCAPES_LABELS if label.id >= 0}
-        seg, det = spec["segmentation"], spec["detection"]
-        void_id = int(seg["void_id"])
+        unknown = sorted(str(key) for key in spec if key not in ("segmentation", "detection"))
+        if unknown:
+            raise ValueError(f"unknown sections {unknown}; expected 'segmentation', 'detection'")
+        missing = [key for key in ("segmentation", "detection") if key not in spec]
+        if missing:
+            raise ValueError(f"missing sections {missing}")
+        seg = from_mapping(_SegmentationSpec, spec["segmentation"], "segmentation")
+        det = from_mapping(_DetectionSpec, spec["detection"], "detection")
 
-        def resolve(names: list[str], where: str) -> list[int]:
-            unknown = [n for n in names if n not in by_name]
-            if unknown:
-                raise ValueError(
-                    f"{where}: unknown Cityscapes labels {unknown}; known: {sorted(by_name)}"
-                )
-            return [by_name[n] for n in names]
+        seg_ids = _check_ids(seg.classes, "segmentation")
+        if seg.void_id in seg_ids:
+            raise ValueError(
+                f"segmentation.void_id: {seg.void_id} is also the id of "
+                f"segmentation.classes[{seg_ids.index(seg.void_id)}]"
+            )
+        if sorted([*seg_ids, seg.void_id]) != list(range(len(seg_ids) + 1)):
+            raise ValueError(
+                f"segmentation: ids with void_id must be 0..{len(seg_ids)}, "
+                f"got {sorted([*seg_ids, seg.void_id])}"
+            )
+        seg_names = ["void"] * (len(seg_ids) + 1)
+        seg_lut = np.full(256, seg.void_id, dtype=np.uint8)
+        seg_labels = _resolve(seg.classes, "segmentation")
+        for entry, label_ids in zip(seg.classes, seg_labels, strict=True):
+            seg_names[entry.id] = entry.name
+            seg_lut[label_ids] = entry.id
 
-        seg_ids = [int(c["id"]) for c in seg["classes"]] + [void_id]
-        if sorted(seg_ids) != list(range(len(seg_ids))):
-            raise ValueError(f"segmentation ids with void must be 0..N-1, got {sorted(seg_ids)}")
-        seg_names = ["void"] * len(seg_ids)
-        seg_lut = np.full(256, void_id, dtype=np.uint8)
-        for entry in seg["classes"]:
-            seg_names[int(entry["id"])] = str(entry["name"])
-            seg_lut[resolve(entry["labels"], f"segmentation class {entry['name']}")] = entry["id"]
-
-        det_ids = sorted(int(c["id"]) for c in det["classes"])
-        if det_ids != list(range(len(det_ids))):
-            raise ValueError(f"detection ids must be 0..K-1, got {det_ids}")
+        if det.min_box_size < 0:
+            raise ValueError(f"detection.min_box_size: must be >= 0, got {det.min_box_size}")
+        det_ids = _check_ids(det.classes, "detection")
+        if sorted(det_ids) != list(range(len(det_ids))):
+            raise ValueError(f"detection: class ids must be 0..{len(det_ids) - 1}, got {det_ids}")
         det_names = [""] * len(det_ids)
         det_lut = np.full(256, -1, dtype=np.int64)
-        for entry in det["classes"]:
-            det_names[int(entry["id"])] = str(entry["name"])
-            det_lut[resolve(entry["labels"], f"detection class {entry['name']}")] = entry["id"]
+        det_labels = _resolve(det.classes, "detection")
+        for entry, label_ids in zip(det.classes, det_labels, strict=True):
+            det_names[entry.id] = entry.name
+            det_lut[label_ids] = entry.id
         return cls(
-            tuple(seg_names),
-            void_id,
-            tuple(det_names),
-            seg_lut,
-            det_lut,
-            float(det.get("min_box_size", 0.0)),
+            tuple(seg_names), seg.void_id, tuple(det_names), seg_lut, det_lut, det.min_box_size
         )
+
+
+@dataclass(frozen=True)
+class _ClassSpec:
+    """One class of the YAML file: its id, name and the Cityscapes labels that form it."""
+
+    id: int
+    name: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _SegmentationSpec:
+    void_id: int
+    classes: tuple[_ClassSpec, ...]
+
+
+@dataclass(frozen=True)
+class _DetectionSpec:
+    classes: tuple[_ClassSpec, ...]
+    min_box_size: float = 0.0
+
+
+def _check_ids(classes: tuple[_ClassSpec, ...], section: str) -> list[int]:
+    """The classes' ids; refuses no classes, negative and duplicate ids (naming the field)."""
+    if not classes:
+        raise ValueError(f"{section}.classes: expected at least one class")
+    seen: dict[int, int] = {}
+    for index, entry in enumerate(classes):
+        where = f"{section}.classes[{index}]"
+        if entry.id < 0:
+            raise ValueError(f"{where}.id: must be >= 0, got {entry.id}")
+        if entry.id in seen:
+            raise ValueError(
+                f"{where}.id: duplicate id {entry.id} (also {section}.classes[{seen[entry.id]}])"
+            )
+        seen[entry.id] = index
+    return list(seen)
+
+
+def _resolve(classes: tuple[_ClassSpec, ...], section: str) -> list[list[int]]:
+    """Cityscapes label ids per class; refuses unknown names, empty lists and a label listed
+    by two classes (naming the field)."""
+    owner: dict[str, str] = {}
+    resolved = []
+    for index, entry in enumerate(classes):
+        where = f"{section}.classes[{index}].labels"
+        if not entry.labels:
+            raise ValueError(f"{where}: expected at least one Cityscapes label")
+        for position, name in enumerate(entry.labels):
+            if name not in LABEL_IDS:
+                raise ValueError(
+                    f"{where}[{position}]: unknown Cityscapes label {name!r}; "
+                    f"known: {sorted(LABEL_IDS)}"
+                )
+            if name in owner:
+                raise ValueError(f"{where}[{position}]: label {name!r} is also in {owner[name]}")
+            owner[name] = f"{where}[{position}]"
+        resolved.append([LABEL_IDS[name] for name in entry.labels])
+    return resolved
