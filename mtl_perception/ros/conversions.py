@@ -1,15 +1,32 @@
-"""sensor_msgs images <-> numpy, with every malformed input refused by name.
+"""sensor_msgs images <-> numpy, with every malformed or hostile input refused by name.
 
 Input images are converted to RGB through cv_bridge where it imports (a system ROS 2), else here
 with OpenCV, after :func:`check_image` has verified the geometry; output images are encoded here
 (mono8, rgb8, bgr8 need no library). Not rosbags-image: it ignores row padding (step larger than
 width x channels) and reads ``yuv422`` as YUYV, where sensor_msgs and cv_bridge mean UYVY.
+
+Compressed frames are checked before anything decodes them (:func:`check_compressed`): Pillow
+identifies the format from the first bytes and reads the declared width and height from the
+header alone (a 335-byte JPEG can declare 30000x30000, which OpenCV would allocate and fill before
+any size check); only JPEG and PNG (what image_transport's compressed plugin writes) within
+``max_pixels`` reach ``cv2.imdecode``, and a decoded size other than the declared one is refused.
+
+Every refusal is an :class:`ImageRejectedError` whose ``reason`` is one of
+:data:`REJECTION_REASONS`; no other exception type leaves these functions for any message content.
 """
 
 from __future__ import annotations
 
+import io
+import re
+import threading
+import warnings
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
+from PIL import Image as PILImage
+from PIL import JpegImagePlugin, PngImagePlugin
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -50,36 +67,134 @@ _TO_RGB = {
     "bayer_gbrg8": cv2.COLOR_BayerGR2RGB,
     "bayer_grbg8": cv2.COLOR_BayerGB2RGB,
 }
+# sensor_msgs encodings with more than 8 bits per channel: refused by name (the network takes
+# 8-bit colour; scaling depth or thermal data to it would be a silent guess).
+_DEEP_ENCODING = re.compile(
+    r"(mono|rgb|bgr|rgba|bgra)16|bayer_(rggb|bggr|gbrg|grbg)16|(16U|16S|32S|32F|64F)C\d*"
+)
 CONVERTER = "cv_bridge" if _BRIDGE is not None else "opencv"
+
+REJECTION_REASONS = (
+    "geometry",  # height, width or step not an unsigned 32-bit integer (only in-process)
+    "zero_size",  # width or height 0
+    "too_large",  # more than max_pixels (declared in the header, for compressed frames)
+    "encoding",  # unknown or unsupported encoding
+    "bit_depth",  # a 16/32/64-bit encoding
+    "step",  # row length below width x bytes per pixel
+    "data_length",  # data length != step x height
+    "odd_width",  # yuv422 family with an odd width
+    "odd_size",  # Bayer with an odd width or height
+    "empty",  # compressed frame without data
+    "format",  # compressed content neither JPEG nor PNG (or a compressedDepth frame)
+    "format_mismatch",  # the format string names JPEG and the content is PNG, or the reverse
+    "header",  # JPEG/PNG header unreadable, or longer than HEADER_BYTES
+    "truncated",  # JPEG or PNG without its end marker
+    "ancillary",  # PNG with more compressed ancillary chunks than MAX_COMPRESSED_CHUNKS
+    "undecodable",  # OpenCV could not decode it
+    "size_mismatch",  # decoded size differs from the declared one
+)
+# A JPEG's header (every marker segment before the first scan) must fit in this many bytes:
+# camera JPEGs need a few hundred, an EXIF segment at most 64 KiB. It bounds the time Pillow's
+# pure-Python marker scan can spend on a hostile frame (a few ms per 64 KiB of ordinary
+# segments; see docs/benchmarks.md for the worst case).
+HEADER_BYTES = 64 * 1024
+# libpng inflates each zTXt/iTXt/iCCP chunk up to 8 MB (about 30 ms of CPU each) even though the
+# image needs none of them; more than this many in one frame is refused.
+MAX_COMPRESSED_CHUNKS = 8
+# The end marker (JPEG: EOI 0xFFD9, which cannot occur inside entropy-coded data; PNG: the IEND
+# chunk) must lie in the last TAIL_BYTES after the header: a stream cut short has none.
+TAIL_BYTES = 64 * 1024
+_END_MARKER = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
+_PNG_COMPRESSED_CHUNKS = (b"zTXt", b"iTXt", b"iCCP")
+_DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # pixels as stored, as
+# image_transport's compressed subscriber decodes them; the declared size is the stored size
+_PILLOW_LOCK = threading.Lock()  # warnings.catch_warnings is process-wide state
 
 
 class ImageRejectedError(ValueError):
-    """An input image that cannot be processed; the message says why."""
+    """An input image that cannot be processed; the message says why.
+
+    Attributes:
+        reason: a short machine-readable code from :data:`REJECTION_REASONS` (counted per reason
+            in the node's diagnostics).
+    """
+
+    def __init__(self, message: str, reason: str = "undecodable") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DeclaredImage:
+    """What a compressed frame's header declares, read before any decoding."""
+
+    format: str  # "JPEG" or "PNG"
+    width: int
+    height: int
+    mode: str  # Pillow's mode name (L, RGB, CMYK, P, RGBA, I;16, ...)
+    header_end: int  # offset of the first byte after the header Pillow read
+
+
+def _quote(text: object, limit: int = 40) -> str:
+    """``text`` for a log line: repr'd (control characters escaped), cut to ``limit``."""
+    text = str(text)
+    return repr(text[:limit]) + (f"... ({len(text)} characters)" if len(text) > limit else "")
+
+
+def _uint32(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32
 
 
 def check_image(msg: Image, max_pixels: int) -> None:
-    """Raises :class:`ImageRejectedError` unless ``msg`` is a well-formed image we can convert."""
-    height, width, step, size = msg.height, msg.width, msg.step, len(msg.data)
-    if height == 0 or width == 0:
-        raise ImageRejectedError(f"zero-size image {width}x{height}")
-    if height * width > max_pixels:
-        raise ImageRejectedError(f"image {width}x{height} exceeds max_pixels={max_pixels}")
-    channels = BYTES_PER_PIXEL.get(msg.encoding)
-    if channels is None:
+    """Raises :class:`ImageRejectedError` unless ``msg`` is a well-formed image we can convert.
+
+    Geometry only, O(1): the pixel data are not read.
+    """
+    height, width, step = msg.height, msg.width, msg.step
+    if not (_uint32(height) and _uint32(width) and _uint32(step)):
         raise ImageRejectedError(
-            f"unsupported encoding '{msg.encoding}' (supported: {', '.join(BYTES_PER_PIXEL)})"
+            f"height {height!r}, width {width!r} and step {step!r} must be unsigned 32-bit "
+            "integers",
+            "geometry",
+        )
+    if height == 0 or width == 0:
+        raise ImageRejectedError(f"zero-size image {width}x{height}", "zero_size")
+    if height * width > max_pixels:
+        raise ImageRejectedError(
+            f"image {width}x{height} exceeds max_pixels={max_pixels}", "too_large"
+        )
+    encoding = msg.encoding
+    channels = BYTES_PER_PIXEL.get(encoding) if isinstance(encoding, str) else None
+    if channels is None:
+        if isinstance(encoding, str) and _DEEP_ENCODING.fullmatch(encoding):
+            raise ImageRejectedError(
+                f"unsupported encoding '{encoding}': more than 8 bits per channel "
+                f"(supported: {', '.join(BYTES_PER_PIXEL)})",
+                "bit_depth",
+            )
+        raise ImageRejectedError(
+            f"unsupported encoding {_quote(encoding)} (supported: {', '.join(BYTES_PER_PIXEL)})",
+            "encoding",
         )
     if step < width * channels:
         raise ImageRejectedError(
-            f"step {step} < width {width} x {channels} bytes per pixel ({msg.encoding})"
+            f"step {step} < width {width} x {channels} bytes per pixel ({encoding})", "step"
         )
-    if size != step * height:
-        raise ImageRejectedError(f"data length {size} != step {step} x height {height}")
-    if channels == 2 and width % 2:
-        raise ImageRejectedError(f"{msg.encoding} needs an even width, got {width}")
-    if msg.encoding.startswith("bayer") and (width % 2 or height % 2):
+    try:
+        size = len(msg.data)
+    except TypeError:
         raise ImageRejectedError(
-            f"{msg.encoding} needs even width and height, got {width}x{height}"
+            f"data of type {type(msg.data).__name__} is not a byte sequence", "data_length"
+        ) from None
+    if size != step * height:  # exact (Python integers): height x step cannot wrap around
+        raise ImageRejectedError(
+            f"data length {size} != step {step} x height {height}", "data_length"
+        )
+    if channels == 2 and width % 2:
+        raise ImageRejectedError(f"{encoding} needs an even width, got {width}", "odd_width")
+    if encoding.startswith("bayer") and (width % 2 or height % 2):
+        raise ImageRejectedError(
+            f"{encoding} needs even width and height, got {width}x{height}", "odd_size"
         )
 
 
@@ -91,7 +206,9 @@ def image_to_rgb(msg: Image, max_pixels: int) -> np.ndarray:
         try:
             return np.ascontiguousarray(_BRIDGE.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
         except Exception as error:  # cv_bridge raises its own types
-            raise ImageRejectedError(f"cannot convert {msg.encoding} image: {error}") from error
+            raise ImageRejectedError(
+                f"cannot convert {msg.encoding} image: {error}", "undecodable"
+            ) from error
     rows = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)
     rows = rows[:, : msg.width * channels]  # drop row padding
     pixels = rows.reshape(msg.height, msg.width, channels) if channels > 1 else rows
@@ -101,18 +218,178 @@ def image_to_rgb(msg: Image, max_pixels: int) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(pixels), code)
 
 
-def compressed_to_rgb(msg: CompressedImage, max_pixels: int) -> np.ndarray:
-    """A sensor_msgs/CompressedImage (JPEG, PNG, ...) -> (H, W, 3) uint8 RGB."""
-    if len(msg.data) == 0:
-        raise ImageRejectedError(f"empty compressed image (format '{msg.format}')")
-    decoded = cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_COLOR)
-    if decoded is None:
+def _format_of(prefix: bytes) -> str | None:
+    """The Pillow format name whose signature ``prefix`` carries (JPEG, PNG, GIF, WEBP, ...).
+
+    Only Pillow's signature checks run (no plugin opens anything); JPEG and PNG are tried first,
+    then every other format in Pillow's order.
+    """
+    PILImage.init()
+    for name in ("JPEG", "PNG", *PILImage.ID):  # the two we take first
+        accept = PILImage.OPEN[name][1]
+        if accept is None:
+            continue
+        try:
+            accepted = accept(prefix)
+        except Exception:  # a signature check on a short prefix; not this format
+            continue
+        if accepted is True or (accepted and not isinstance(accepted, str)):
+            return name
+    return None
+
+
+def _read_header(fmt: str, data: memoryview) -> tuple[int, int, str, int]:
+    """Pillow's header parser for ``fmt`` on the header bytes only; nothing is decoded.
+
+    A JPEG is parsed up to its first scan (within HEADER_BYTES); a PNG up to its IHDR chunk
+    (Pillow's own chunk reader and IHDR parser, CRC checked), so later chunks, text ones
+    included, are neither read nor inflated here.
+
+    Returns:
+        Declared width, height, Pillow mode, and the offset just past the header.
+    """
+    if fmt == "JPEG":
+        stream = io.BytesIO(data[:HEADER_BYTES])
+        image = JpegImagePlugin.JpegImageFile(stream)
+        return image.size[0], image.size[1], image.mode, stream.tell()
+    chunks = PngImagePlugin.PngStream(io.BytesIO(data[8:41]))  # after the signature: IHDR
+    cid, pos, length = chunks.read()
+    if cid != b"IHDR":
+        raise SyntaxError(f"first chunk is {cid!r}, not IHDR")
+    chunks.crc(cid, chunks.call(cid, pos, length))
+    if not chunks.im_mode:
+        raise SyntaxError("invalid bit depth / colour type combination in IHDR")
+    return chunks.im_size[0], chunks.im_size[1], chunks.im_mode, 8 + pos + length + 4
+
+
+def _declared(fmt: str, data: memoryview) -> DeclaredImage:
+    """:func:`_read_header`, with Pillow's errors and warnings turned into rejections."""
+    with _PILLOW_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            width, height, mode, header_end = _read_header(fmt, data)
+        except PILImage.DecompressionBombError as error:
+            raise ImageRejectedError(f"{fmt} {error}", "too_large") from None
+        except Exception as error:  # SyntaxError, OSError, ValueError, struct.error, ...
+            cut = fmt == "JPEG" and len(data) > HEADER_BYTES
+            where = f" within its first {HEADER_BYTES} bytes" if cut else ""
+            raise ImageRejectedError(
+                f"unreadable {fmt} header{where}: {type(error).__name__}: {error}", "header"
+            ) from None
+    others = []
+    for warning in caught:
+        if isinstance(warning.message, PILImage.DecompressionBombWarning):
+            raise ImageRejectedError(f"{fmt} {warning.message}", "too_large")
+        if "/PIL/" in warning.filename.replace("\\", "/"):
+            raise ImageRejectedError(f"corrupt {fmt} header: {warning.message}", "header")
+        others.append(warning)  # another thread's warning, caught by accident: passed on
+    for warning in others:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return DeclaredImage(fmt, width, height, mode, header_end)
+
+
+def _byte_view(data: object) -> memoryview:
+    """The message's data as a flat byte view (rclpy: array.array; rosbags: numpy; bytes)."""
+    try:
+        return memoryview(data).cast("B")
+    except (TypeError, ValueError):
+        try:
+            return memoryview(np.ascontiguousarray(data, dtype=np.uint8).reshape(-1))
+        except (TypeError, ValueError) as error:
+            raise ImageRejectedError(
+                f"data of type {type(data).__name__} is not a byte sequence", "data_length"
+            ) from error
+
+
+def check_compressed(msg: CompressedImage, max_pixels: int) -> DeclaredImage:
+    """Reads a sensor_msgs/CompressedImage's declared format and size without decoding it.
+
+    Raises :class:`ImageRejectedError` for empty data, content other than JPEG or PNG (named),
+    a format string naming the other of the two, an unreadable header, a declared size of zero
+    or above ``max_pixels``, and a stream without its end marker (truncated). Reads the header
+    and the last TAIL_BYTES only.
+
+    Returns:
+        The declared format, width, height and Pillow mode.
+    """
+    data = _byte_view(msg.data)
+    label = _quote(msg.format)
+    if len(data) == 0:
+        raise ImageRejectedError(f"empty compressed image (format {label})", "empty")
+    names = set(re.findall(r"[a-z0-9]+", str(msg.format).lower()))
+    if "compresseddepth" in names:
         raise ImageRejectedError(
-            f"undecodable compressed image (format '{msg.format}', {len(msg.data)} bytes)"
+            f"compressedDepth images are not supported (format {label})", "format"
         )
-    if decoded.shape[0] * decoded.shape[1] > max_pixels:
+    fmt = _format_of(bytes(data[:16]))
+    if fmt not in ("JPEG", "PNG"):
+        found = f"{fmt} data" if fmt else f"unrecognised data {bytes(data[:8])!r}..."
         raise ImageRejectedError(
-            f"image {decoded.shape[1]}x{decoded.shape[0]} exceeds max_pixels={max_pixels}"
+            f"compressed image is {found} (format {label}, {len(data)} bytes): only JPEG and "
+            "PNG are accepted",
+            "format",
+        )
+    claims = {"JPEG"} if names & {"jpeg", "jpg"} else set()
+    claims |= {"PNG"} if "png" in names else set()
+    if len(claims) == 1 and fmt not in claims:
+        raise ImageRejectedError(
+            f"format {label} says {claims.pop()} but the data are {fmt}", "format_mismatch"
+        )
+    declared = _declared(fmt, data)
+    width, height = declared.width, declared.height
+    if width == 0 or height == 0:
+        raise ImageRejectedError(
+            f"zero-size {fmt} declared in its header: {width}x{height}", "zero_size"
+        )
+    if width * height > max_pixels:
+        raise ImageRejectedError(
+            f"{fmt} header declares {width}x{height}, which exceeds max_pixels={max_pixels} "
+            f"({len(data)} bytes; not decoded)",
+            "too_large",
+        )
+    tail = bytes(data[max(declared.header_end, len(data) - TAIL_BYTES) :])
+    if _END_MARKER[fmt] not in tail:
+        raise ImageRejectedError(
+            f"truncated {fmt}: no {_END_MARKER[fmt]!r} end marker after its header "
+            f"({len(data)} bytes)",
+            "truncated",
+        )
+    return declared
+
+
+def compressed_to_rgb(msg: CompressedImage, max_pixels: int) -> np.ndarray:
+    """A sensor_msgs/CompressedImage (JPEG or PNG) -> (H, W, 3) uint8 RGB.
+
+    :func:`check_compressed` first; OpenCV decodes only a frame whose declared size is within
+    ``max_pixels``, and its output must have exactly the declared size.
+    """
+    declared = check_compressed(msg, max_pixels)
+    data = _byte_view(msg.data)
+    if declared.format == "PNG":
+        whole = bytes(data)
+        chunks = sum(whole.count(tag) for tag in _PNG_COMPRESSED_CHUNKS)  # an upper bound
+        if chunks > MAX_COMPRESSED_CHUNKS:
+            raise ImageRejectedError(
+                f"PNG with {chunks} compressed text/ICC chunks (at most "
+                f"{MAX_COMPRESSED_CHUNKS}): each would be inflated before the pixels",
+                "ancillary",
+            )
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
+    except cv2.error as error:
+        raise ImageRejectedError(
+            f"undecodable {declared.format} ({len(data)} bytes): {error}", "undecodable"
+        ) from None
+    if decoded is None or decoded.dtype != np.uint8 or decoded.ndim != 3 or decoded.shape[2] != 3:
+        raise ImageRejectedError(
+            f"undecodable {declared.format} (format {_quote(msg.format)}, {len(data)} bytes)",
+            "undecodable",
+        )
+    if decoded.shape[:2] != (declared.height, declared.width):
+        raise ImageRejectedError(
+            f"{declared.format} decoded to {decoded.shape[1]}x{decoded.shape[0]}, its header "
+            f"declares {declared.width}x{declared.height}",
+            "size_mismatch",
         )
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
