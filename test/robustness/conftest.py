@@ -8,8 +8,8 @@ import pytest
 _cases: dict[str, str] = {}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
+def pytest_collection_finish(session: pytest.Session) -> None:
+    for item in session.items:  # after -k / -m deselection
         if item.get_closest_marker("bad_input") is not None:
             _cases[item.nodeid] = "collected"
 

@@ -328,3 +328,13 @@ def test_resume_refuses_a_truncated_checkpoint(finished_run, data, tmp_path):
 def test_resume_refuses_new_config_options(finished_run, data, tmp_path):
     run = _copy_run(finished_run, tmp_path)
     _refused_resume(run, data, "--resume continues a run as it was", extra=["--config", "x.yaml"])
+
+
+@pytest.mark.parametrize("name", ["weights.safetensors", "weights.pth"])
+def test_pretrained_file_that_is_not_weights(data, tmp_path, name):
+    weights = tmp_path / name
+    weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage}")
+    config = _config(tmp_path)
+    _refused_start(
+        tmp_path, data, config, name, "not a readable weights file", extra=["--pretrained", weights]
+    )
