@@ -3,10 +3,16 @@
 Written with the ``rosbags`` library (pure Python): camera images (rgb8 Image, or JPEG
 CompressedImage), ground-truth semantic masks (mono8 class ids, 255 = void) and ground-truth
 vision_msgs/Detection2DArray, all stamped at the given rate, with the message definitions embedded.
+
+The bag holds EVERY ground-truth box: which boxes an evaluation counts depends on the model it
+scores (its input width), so the scorer decides (:func:`..evaluation.ground_truth.counted_boxes`).
+The bag is written into a temporary folder beside ``out`` and renamed when complete, so a failed
+or interrupted recording leaves nothing behind and can simply be run again.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -20,13 +26,16 @@ from rosbags.typesys.store import Typestore
 from tqdm import tqdm
 
 from ..data.cityscapes import CityscapesDataset
-from ..data.labels import ClassMap
+from ..data.labels import DEFAULT_CLASSES_FILE, ClassMap
+from ..outputs import atomic_directory, check_new_directory
 
 CAMERA_TOPIC = "/camera/image_raw"
 GT_SEMANTIC_TOPIC = "/ground_truth/semantic"
 GT_DETECTIONS_TOPIC = "/ground_truth/detections"
 FRAME_ID = "camera"
 START_NS = 1_700_000_000 * 10**9
+MAX_STAMP_NS = (2**31 - 1) * 10**9  # builtin_interfaces/Time holds int32 seconds
+MAX_RATE = 1e9  # stamps are nanoseconds: a faster rate would give two frames the same stamp
 REPO_INTERFACES = Path(__file__).resolve().parents[2] / "interfaces" / "vision_msgs" / "msg"
 
 
@@ -107,6 +116,30 @@ def image_msg(store: Typestore, header, array: np.ndarray, encoding: str):
     )
 
 
+def check_rate(rate: float, frames: int = 1) -> None:
+    """Refuses a recording rate that cannot give ``frames`` distinct, representable stamps.
+
+    Raises:
+        ValueError: ``rate`` is not a positive finite number, above :data:`MAX_RATE` (two frames
+            would share a nanosecond stamp), or so low that the last stamp overflows a ROS
+            time's int32 seconds.
+    """
+    if not (isinstance(rate, int | float) and math.isfinite(rate) and rate > 0):
+        raise ValueError(
+            f"the rate must be a positive finite number of frames per second, got {rate} (--rate)"
+        )
+    if rate > MAX_RATE:
+        raise ValueError(
+            f"rate {rate:g} Hz gives frames less than 1 ns apart, so stamps would repeat; "
+            f"at most {MAX_RATE:g} (--rate)"
+        )
+    if START_NS + (frames - 1) * 1e9 / rate > MAX_STAMP_NS:
+        raise ValueError(
+            f"at {rate:g} Hz the last of {frames} frames would be stamped after 2038-01-19, "
+            "beyond a ROS time's int32 seconds (--rate)"
+        )
+
+
 def record_dataset(
     data: Path,
     split: str,
@@ -116,65 +149,79 @@ def record_dataset(
     rate: float = 10.0,
     compressed: bool = False,
     classes_file: Path | None = None,
-    input_width: int = 768,
     topics: Topics = Topics(),
     progress: bool = True,
 ) -> int:
-    """Writes the split to ``out``; returns the number of frames.
+    """Writes the split to ``out`` (a new folder); returns the number of frames.
 
-    Ground-truth boxes smaller than the class map's ``min_box_size`` (network-input pixels at
-    ``input_width``, scaled to the image) are left out, as ``mtl-eval`` does.
+    ``out`` is checked before the dataset is read, and the bag is written to a temporary
+    folder beside it that is renamed to ``out`` only when complete.
+
+    Raises:
+        ValueError: ``out`` exists (with content, or as a file), a bad rate, class map or
+            dataset (naming the file or option).
     """
-    class_map = ClassMap.from_yaml(classes_file) if classes_file else ClassMap.from_yaml()
+    out = check_new_directory(out)
+    check_rate(rate)
+    if storage not in ("mcap", "sqlite3"):
+        raise ValueError(f"unknown storage {storage!r}: mcap or sqlite3 (--storage)")
+    class_map = ClassMap.from_yaml(classes_file or DEFAULT_CLASSES_FILE)
     dataset = CityscapesDataset(data, split, class_map)
-    if out.exists():
-        raise ValueError(
-            f"{out} exists; rosbag2 writes a new folder (remove it or choose another --out)"
-        )
-    if rate <= 0:
-        raise ValueError(f"--rate must be positive, got {rate}")
+    check_rate(rate, len(dataset))
     store = typestore()
     plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
     camera_type = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
     camera_topic = f"{topics.camera}/compressed" if compressed else topics.camera
-    with Writer(out, version=9, storage_plugin=plugin) as writer:
-        camera = writer.add_connection(camera_topic, camera_type, typestore=store)
-        semantic = writer.add_connection(topics.semantic, "sensor_msgs/msg/Image", typestore=store)
-        detections = writer.add_connection(
-            topics.detections, "vision_msgs/msg/Detection2DArray", typestore=store
-        )
-        for index in tqdm(
-            range(len(dataset)), desc=f"recording {out.name}", unit="frame", disable=not progress
-        ):
-            sample = dataset.load(index)
-            stamp = START_NS + round(index * 1e9 / rate)
-            header = _header(store, stamp)
-            if compressed:
-                _, jpeg = cv2.imencode(
-                    ".jpg",
-                    cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 95],
-                )
-                message = store.types["sensor_msgs/msg/CompressedImage"](
-                    header=header, format="jpeg", data=jpeg.reshape(-1)
-                )
-            else:
-                message = image_msg(store, header, sample.image, "rgb8")
-            writer.write(camera, stamp, store.serialize_cdr(message, camera_type))
-            mask = np.where(
-                sample.segmentation == class_map.void_id, 255, sample.segmentation
-            ).astype(np.uint8)
-            writer.write(
-                semantic,
-                stamp,
-                store.serialize_cdr(
-                    image_msg(store, header, mask, "mono8"), "sensor_msgs/msg/Image"
-                ),
+    with atomic_directory(out) as temporary:
+        # rosbags writes a folder that must not exist and names its storage file after it:
+        # write it inside the temporary folder under the final name, then lift its files up.
+        inner = temporary / out.name
+        with Writer(inner, version=9, storage_plugin=plugin) as writer:
+            camera = writer.add_connection(camera_topic, camera_type, typestore=store)
+            semantic = writer.add_connection(
+                topics.semantic, "sensor_msgs/msg/Image", typestore=store
             )
-            min_size = class_map.min_box_size * sample.image.shape[1] / input_width
-            keep = ((sample.boxes[:, 2:] - sample.boxes[:, :2]) >= min_size).all(axis=1)
-            gt = detections_msg(store, header, sample.boxes[keep], sample.classes[keep])
-            writer.write(
-                detections, stamp, store.serialize_cdr(gt, "vision_msgs/msg/Detection2DArray")
+            detections = writer.add_connection(
+                topics.detections, "vision_msgs/msg/Detection2DArray", typestore=store
             )
+            for index in tqdm(
+                range(len(dataset)),
+                desc=f"recording {out.name}",
+                unit="frame",
+                disable=not progress,
+            ):
+                sample = dataset.load(index)
+                stamp = START_NS + round(index * 1e9 / rate)
+                header = _header(store, stamp)
+                if compressed:
+                    ok, jpeg = cv2.imencode(
+                        ".jpg",
+                        cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_JPEG_QUALITY, 95],
+                    )
+                    if not ok:
+                        raise ValueError(f"cannot JPEG-encode frame {sample.name} (--compressed)")
+                    message = store.types["sensor_msgs/msg/CompressedImage"](
+                        header=header, format="jpeg", data=jpeg.reshape(-1)
+                    )
+                else:
+                    message = image_msg(store, header, sample.image, "rgb8")
+                writer.write(camera, stamp, store.serialize_cdr(message, camera_type))
+                mask = np.where(
+                    sample.segmentation == class_map.void_id, 255, sample.segmentation
+                ).astype(np.uint8)
+                writer.write(
+                    semantic,
+                    stamp,
+                    store.serialize_cdr(
+                        image_msg(store, header, mask, "mono8"), "sensor_msgs/msg/Image"
+                    ),
+                )
+                gt = detections_msg(store, header, sample.boxes, sample.classes)
+                writer.write(
+                    detections, stamp, store.serialize_cdr(gt, "vision_msgs/msg/Detection2DArray")
+                )
+        for child in inner.iterdir():
+            child.rename(temporary / child.name)
+        inner.rmdir()
     return len(dataset)
