@@ -17,7 +17,7 @@ from vision_msgs.msg import Detection2DArray
 from mtl_perception.data.cityscapes import CityscapesDataset
 from mtl_perception.data.labels import ClassMap
 from mtl_perception.data.synthetic import write_dataset
-from mtl_perception.ros.bag_evaluate import read_bag
+from mtl_perception.ros.bag_evaluate import BagTopics, read_bag
 from mtl_perception.ros.bag_record import START_NS, record_dataset, typestore
 
 CLASS_MAP = ClassMap.from_yaml()
@@ -63,7 +63,7 @@ def test_recorded_bag_reads_back_message_for_message(data, tmp_path, storage):
             "/ground_truth/detections": 3,
         }
         assert all(c.msgdef.data for c in reader.connections)  # definitions embedded
-        seen = 0
+        seen = small = 0
         for connection, timestamp, raw in reader.messages():
             message = store.deserialize_cdr(raw, connection.msgtype)
             index = round((timestamp - START_NS) / 2e8)  # 5 Hz
@@ -98,13 +98,15 @@ def test_recorded_bag_reads_back_message_for_message(data, tmp_path, storage):
                         for d in ours.detections
                     ]
                 )
-                keep = (
-                    (sample.boxes[:, 2:] - sample.boxes[:, :2])
-                    >= CLASS_MAP.min_box_size * 512 / 768
-                ).all(axis=1)
-                assert np.allclose(boxes, sample.boxes[keep])
+                # EVERY ground-truth box: the scorer decides which count (counted_boxes at the
+                # scored model's input width), not the recorder.
+                assert np.allclose(boxes, sample.boxes)
+                small += int(((sample.boxes[:, 2:] - sample.boxes[:, :2]) < 4 * 512 / 768).any())
+                classes = [int(d.results[0].hypothesis.class_id) for d in ours.detections]
+                assert classes == sample.classes.tolist()
             seen += 1
     assert seen == 9
+    assert small > 0  # boxes the old fixed-width rule left out of the bag are in it
 
 
 @pytest.mark.ros
@@ -186,24 +188,29 @@ def test_camera_only_bag_is_evaluated_for_speed(data, tmp_path):
 
 
 def test_corrupt_missing_topic_and_unknown_bags_give_clear_errors(data, tmp_path):
+    checkpoint = save_model(tmp_path / "model.pt", calibrated_small_model(config=SMALL_NAMED))
     bag = tmp_path / "bag"
     record_dataset(data, "val", bag, progress=False)
     (mcap,) = bag.glob("*.mcap")
     mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 3])  # truncated
     with pytest.raises(ValueError, match="cannot read bag"):
         read_bag(bag)
-    result = _mtl_bag_evaluate(bag, "x.pt", tmp_path / "out", timeout=120)
+    result = _mtl_bag_evaluate(bag, str(checkpoint), tmp_path / "out", timeout=120)
     assert (
         result.returncode == 2
         and "cannot read bag" in result.stderr
         and "Traceback" not in result.stderr
-    )
+    ), result.stderr
+    assert not (tmp_path / "out").exists()
     other = tmp_path / "other"
     record_dataset(data, "val", other, progress=False)
-    with pytest.raises(ValueError, match=r"no camera topic /front/image .*'/camera/image_raw'"):
-        read_bag(other, camera="/front/image")
+    with pytest.raises(
+        ValueError,
+        match=r"no camera topic /front/image .*/camera/image_raw \(sensor_msgs/msg/Image\)",
+    ):
+        read_bag(other, BagTopics(camera="/front/image"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="cannot read bag"):
+    with pytest.raises(ValueError, match="cannot read bag: not a rosbag2 folder"):
         read_bag(tmp_path / "empty")
     with pytest.raises(ValueError, match="bag not found"):
         read_bag(tmp_path / "nowhere")
