@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 STATE_VERSION = 2
 
 
+def seed_everything(seed: int) -> None:
+    """Seeds every global RNG (torch, CUDA, NumPy, Python) from the config's seed, so a run's
+    random numbers are a function of its config alone."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def rng_states() -> dict[str, Any]:
     """Every global RNG's state, in checkpoint-safe types (tensors, lists, ints, strings)."""
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()

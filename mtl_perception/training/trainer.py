@@ -124,7 +124,7 @@ class Trainer:
             ),
         )
         self.val_set = CityscapesDataset(self.data_root, config.data.val_split, self.class_map)
-        torch.manual_seed(config.seed)
+        state.seed_everything(config.seed)
         self.model = MultiTaskNet(self.model_config).to(self.device)
         self.channels_last = (
             self.device.type == "cuda" if config.channels_last is None else config.channels_last
