@@ -284,7 +284,9 @@ def test_malformed_frames_are_counted_and_the_node_keeps_running(
     )
     assert raw_node[0].poll() is None
     log = raw_node[1].read_text()
-    assert "rejected frame on /image: data length" in log  # throttled: the first reason is logged
+    for reason in ("data_length", "step", "zero_size", "encoding", "bit_depth", "too_large"):
+        assert f"rejected frame on /image ({reason}): " in log  # each reason's first is logged
+    assert "rejected frame on /image (data_length): data length" in log
     # Empty and undecodable compressed data on the compressed node.
     client.wait_for(lambda: _diagnostics(client, "compressed_node"), timeout=10)
     before = _count(client, "rejected", "compressed_node")
@@ -407,9 +409,9 @@ def test_a_frame_the_model_fails_on_is_dropped_and_the_node_keeps_running(
     env, client, tmp_path, scene
 ):
     model = calibrated_small_model(config=SMALL_NAMED)
-    with torch.no_grad():
-        for head in model.detector.heads:
-            head.bias.fill_(float("nan"))  # every score NaN: the node must not publish garbage
+    with torch.no_grad():  # finite weights (checkpoints with NaN are refused at load) whose
+        for head in model.detector.heads:  # products overflow: every score non-finite
+            head.weight.fill_(3e38)
     checkpoint = save_model(tmp_path / "nan.pt", model)
     log = tmp_path / "nan_node.log"
     process = start_node("nan_node", {"checkpoint": checkpoint, **NODE_PARAMS}, env, log)

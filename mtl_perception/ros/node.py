@@ -9,9 +9,16 @@ A managed lifecycle node and a thin shell around the Predictor:
 
 ``autostart`` (default true) configures and activates at start, so ``ros2 run`` just works.
 
-Latest frame wins: the subscription callback only parks the frame in a one-frame slot (a frame
-that was still waiting is replaced and counted as dropped); the inference thread always takes
-the newest. Latency therefore never grows with the input rate.
+Latest frame wins: the subscription callback checks the frame's geometry (raw) or header
+(compressed: format and declared size, nothing decoded) and parks a frame that passes in a
+one-frame slot (a frame that was still waiting is replaced and counted as dropped); a frame that
+fails is counted as rejected there and never displaces a waiting one. The inference thread always
+takes the newest, converts or decodes it, and runs the model. Latency therefore never grows with
+the input rate.
+
+Every frame is accounted for: once idle, received = processed + dropped + rejected. Rejections
+are counted per reason (``rejected_<reason>`` in /diagnostics) and logged per reason: the first
+occurrence of each reason always, then at most once per REJECTION_LOG_PERIOD seconds each.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,7 +50,10 @@ from ..inference.predictor import Prediction, Predictor, PredictorConfig
 from ..visualization import colorize, draw_overlay
 from .conversions import (
     CONVERTER,
+    REJECTION_REASONS,
     ImageRejectedError,
+    check_compressed,
+    check_image,
     compressed_to_rgb,
     encode_image,
     image_to_rgb,
@@ -61,6 +72,35 @@ OUTPUT_QOS = QoSProfile(
     depth=2, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE
 )
 LATENCY_WINDOW = 200
+REJECTION_LOG_PERIOD = 1.0  # seconds between two warnings for the same rejection reason
+INTERNAL_ERROR = "internal_error"  # a frame check that raised something else (a bug): rejected
+
+
+class ReasonThrottle:
+    """Log throttling per reason: the first occurrence of a reason always passes, later ones at
+    most once per ``period`` seconds, each reporting how many were held back since the last.
+
+    Thread-safe (the executor and the inference thread both reject frames).
+    """
+
+    def __init__(self, period: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period = period
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def admit(self, reason: str) -> int | None:
+        """None if this occurrence is held back; else how many of ``reason`` were held back
+        since the last one admitted."""
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(reason)
+            if last is not None and now - last < self.period:
+                self._held[reason] = self._held.get(reason, 0) + 1
+                return None
+            self._last[reason] = now
+            return self._held.pop(reason, 0)
 
 
 class PerceptionNode(LifecycleNode):
@@ -75,6 +115,7 @@ class PerceptionNode(LifecycleNode):
         self.counters = FrameCounters()
         self._counter_lock = threading.Lock()
         self._slot = LatestFrameSlot()
+        self._rejection_log = ReasonThrottle(REJECTION_LOG_PERIOD)
         self._worker: threading.Thread | None = None
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._last_diagnostics = (time.monotonic(), 0, 0)
@@ -186,13 +227,12 @@ class PerceptionNode(LifecycleNode):
         if self._input is not None:
             self.destroy_subscription(self._input)
             self._input = None
-        self._slot.close()
+        if self._slot.close():  # the frame waiting at deactivate: dropped, not lost
+            with self._counter_lock:
+                self.counters.dropped += 1
         if self._worker is not None:
             self._worker.join()
             self._worker = None
-        if self._slot.clear():
-            with self._counter_lock:
-                self.counters.dropped += 1
         if self._diagnostics_timer is not None:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = None
@@ -210,12 +250,42 @@ class PerceptionNode(LifecycleNode):
     # -- frames ----------------------------------------------------------------------------
 
     def _on_frame(self, msg: Image | CompressedImage) -> None:
-        """Executor thread: park the frame; never blocks on the model."""
-        replaced = self._slot.put((msg, time.monotonic()))
+        """Executor thread: check the frame (O(1): geometry, or the compressed header) and park
+        it; a frame that fails the check is rejected here and never displaces a waiting one.
+        Never blocks on the model."""
+        received_at = time.monotonic()
+        try:
+            if isinstance(msg, CompressedImage):
+                check_compressed(msg, self.params.max_pixels)
+            else:
+                check_image(msg, self.params.max_pixels)
+        except ImageRejectedError as error:
+            self._reject(error.reason, str(error), received=True)
+            return
+        except Exception as error:  # a bug in a check must not take the node down
+            self._reject(INTERNAL_ERROR, f"{type(error).__name__}: {error}", received=True)
+            return
+        dropped = self._slot.put((msg, received_at))
         with self._counter_lock:
             self.counters.received += 1
-            if replaced:
+            if dropped:
                 self.counters.dropped += 1
+
+    def _reject(self, reason: str, problem: str, received: bool = False) -> None:
+        """Counts a rejected frame (and, from the callback, its arrival) and logs it, throttled
+        per reason."""
+        with self._counter_lock:
+            self.counters.received += received
+            self.counters.reject(reason)
+        held = self._rejection_log.admit(reason)
+        if held is None:
+            return
+        note = f" ({held} more '{reason}' rejections since the last report)" if held else ""
+        line = f"rejected frame on {self._topic()} ({reason}): {problem}{note}"
+        if reason == INTERNAL_ERROR:
+            self.get_logger().error(line)
+        else:
+            self.get_logger().warning(line)
 
     def _inference_loop(self) -> None:
         while True:
@@ -225,7 +295,16 @@ class PerceptionNode(LifecycleNode):
                     return
                 continue
             msg, received_at = item
-            self._process(msg, received_at)
+            try:
+                self._process(msg, received_at)
+            except Exception as error:  # publishing, or a bug: this frame is lost, not the node
+                with self._counter_lock:
+                    self.counters.failed += 1
+                    self.counters.dropped += 1
+                self.get_logger().error(
+                    f"processing failed, frame dropped: {type(error).__name__}: {error}",
+                    throttle_duration_sec=1.0,
+                )
 
     def _process(self, msg: Image | CompressedImage, received_at: float) -> None:
         params = self.params
@@ -234,12 +313,8 @@ class PerceptionNode(LifecycleNode):
                 rgb = compressed_to_rgb(msg, params.max_pixels)
             else:
                 rgb = image_to_rgb(msg, params.max_pixels)
-        except ImageRejectedError as error:
-            with self._counter_lock:
-                self.counters.rejected += 1
-            self.get_logger().warning(
-                f"rejected frame on {self._topic()}: {error}", throttle_duration_sec=1.0
-            )
+        except ImageRejectedError as error:  # found only by decoding (e.g. size_mismatch)
+            self._reject(error.reason, str(error))
             return
         try:
             prediction = self.predictor.predict(rgb)[0]
@@ -303,7 +378,7 @@ class PerceptionNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
         with self._counter_lock:
-            counters = FrameCounters(**vars(self.counters))
+            counters = self.counters.copy()
             latencies = np.array(self._latencies) * 1e3
         then, received_before, processed_before = self._last_diagnostics
         self._last_diagnostics = (now, counters.received, counters.processed)
@@ -313,7 +388,15 @@ class PerceptionNode(LifecycleNode):
             "processed_fps": f"{(counters.processed - processed_before) / elapsed:.2f}",
             "latency_p50_ms": f"{np.percentile(latencies, 50):.1f}" if latencies.size else "nan",
             "latency_p95_ms": f"{np.percentile(latencies, 95):.1f}" if latencies.size else "nan",
-            **{name: value for name, value in vars(counters).items()},
+            "received": counters.received,
+            "processed": counters.processed,
+            "dropped": counters.dropped,
+            "rejected": counters.rejected,
+            "failed": counters.failed,
+            **{
+                f"rejected_{reason}": counters.rejected_by_reason.get(reason, 0)
+                for reason in (*REJECTION_REASONS, INTERNAL_ERROR, *counters.rejected_by_reason)
+            },
             "device": self.device,
             "precision": self.params.precision,
             "backend": self.params.backend,
