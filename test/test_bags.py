@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.models import SMALL_NAMED, calibrated_small_model, save_model
+from helpers.refusal import invoke
 from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from vision_msgs.msg import Detection2DArray
@@ -17,7 +18,8 @@ from vision_msgs.msg import Detection2DArray
 from mtl_perception.data.cityscapes import CityscapesDataset
 from mtl_perception.data.labels import ClassMap
 from mtl_perception.data.synthetic import write_dataset
-from mtl_perception.ros.bag_evaluate import BagTopics, read_bag
+from mtl_perception.ros import bag_cli
+from mtl_perception.ros.bag_evaluate import BagFrames, BagTopics, Collected, Frame, read_bag, score
 from mtl_perception.ros.bag_record import START_NS, record_dataset, typestore
 
 CLASS_MAP = ClassMap.from_yaml()
@@ -214,3 +216,34 @@ def test_corrupt_missing_topic_and_unknown_bags_give_clear_errors(data, tmp_path
         read_bag(tmp_path / "empty")
     with pytest.raises(ValueError, match="bag not found"):
         read_bag(tmp_path / "nowhere")
+
+
+def test_scoring_counts_ground_truth_boxes_at_the_node_input_width():
+    """The bag holds every box; the scorer leaves out what counted_boxes leaves out at the
+    input width the node runs at (min_box_size 4 network px: a 3-px box in a 128-px image counts
+    at input width 256, not at 128)."""
+    big, small = [10.0, 10.0, 50.0, 40.0], [60.0, 10.0, 63.0, 13.0]
+    frame = Frame(0, 0, 1, 1, b"", (64, 128), boxes=(np.array([big, small]), np.array([0, 0])))
+    bag = BagFrames(Path("bag"), "/camera", "sensor_msgs/msg/Image", None, "/boxes", 10**6, [frame])
+    collected = Collected(
+        sent={1: 0.0},
+        masks={1: np.zeros((64, 128), np.uint8)},
+        detections={1: (np.array([big]), np.array([0.9]), np.array([0]))},
+        arrived={1: 0.1},
+    )
+    assert CLASS_MAP.min_box_size == 4
+    first = CLASS_MAP.det_names[0]
+    assert score(bag, collected, CLASS_MAP, 128)["ap"][first] == pytest.approx(1.0)
+    assert score(bag, collected, CLASS_MAP, 256)["ap"][first] < 0.9
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback_of_a_refusal(tmp_path, where):
+    argv = ["evaluate", "--bag", tmp_path / "nowhere", "--checkpoint", tmp_path / "x.pt"]
+    argv += ["--out", tmp_path / "out"]
+    argv = ["--debug", *argv] if where == "before" else [*argv, "--debug"]
+    outcome = invoke(bag_cli.main, *argv)
+    assert outcome.code == 2 and "Traceback" in outcome.stderr
+    assert outcome.error_lines == [
+        f"error: checkpoint not found: {tmp_path / 'x.pt'} (--checkpoint)"
+    ]

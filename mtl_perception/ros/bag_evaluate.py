@@ -339,6 +339,11 @@ def _read_messages(
         reason = "not a rosbag2 folder (no metadata.yaml)" if path.is_dir() else one_line(error)
         raise ValueError(f"cannot read bag: {reason} (--bag {path})") from error
     except Exception as error:  # rosbags' ReaderError, and sqlite/zstd/struct errors of damage
+        if path.is_file():
+            raise ValueError(
+                f"cannot read bag: {path.name} is a file, not a rosbag2 folder nor a readable "
+                f".mcap/.db3 file ({one_line(error)}) (--bag {path})"
+            ) from error
         raise ValueError(
             "cannot read bag (truncated, corrupt or unknown storage format): "
             f"{one_line(error)} (--bag {path})"
@@ -725,8 +730,9 @@ def score(
             )
         if frame.boxes is not None:
             boxes, scores, classes = collected.detections[frame.stamp]
+            image_width = collected.masks[frame.stamp].shape[1]  # the frame as the node saw it
             gt_boxes, gt_classes = counted_boxes(
-                *frame.boxes, frame.size[1], input_width, class_map.min_box_size
+                *frame.boxes, image_width, input_width, class_map.min_box_size
             )
             average_precision.update(boxes, scores, classes, gt_boxes, gt_classes)
         scored += 1
@@ -962,7 +968,10 @@ def evaluate_bag(
         raise ValueError(f"{one_line(error)} (--checkpoint)") from error
     model_config = model.config
     del model
-    check_classes(model_config, class_map, str(checkpoint))
+    try:
+        check_classes(model_config, class_map, str(checkpoint))
+    except ValueError as error:
+        raise ValueError(f"{error} (--classes {classes_file or DEFAULT_CLASSES_FILE})") from error
     defaults = {
         **EVALUATION_DEFAULTS,
         "input_height": model_config.input_height,
