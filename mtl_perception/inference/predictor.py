@@ -146,9 +146,19 @@ class Predictor:
         self.config = config = config or PredictorConfig()
         config.check()
         self.model_config = model_config
-        self.device = torch.device(config.device)
+        try:
+            self.device = torch.device(config.device)
+        except RuntimeError as error:
+            raise ValueError(
+                f"device must be 'cpu', 'cuda' or 'cuda:N', got {config.device!r}"
+            ) from error
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {config.device!r} requested but CUDA is not available")
+        if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {config.device!r} requested but there are only "
+                f"{torch.cuda.device_count()} CUDA devices"
+            )
         self.input_size = (
             config.input_height or model_config.input_height,
             config.input_width or model_config.input_width,
@@ -194,23 +204,71 @@ class Predictor:
 
     @classmethod
     def from_onnx(cls, path: str | Path, config: PredictorConfig | None = None) -> Predictor:
-        """An onnxruntime predictor; the model config comes from the file's metadata."""
+        """An onnxruntime predictor; the model config comes from the file's metadata.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not an ONNX file, or not one written by mtl-export (no or corrupt
+                metadata, other inputs or outputs); names the file and the metadata key.
+        """
         import onnx
 
-        metadata = {
-            p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
-        }
-        if "mtl_perception.model_config" not in metadata:
-            raise ValueError(
-                f"{path} has no mtl_perception model config in its metadata; "
-                "export it with mtl_perception.inference.export"
-            )
-        model_config = ModelConfig.from_dict(json.loads(metadata["mtl_perception.model_config"]))
-        config = config or PredictorConfig()
-        height, width = (
-            int(metadata["mtl_perception.input_height"]),
-            int(metadata["mtl_perception.input_width"]),
+        from .onnx_backend import (
+            CONFIG_KEY,
+            EXPORT_HINT,
+            HEIGHT_KEY,
+            WIDTH_KEY,
+            check_onnx_file,
+            check_signature,
         )
+
+        path = check_onnx_file(path)
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as error:  # protobuf's DecodeError and onnx's own types
+            if isinstance(error, OSError):  # unreadable: reported as such
+                raise
+            raise ValueError(f"{path} is not an ONNX model ({type(error).__name__})") from error
+        if not proto.ir_version or not proto.graph.node:  # e.g. empty or a text file
+            raise ValueError(f"{path} is not an ONNX model (no graph)")
+        metadata = {p.key: p.value for p in proto.metadata_props}
+        if CONFIG_KEY not in metadata:
+            raise ValueError(
+                f"ONNX model {path} has no mtl_perception model config in its metadata "
+                f"('{CONFIG_KEY}'); {EXPORT_HINT}"
+            )
+        try:
+            model_config = ModelConfig.from_dict(json.loads(metadata[CONFIG_KEY]))
+        except ValueError as error:  # json.JSONDecodeError is a ValueError
+            raise ValueError(
+                f"ONNX model {path}: metadata '{CONFIG_KEY}' is invalid: {error}"
+            ) from error
+        size = []
+        for key in (HEIGHT_KEY, WIDTH_KEY):
+            text = metadata.get(key)
+            if text is None or not text.isdigit():
+                raise ValueError(
+                    f"ONNX model {path}: metadata '{key}' must be a positive integer, got {text!r}"
+                )
+            size.append(int(text))
+        height, width = size
+        try:
+            check_input_size(height, width)
+        except ValueError as error:
+            raise ValueError(f"ONNX model {path}: metadata input size: {error}") from error
+        weights = {t.name for t in proto.graph.initializer}
+        inputs = [
+            (i.name, [d.dim_value or d.dim_param or None for d in i.type.tensor_type.shape.dim])
+            for i in proto.graph.input
+            if i.name not in weights
+        ]
+        check_signature(path, inputs, [o.name for o in proto.graph.output])
+        if inputs[0][1][2:] != [height, width]:
+            raise ValueError(
+                f"ONNX model {path}: its graph takes {inputs[0][1][2:]} images but metadata "
+                f"says {height}x{width}"
+            )
+        config = config or PredictorConfig()
         config = PredictorConfig(
             **{
                 **config.__dict__,
