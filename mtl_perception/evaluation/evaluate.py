@@ -1,7 +1,13 @@
 """Offline evaluation on a Cityscapes-layout split: Table-1 metrics, latency, overlays.
 
-    mtl-eval --checkpoint CKPT --data DIR [--split val] [--out DIR] [--save-overlays N]
+    mtl-eval (--checkpoint CKPT | --onnx MODEL.onnx) --data DIR [--split val] [--out NEW_DIR]
+        [--save-overlays N] [--max-images N] [--device cpu] [--precision fp32] [--debug]
     python -m mtl_perception.evaluation ...   (the same)
+
+The output folder, the class map, the dataset's layout, the model and its classes are checked
+before the first image is evaluated; a damaged image or label file stops the run naming it.
+``--out`` must be new (or empty) and appears only when complete, with ``metrics.json`` and
+``overlays/``. A bad input is one line ``error: ...`` and exit 2 (the traceback with --debug).
 
 Images are evaluated at their original resolution, one at a time (the paper's latency is per
 image): the Predictor resizes each to the network input and maps masks and boxes back.
@@ -13,6 +19,7 @@ COCO evaluations do; the node publishes with its own, higher threshold.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -23,9 +30,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..cli import ToolParser, non_negative_int, positive_int, tool_main
 from ..data.cityscapes import CityscapesDataset
 from ..data.labels import DEFAULT_CLASSES_FILE, ClassMap
 from ..inference.predictor import Predictor, PredictorConfig
+from ..outputs import atomic_directory, check_new_directory, write_text
 from ..visualization import draw_overlay
 from .ground_truth import counted_boxes
 from .metrics import ConfusionMatrix, DetectionAP
@@ -77,7 +86,10 @@ def evaluate(
     for index in tqdm(range(count), desc="evaluating", unit="img", disable=not progress):
         sample = dataset.load(index)
         start = time.perf_counter()
-        (prediction,) = predictor.predict(sample.image)
+        try:
+            (prediction,) = predictor.predict(sample.image)
+        except FloatingPointError as error:
+            raise FloatingPointError(f"{error} on {dataset.images[index]}") from error
         latencies.append(time.perf_counter() - start)
         confusion.update(prediction.mask, sample.segmentation)
         gt_boxes, gt_classes = counted_boxes(
@@ -101,10 +113,9 @@ def evaluate(
                 class_map.det_names,
                 class_map.num_seg_classes,
             )
-            cv2.imwrite(
-                str(overlay_dir / f"{sample.name}_overlay.png"),
-                cv2.cvtColor(picture, cv2.COLOR_RGB2BGR),
-            )
+            path = overlay_dir / f"{sample.name}_overlay.png"
+            if not cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+                raise OSError(f"could not write the overlay {path}")
     iou = confusion.iou()
     ap = average_precision.average_precision()
     seconds = np.array(latencies)
@@ -153,63 +164,87 @@ def format_table(metrics: dict[str, Any], column: str = "Validation") -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Evaluate a checkpoint on a Cityscapes-layout split."
+def device_name(text: str) -> str:
+    """argparse type: "cpu", "cuda" or "cuda:N"."""
+    kind, _, index = text.partition(":")
+    if text == "cpu" or (kind == "cuda" and (not index or index.isdigit())):
+        return text
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+
+
+def build_parser() -> ToolParser:
+    parser = ToolParser(
+        prog="mtl-eval", description="Evaluate a checkpoint or an ONNX export on a split."
     )
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", type=Path, help="checkpoint to evaluate (PyTorch)")
+    model.add_argument("--onnx", type=Path, help="ONNX export to evaluate (onnxruntime)")
     parser.add_argument("--data", type=Path, required=True, help="dataset root")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--out", type=Path, help="folder for metrics.json and overlays")
+    parser.add_argument(
+        "--out", type=Path, help="new folder for metrics.json and overlays (written when complete)"
+    )
     parser.add_argument(
         "--classes", type=Path, default=DEFAULT_CLASSES_FILE, help="class mapping YAML"
     )
     parser.add_argument(
         "--save-overlays",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="N",
-        help="overlay PNGs of the first N images",
+        help="overlay PNGs of the first N images (needs --out)",
     )
     parser.add_argument("--interpolation", choices=["coco", "voc"], default="coco")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     parser.add_argument(
-        "--onnx", type=Path, help="evaluate this exported model with onnxruntime instead"
+        "--max-images", type=positive_int, metavar="N", help="evaluate the first N images only"
     )
-    parser.add_argument("--max-images", type=int)
-    args = parser.parse_args(argv)
-    try:
-        class_map = ClassMap.from_yaml(args.classes)
-        config = PredictorConfig(
-            device=args.device, precision=args.precision, score_threshold=EVAL_SCORE_THRESHOLD
-        )
-        predictor = (
-            Predictor.from_onnx(args.onnx, config)
-            if args.onnx
-            else Predictor.from_checkpoint(args.checkpoint, config)
-        )
-        check_classes(predictor.model_config, class_map, str(args.checkpoint))
-        dataset = CityscapesDataset(args.data, args.split, class_map)
-        overlays = args.out / "overlays" if args.out and args.save_overlays else None
+    return parser
+
+
+@tool_main(build_parser)
+def main(args: argparse.Namespace) -> int:
+    """``mtl-eval``: checks every input and the output folder before evaluating; writes
+    ``--out`` (metrics.json, overlays/) as a whole when the evaluation is complete."""
+    if args.save_overlays and args.out is None:
+        raise ValueError("--save-overlays needs --out (the folder to write the overlays to)")
+    if args.out is not None:
+        check_new_directory(args.out, "--out")
+    class_map = ClassMap.from_yaml(args.classes)
+    dataset = CityscapesDataset(args.data, args.split, class_map)
+    config = PredictorConfig(
+        device=args.device, precision=args.precision, score_threshold=EVAL_SCORE_THRESHOLD
+    )
+    model_path = args.onnx or args.checkpoint
+    if args.onnx:
+        predictor = Predictor.from_onnx(args.onnx, config)
+    else:
+        predictor = Predictor.from_checkpoint(args.checkpoint, config)
+    check_classes(predictor.model_config, class_map, str(model_path))
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(atomic_directory(args.out, "--out")) if args.out else None
         metrics = evaluate(
             predictor,
             dataset,
             interpolation=args.interpolation,
-            overlay_dir=overlays,
+            overlay_dir=folder / "overlays" if folder and args.save_overlays else None,
             save_overlays=args.save_overlays,
             max_images=args.max_images,
         )
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if predictor.model is not None:
-        metrics["params"] = sum(p.numel() for p in predictor.model.parameters())
-    metrics.update(checkpoint=str(args.checkpoint), data=str(args.data), split=args.split)
+        if predictor.model is not None:
+            metrics["params"] = sum(p.numel() for p in predictor.model.parameters())
+        metrics.update(
+            {"onnx" if args.onnx else "checkpoint": str(model_path)},
+            backend=predictor.config.backend,
+            data=str(args.data),
+            split=args.split,
+        )
+        if folder is not None:
+            write_text(folder / "metrics.json", json.dumps(metrics, indent=2))
     print(format_table(metrics, column=args.split))
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        overlays = args.out / "overlays" if args.save_overlays else None
         print(
             f"wrote {args.out / 'metrics.json'}"
             + (f" and overlays in {overlays}" if overlays else "")
