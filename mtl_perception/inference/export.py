@@ -1,7 +1,7 @@
 """Export a checkpoint's network to ONNX (opset 18 by default; >= 17).
 
-    python -m mtl_perception.inference.export --checkpoint CKPT --out model.onnx
-        [--height 384 --width 768] [--opset 18]      (console script: mtl-export)
+    python -m mtl_perception.inference.export --checkpoint CKPT --out NEW.onnx
+        [--height 384 --width 768] [--opset 18] [--debug]      (console script: mtl-export)
 
 The graph takes (B, 3, H, W) float images normalised like training (dynamic batch, fixed
 H x W) and returns ``seg_logits`` and ``det_branch1..3``; the model config (classes, names,
@@ -20,10 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..cli import ToolParser, multiple_of, positive_int, tool_main
 from ..model.checkpoint import load_model
 from ..model.network import MultiTaskNet, check_input_size
+from ..outputs import check_new_file, write_bytes
+from .onnx_backend import CONFIG_KEY, HEIGHT_KEY, INPUT_NAME, OUTPUT_NAMES, WIDTH_KEY
 
-OUTPUT_NAMES = ["seg_logits", "det_branch1", "det_branch2", "det_branch3"]
+MIN_OPSET = 17
 
 
 class InferenceGraph(nn.Module):
@@ -41,14 +44,12 @@ class InferenceGraph(nn.Module):
 def export_onnx(
     model: MultiTaskNet, out: str | Path, height: int, width: int, opset: int = 18
 ) -> Path:
-    """Writes ``model`` (eval mode) to ``out`` with its config in the metadata."""
-    import onnx
-
-    if opset < 17:
-        raise ValueError(f"opset must be >= 17, got {opset}")
+    """Writes ``model`` (eval mode) to ``out`` atomically (a temporary file renamed when
+    complete), with its config in the metadata."""
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
     check_input_size(height, width)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     graph = InferenceGraph(model.eval()).cpu()
     # Batch 2: torch.export specialises a size-1 dimension, which would pin the graph to batch 1.
     example = torch.zeros(2, 3, height, width)
@@ -59,41 +60,49 @@ def export_onnx(
             (example,),
             dynamo=True,
             opset_version=opset,
-            input_names=["images"],
-            output_names=OUTPUT_NAMES,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},),
             verbose=False,
         )
     proto = program.model_proto
     for key, value in {
-        "mtl_perception.model_config": json.dumps(model.config.to_dict()),
-        "mtl_perception.input_height": str(height),
-        "mtl_perception.input_width": str(width),
+        CONFIG_KEY: json.dumps(model.config.to_dict()),
+        HEIGHT_KEY: str(height),
+        WIDTH_KEY: str(width),
     }.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    temporary = out.with_suffix(out.suffix + ".tmp")
-    onnx.save(proto, str(temporary))
-    temporary.replace(out)
-    return out
+    return write_bytes(out, proto.SerializeToString())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Export a checkpoint to ONNX.")
+def opset_version(text: str) -> int:
+    """argparse type: an ONNX opset the exporter supports (>= 17)."""
+    value = positive_int(text)
+    if value < MIN_OPSET:
+        raise argparse.ArgumentTypeError(f"must be >= {MIN_OPSET}, got {value}")
+    return value
+
+
+def build_parser() -> ToolParser:
+    parser = ToolParser(prog="mtl-export", description="Export a checkpoint to ONNX.")
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--height", type=int, help="input height, pixels (default: the model's)")
-    parser.add_argument("--width", type=int, help="input width, pixels (default: the model's)")
-    parser.add_argument("--opset", type=int, default=18)
-    args = parser.parse_args(argv)
-    try:
-        model, _ = load_model(args.checkpoint)
-        height = args.height or model.config.input_height
-        width = args.width or model.config.input_width
-        path = export_onnx(model, args.out, height, width, args.opset)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    parser.add_argument("--out", type=Path, required=True, help="new .onnx file")
+    size = multiple_of(16)
+    parser.add_argument("--height", type=size, help="input height, pixels (default: the model's)")
+    parser.add_argument("--width", type=size, help="input width, pixels (default: the model's)")
+    parser.add_argument("--opset", type=opset_version, default=18, help="ONNX opset, >= 17")
+    return parser
+
+
+@tool_main(build_parser)
+def main(args: argparse.Namespace) -> int:
+    """``mtl-export``: checks ``--out`` before loading and exporting."""
+    check_new_file(args.out, "--out")
+    model, _ = load_model(args.checkpoint)
+    height = args.height or model.config.input_height
+    width = args.width or model.config.input_width
+    path = export_onnx(model, args.out, height, width, args.opset)
     print(f"wrote {path} ({height}x{width}, opset {args.opset})")
     return 0
 
