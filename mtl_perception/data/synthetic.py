@@ -1,6 +1,6 @@
 """Synthetic street scenes written in the exact Cityscapes layout and file naming.
 
-    python -m mtl_perception.data.synthetic --out DIR --train N --val M --seed S [--width 2048]
+    python -m mtl_perception.data.synthetic --out NEW_DIR --train N --val M --seed S [--width 2048]
 
 Each scene has a horizon, sky, buildings, vegetation, a road in perspective with sidewalks,
 fences, poles and traffic signs as stuff, and cars/trucks/buses, persons, riders and
@@ -25,6 +25,9 @@ import cv2
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 from tqdm import tqdm
+
+from ..cli import ToolParser, non_negative_int, positive_int, tool_main
+from ..outputs import atomic_directory
 
 LABEL = {label.name: label.id for label in CITYSCAPES_LABELS if label.id >= 0}
 PALETTE = np.zeros((256, 3), np.uint8)
@@ -305,20 +308,41 @@ def write_dataset(
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write synthetic scenes in the Cityscapes layout.")
-    parser.add_argument("--out", type=Path, required=True, help="dataset root to write")
-    parser.add_argument("--train", type=int, default=20, help="training images")
-    parser.add_argument("--val", type=int, default=5, help="validation images")
-    parser.add_argument("--test", type=int, default=0, help="test images")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--width", type=int, default=2048, help="image width, pixels")
-    parser.add_argument("--height", type=int, default=1024, help="image height, pixels")
-    args = parser.parse_args(argv)
-    if args.width < 64 or args.height < 32:
-        parser.error("--width must be >= 64 and --height >= 32")
+def _at_least(minimum: int):
+    """argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def build_parser() -> ToolParser:
+    parser = ToolParser(
+        prog="python -m mtl_perception.data.synthetic",
+        description="Write synthetic scenes in the Cityscapes layout.",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="new dataset root to write")
+    parser.add_argument("--train", type=non_negative_int, default=20, help="training images")
+    parser.add_argument("--val", type=non_negative_int, default=5, help="validation images")
+    parser.add_argument("--test", type=non_negative_int, default=0, help="test images")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--width", type=_at_least(64), default=2048, help="image width, pixels")
+    parser.add_argument("--height", type=_at_least(32), default=1024, help="image height, pixels")
+    return parser
+
+
+@tool_main(build_parser)
+def main(args: argparse.Namespace) -> int:
+    """Checks ``--out`` first; the dataset appears under ``--out`` only when complete."""
     splits = {k: v for k, v in (("train", args.train), ("val", args.val), ("test", args.test)) if v}
-    paths = write_dataset(args.out, splits, args.seed, args.width, args.height)
+    if not splits:
+        raise ValueError("--train, --val and --test are all 0: nothing to write")
+    with atomic_directory(args.out, "--out") as folder:
+        paths = write_dataset(folder, splits, args.seed, args.width, args.height)
     print(f"wrote {len(paths)} images to {args.out}")
     return 0
 

@@ -1,6 +1,7 @@
 """Scale-aware anchors: k-means on box shapes with distance 1 - IoU (paper section 4.2).
 
-    python -m mtl_perception.detection.anchors --data DIR --out FILE.yaml [--split train]
+    python -m mtl_perception.detection.anchors --data DIR --out NEW.yaml [--split train]
+        [--height 384 --width 768] [--seed 0] [--debug]
 
 Nine clusters of (width, height) at training resolution, sorted by area: the three smallest
 belong to the dilation-1 Trident branch, the middle three to dilation 2, the largest three to
@@ -18,7 +19,9 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from ..cli import ToolParser, multiple_of, non_negative_int, tool_main
 from ..model.config import ANCHORS_PER_BRANCH, TRIDENT_DILATIONS
+from ..outputs import check_new_file, write_text
 from .boxes import shape_iou
 
 NUM_ANCHORS = ANCHORS_PER_BRANCH * len(TRIDENT_DILATIONS)  # paper: 9
@@ -84,32 +87,43 @@ def dataset_box_sizes(data: Path, split: str, height: int, width: int) -> np.nda
     return np.concatenate(sizes) if sizes else np.zeros((0, 2), np.float32)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+def build_parser() -> ToolParser:
+    parser = ToolParser(
+        prog="python -m mtl_perception.detection.anchors",
+        description=__doc__.strip().splitlines()[0],
+    )
     parser.add_argument("--data", type=Path, required=True, help="Cityscapes-layout root")
-    parser.add_argument("--out", type=Path, required=True, help="YAML file to write")
+    parser.add_argument("--out", type=Path, required=True, help="new YAML file to write")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--height", type=int, default=384, help="training height, pixels")
-    parser.add_argument("--width", type=int, default=768, help="training width, pixels")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    try:
-        sizes = dataset_box_sizes(args.data, args.split, args.height, args.width)
-        anchors = kmeans_iou(sizes, seed=args.seed)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    size = multiple_of(16)
+    parser.add_argument("--height", type=size, default=384, help="training height, pixels")
+    parser.add_argument("--width", type=size, default=768, help="training width, pixels")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    return parser
+
+
+@tool_main(build_parser)
+def main(args: argparse.Namespace) -> int:
+    """Checks ``--out`` first, reads the boxes, clusters them, writes the YAML atomically."""
+    check_new_file(args.out, "--out")
+    sizes = dataset_box_sizes(args.data, args.split, args.height, args.width)
+    if len(sizes) < NUM_ANCHORS:
+        raise ValueError(
+            f"{args.data} (split '{args.split}') has {len(sizes)} boxes at "
+            f"{args.width}x{args.height}; k-means needs at least {NUM_ANCHORS} (--data, --split)"
+        )
+    anchors = kmeans_iou(sizes, seed=args.seed)
     mean_iou = float(
         shape_iou(torch.from_numpy(sizes).double(), torch.from_numpy(anchors))
         .max(dim=1)
         .values.mean()
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
+    write_text(
+        args.out,
         f"# k-means (1 - IoU) anchors from {len(sizes)} boxes of {args.data} ({args.split}) at "
         f"{args.width}x{args.height}; mean best IoU {mean_iou:.3f}.\n"
         "# (width, height) in pixels; branches: dilation 1 (small), 2, 3 (large).\n"
-        + yaml.safe_dump({"model": {"anchors": split_by_branch(anchors)}}, default_flow_style=None)
+        + yaml.safe_dump({"model": {"anchors": split_by_branch(anchors)}}, default_flow_style=None),
     )
     print(f"wrote {args.out}: mean best IoU {mean_iou:.3f} over {len(sizes)} boxes")
     return 0

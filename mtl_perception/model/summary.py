@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig
+from ..cli import ToolParser, multiple_of, tool_main
+from .config import OUTPUT_STRIDE, ModelConfig
 from .network import MultiTaskNet
 
 # Paper, abstract and Table 3: parameters of the whole multi-task network.
@@ -86,21 +87,25 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+def build_parser() -> ToolParser:
+    parser = ToolParser(
+        prog="python -m mtl_perception.model.summary",
+        description=__doc__.strip().splitlines()[0],
+    )
     parser.add_argument("--config", type=Path, help="model config YAML (default: the paper's)")
-    parser.add_argument("--height", type=int, default=None, help="input height in pixels")
-    parser.add_argument("--width", type=int, default=None, help="input width in pixels")
+    size = multiple_of(OUTPUT_STRIDE)
+    parser.add_argument("--height", type=size, default=None, help="input height in pixels")
+    parser.add_argument("--width", type=size, default=None, help="input width in pixels")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
-    try:
-        config = ModelConfig.from_yaml(args.config) if args.config else ModelConfig()
-        height = args.height or config.input_height
-        width = args.width or config.input_width
-        summary = summarize(config, height, width)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return parser
+
+
+@tool_main(build_parser)
+def main(args: argparse.Namespace) -> int:
+    config = ModelConfig.from_yaml(args.config) if args.config else ModelConfig()
+    height = args.height or config.input_height
+    width = args.width or config.input_width
+    summary = summarize(config, height, width)
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     return 0
 
