@@ -5,10 +5,12 @@ option, no traceback, every file that existed before byte-identical after and no
 behind (``Snapshot`` over the input bag, the output's parent folder and the data folder).
 Refusals happen before any node starts, so they run in-process (``bag_cli.main``).
 
-Cases that must succeed need the live node; they are grouped into few ``evaluate`` runs (a node
+Cases that must succeed need the live node; they are grouped into four ``evaluate`` runs (a node
 start costs seconds on two cores), each shared by parametrized cases: every raw encoding the
 node accepts plus two frames it rejects in one bag, JPEG and PNG in one sqlite3 bag, zero and
-repeated header stamps in one bag, and a node that cannot start.
+repeated header stamps in one bag, and a node that cannot start. Those runs call ``bag_cli.main``
+in-process too (the node is its subprocess either way); test/test_bags.py covers the console
+path through ``python -m``.
 """
 
 from __future__ import annotations
