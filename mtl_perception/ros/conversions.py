@@ -180,12 +180,7 @@ def check_image(msg: Image, max_pixels: int) -> None:
         raise ImageRejectedError(
             f"step {step} < width {width} x {channels} bytes per pixel ({encoding})", "step"
         )
-    try:
-        size = len(msg.data)
-    except TypeError:
-        raise ImageRejectedError(
-            f"data of type {type(msg.data).__name__} is not a byte sequence", "data_length"
-        ) from None
+    size = len(_byte_view(msg.data))
     if size != step * height:  # exact (Python integers): height x step cannot wrap around
         raise ImageRejectedError(
             f"data length {size} != step {step} x height {height}", "data_length"
@@ -209,7 +204,7 @@ def image_to_rgb(msg: Image, max_pixels: int) -> np.ndarray:
             raise ImageRejectedError(
                 f"cannot convert {msg.encoding} image: {error}", "undecodable"
             ) from error
-    rows = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)
+    rows = np.frombuffer(_byte_view(msg.data), np.uint8).reshape(msg.height, msg.step)
     rows = rows[:, : msg.width * channels]  # drop row padding
     pixels = rows.reshape(msg.height, msg.width, channels) if channels > 1 else rows
     code = _TO_RGB[msg.encoding]
@@ -295,7 +290,7 @@ def _byte_view(data: object) -> memoryview:
     except (TypeError, ValueError):
         try:
             return memoryview(np.ascontiguousarray(data, dtype=np.uint8).reshape(-1))
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, OverflowError) as error:
             raise ImageRejectedError(
                 f"data of type {type(data).__name__} is not a byte sequence", "data_length"
             ) from error

@@ -51,6 +51,17 @@ KNOWN_ENCODINGS = [
     *("8UC1", "8UC3", "8UC4", "8SC1", "hsv8", "RGB8", "jpeg", ""),
 ]
 DATA_LIMIT = 1 << 16
+ODD_VALUES = st.one_of(st.integers(-(2**40), 2**40), st.floats(), st.none(), st.text(max_size=3))
+
+
+def odd_data(length: int) -> st.SearchStrategy:
+    """Data fields an in-process caller might leave: lists (of any ints), str, None, numpy."""
+    return st.one_of(
+        st.lists(st.integers(-300, 300), min_size=min(length, 64), max_size=min(length, 64)),
+        st.text(max_size=64),
+        st.none(),
+        st.just(np.zeros(min(length, 64), np.int64)),
+    )
 
 
 # -- raw images --------------------------------------------------------------------------------
@@ -88,8 +99,8 @@ def raw_images(draw) -> Image:
     msg = Image(encoding=encoding, height=height, width=width, step=step, data=data)
     msg.is_bigendian = draw(st.integers(0, 255))
     if draw(st.integers(0, 9)) == 0:  # in-process callers can set any Python value
-        field = draw(st.sampled_from(["_height", "_width", "_step"]))
-        setattr(msg, field, draw(st.one_of(st.integers(-(2**40), 2**40), st.floats(), st.none())))
+        field = draw(st.sampled_from(["_height", "_width", "_step", "_data"]))
+        setattr(msg, field, draw(ODD_VALUES if field != "_data" else odd_data(length)))
     return msg
 
 
@@ -188,7 +199,10 @@ def compressed_images(draw) -> tuple[CompressedImage, tuple[int, int] | None]:
     else:
         data = base[: draw(st.integers(0, len(base)))]
     fmt = draw(st.one_of(st.sampled_from(FORMATS), st.text(max_size=20)))
-    return CompressedImage(format=fmt, data=data), declared
+    msg = CompressedImage(format=fmt, data=data)
+    if kind == "bytes" and draw(st.integers(0, 4)) == 0:
+        msg._data = draw(odd_data(len(data)))
+    return msg, declared
 
 
 @given(compressed_images())
