@@ -38,15 +38,17 @@ def read_png(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
             (names the file).
     """
     if path.is_dir():
-        raise ValueError(f"{path} is a folder, not a PNG file")
+        raise ValueError(f"unreadable image (a folder, not a PNG file): {path}")
     if not path.is_file():
         raise ValueError(f"missing file: {path}")
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise ValueError(f"cannot read {path}: {error.strerror or error}") from error
+        raise ValueError(f"unreadable image ({error.strerror or error}): {path}") from error
     if not data.startswith(PNG_MAGIC):
-        raise ValueError(f"not a PNG file (the Cityscapes layout holds PNGs only): {path}")
+        raise ValueError(
+            f"unreadable image (not a PNG file; the Cityscapes layout holds PNGs only): {path}"
+        )
     array = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if array is None:
         raise ValueError(f"unreadable image (not a decodable PNG, truncated?): {path}")
@@ -70,7 +72,7 @@ def read_label_ids(path: Path, shape: tuple[int, int]) -> np.ndarray:
         if rows.size:
             raise ValueError(
                 f"label image {path} holds label id {labels[rows[0], columns[0]]} at row "
-                f"{rows[0]}, column {columns[0]} ({rows.size} pixels above 255): Cityscapes "
+                f"{rows[0]}, column {columns[0]} (pixels above 255: {rows.size}): Cityscapes "
                 "label ids are 0..255 (an instanceIds file in its place?)"
             )
         labels = labels.astype(np.uint8)
