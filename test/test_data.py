@@ -210,6 +210,35 @@ def test_unreadable_png_and_size_mismatch_are_named(tmp_path, synthetic_root):
     assert str(label) in str(error.value)
 
 
+def test_label_ids_above_255_are_refused_and_odd_instance_values_are_read(tmp_path, synthetic_root):
+    """A 16-bit labelIds PNG is read when its ids are 0..255 and refused, naming the file and
+    the value, when one is not (it used to be an IndexError, in mtl-eval and mtl-bag
+    record-dataset alike). instanceIds are 16-bit: any value gives no crash."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic_root, copy)
+    dataset = CityscapesDataset(copy, "val", CLASS_MAP)
+    label = next((copy / "gtFine" / "val").rglob(f"{dataset.names()[0]}_gtFine_labelIds.png"))
+    wide = cv2.imread(str(label), cv2.IMREAD_UNCHANGED).astype(np.uint16)
+    cv2.imwrite(str(label), wide)
+    assert np.array_equal(dataset.load(0).segmentation, CLASS_MAP.segmentation(wide))
+    wide[3, 4] = 300
+    cv2.imwrite(str(label), wide)
+    with pytest.raises(ValueError, match="label id 300 at row 3, column 4") as error:
+        dataset.load(0)
+    assert str(label) in str(error.value)
+    instance = next((copy / "gtFine" / "val").rglob(f"{dataset.names()[1]}_gtFine_instanceIds.png"))
+    values = cv2.imread(str(instance), cv2.IMREAD_UNCHANGED)
+    values[0:3, 0:3] = 65_535  # label 65: no such Cityscapes label
+    values[3:6, 0:3] = 999  # below 1000: a crowd region of a label that does not exist
+    values[6:9, 0:3] = 26_999  # a car
+    cv2.imwrite(str(instance), values)
+    sample = dataset.load(1)
+    assert 65_535 not in sample.instance_values and 999 not in sample.instance_values
+    assert 26_999 in sample.instance_values
+
+
 def test_loader_pads_boxes_and_is_deterministic(synthetic_root):
     dataset = CityscapesDataset(synthetic_root, "train", CLASS_MAP, TrainAugmentation(64, 128))
 

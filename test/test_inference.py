@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 from helpers.models import SMALL, SMALL_NAMED, calibrated_small_model, save_model
+from helpers.refusal import invoke
 from torch import nn
 
 from mtl_perception.data.synthetic import generate_scene, write_dataset
 from mtl_perception.detection.boxes import tight_boxes
 from mtl_perception.detection.targets import assign_targets
-from mtl_perception.inference import Predictor, PredictorConfig
-from mtl_perception.inference.export import export_onnx
+from mtl_perception.evaluation import evaluate
+from mtl_perception.inference import Predictor, PredictorConfig, export
 from mtl_perception.model import ModelConfig, MultiTaskNet
 from mtl_perception.model.checkpoint import load_model, save_checkpoint
 
@@ -122,9 +123,13 @@ def test_predictor_accepts_lists_arrays_and_tensors_and_rejects_bad_images():
 
 
 @pytest.mark.slow
-def test_onnxruntime_matches_pytorch(tmp_path):
+def test_onnxruntime_matches_pytorch(tmp_path, small_dataset):
     model = calibrated_small_model()
-    path = export_onnx(model, tmp_path / "small.onnx", 128, 256)
+    checkpoint = save_model(tmp_path / "model.pt", model)
+    path = tmp_path / "small.onnx"
+    outcome = invoke(export.main, "--checkpoint", checkpoint, "--out", path)
+    assert outcome.code == 0, outcome.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "small.onnx"]  # no .tmp
     import onnxruntime as ort
 
     images = torch.randn(2, 3, 128, 256)
@@ -137,11 +142,25 @@ def test_onnxruntime_matches_pytorch(tmp_path):
         assert np.abs(ours.numpy() - theirs).max() <= 1e-3
     # The onnxruntime backend of the Predictor gives the same results as the torch one.
     image = np.random.default_rng(1).integers(0, 255, (200, 400, 3), np.uint8)
-    config = PredictorConfig(score_threshold=0.05)
+    config = PredictorConfig(score_threshold=0.05, max_detections=1000)  # no cut among ties
     by_torch = Predictor(model, SMALL, config).predict(image)[0]
     by_onnx = Predictor.from_onnx(path, config).predict(image)[0]
     assert (by_torch.mask == by_onnx.mask).mean() > 0.999
-    assert np.allclose(by_torch.boxes, by_onnx.boxes, atol=1e-2)
+    # This untrained network's scores saturate at 1.0 and tie, so the order of the boxes may
+    # differ (test_fast_paths compares a trained one's): the same boxes, as sets.
+    assert len(by_torch.boxes) == len(by_onnx.boxes)
+    distance = np.abs(by_torch.boxes[:, None] - by_onnx.boxes[None]).max(axis=2)
+    same_class = by_torch.classes[:, None] == by_onnx.classes[None]
+    assert (np.where(same_class, distance, np.inf).min(axis=1) <= 0.1).all()
+    # mtl-eval --onnx needs no checkpoint and records the model it evaluated.
+    out = tmp_path / "eval"
+    outcome = invoke(
+        evaluate.main, "--onnx", path, "--data", small_dataset, "--out", out, "--max-images", 1
+    )
+    assert outcome.code == 0, outcome.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["onnx"] == str(path) and metrics["backend"] == "onnxruntime"
+    assert "checkpoint" not in metrics and metrics["images"] == 1
 
 
 def test_checkpoints_round_trip_and_bad_files_are_named(tmp_path):
