@@ -306,7 +306,7 @@ def _nan_checkpoint(checkpoint: Path, path: Path) -> Path:
 def test_eval_bad_checkpoint(tmp_path, checkpoint, data, kind):
     bad = tmp_path / "inputs" / "bad.pt"
     bad.parent.mkdir()
-    mention = str(bad)
+    mention = "not found"  # a folder too (checkpoint.read_checkpoint's wording)
     if kind == "nan-weights":
         _nan_checkpoint(checkpoint, bad)
         mention = "non-finite"
@@ -314,8 +314,10 @@ def test_eval_bad_checkpoint(tmp_path, checkpoint, data, kind):
         bad.mkdir()
     elif kind == "truncated":
         bad.write_bytes(checkpoint.read_bytes()[:4000])
+        mention = "not a readable checkpoint"
     elif kind == "other-format":
         torch.save({"state_dict": {"w": torch.zeros(2)}}, bad)
+        mention = "not an mtl_perception checkpoint"
     elif kind == "invalid-config":
         content = read_checkpoint(checkpoint)
         config = {**content["model_config"], "width_multiplier": "wide"}
@@ -366,7 +368,7 @@ def test_eval_checkpoint_classes_differ_from_the_class_map(tmp_path, checkpoint,
 def test_eval_bad_onnx(tmp_path, checkpoint, data, kind):
     bad = tmp_path / "inputs" / "model.onnx"
     bad.parent.mkdir()
-    mention = "ONNX"
+    mention = "not an ONNX model"
     if kind == "checkpoint-file":
         shutil.copy(checkpoint, bad)
     elif kind == "text":
@@ -375,10 +377,10 @@ def test_eval_bad_onnx(tmp_path, checkpoint, data, kind):
         bad.write_bytes(b"")
     elif kind == "folder":
         bad.mkdir()
-        mention = "folder"
+        mention = "is a folder"
     elif kind == "no-metadata":
         _tiny_onnx(bad)
-        mention = "metadata"
+        mention = "has no mtl_perception model config"
     elif kind == "corrupt-json":
         _tiny_onnx(bad, metadata={**OUR_METADATA, "mtl_perception.model_config": "{oops"})
         mention = "mtl_perception.model_config"
@@ -433,7 +435,7 @@ def test_eval_missing_instance_partner(tmp_path, checkpoint, dataset_copy):
         evaluate.main,
         _eval_args(checkpoint, dataset_copy, tmp_path / "eval"),
         victim.name,
-        "missing",
+        "label files missing",
         watch=(tmp_path, checkpoint),
     )
 
@@ -456,7 +458,7 @@ def test_eval_bad_dataset_file(tmp_path, checkpoint, dataset_copy, kind):
     image = _first(dataset_copy, "val", "_leftImg8bit.png")
     label = _first(dataset_copy, "val", "_gtFine_labelIds.png")
     instance = _first(dataset_copy, "val", "_gtFine_instanceIds.png")
-    victim, mention = image, "PNG"
+    victim, mention = image, "not a PNG file"
     if kind == "jpeg-image":
         _, jpeg = cv2.imencode(".jpg", cv2.imread(str(image)))
         image.write_bytes(jpeg.tobytes())
@@ -465,12 +467,12 @@ def test_eval_bad_dataset_file(tmp_path, checkpoint, dataset_copy, kind):
     elif kind == "image-is-a-folder":
         image.unlink()
         image.mkdir()
-        mention = "folder"
+        mention = "a folder, not a PNG file"
     elif kind == "label-value-300":
         labels = cv2.imread(str(label), cv2.IMREAD_UNCHANGED).astype(np.uint16)
         labels[5, 7] = 300
         cv2.imwrite(str(label), labels)
-        victim, mention = label, "300"
+        victim, mention = label, "label id 300"
     elif kind == "label-other-size":
         cv2.imwrite(str(label), np.full((32, 64), 7, np.uint8))
         victim, mention = label, "64x32"
@@ -482,7 +484,7 @@ def test_eval_bad_dataset_file(tmp_path, checkpoint, dataset_copy, kind):
         victim, mention = instance, "3 channels"
     elif kind == "truncated-label":
         label.write_bytes(label.read_bytes()[:60])
-        victim, mention = label, "PNG"
+        victim, mention = label, "not a decodable PNG"
     _refused(
         evaluate.main,
         _eval_args(checkpoint, dataset_copy, tmp_path / "eval"),
@@ -536,9 +538,9 @@ def _negative_box_size(spec):
 @pytest.mark.parametrize(
     ("edit", "mentions"),
     [
-        (_drop_detection, ["detection", "missing"]),
+        (_drop_detection, ["missing sections ['detection']"]),
         (_unknown_label, ["detection.classes[0].labels[1]", "spaceship"]),
-        (_duplicate_id, ["segmentation.classes[3].id", "duplicate"]),
+        (_duplicate_id, ["segmentation.classes[3].id", "duplicate id 2"]),
         (_string_id, ["segmentation.classes[2].id"]),
         (_labels_not_a_list, ["detection.classes[1].labels"]),
         (_negative_box_size, ["detection.min_box_size"]),
@@ -572,7 +574,7 @@ def test_eval_empty_class_map(tmp_path, checkpoint, data):
         evaluate.main,
         [*_eval_args(checkpoint, data, tmp_path / "eval"), "--classes", classes],
         str(classes),
-        "empty",
+        "is empty",
         watch=(tmp_path, data, checkpoint),
     )
 
@@ -664,7 +666,7 @@ def test_anchors_split_with_fewer_than_9_boxes(tmp_path, dataset_copy):
     _refused(
         anchors.main,
         ["--data", dataset_copy, "--split", "val", "--out", tmp_path / "anchors.yaml"],
-        "9",
+        "needs at least 9",
         str(dataset_copy),
         watch=(tmp_path,),
     )
@@ -783,7 +785,7 @@ def test_console_eval_on_a_non_onnx_file(tmp_path, checkpoint, data):
     outcome = run_module(
         "mtl_perception.evaluation", "--onnx", bad, "--data", data, "--out", tmp_path / "eval"
     )
-    assert_refused(outcome, str(bad), "ONNX")
+    assert_refused(outcome, str(bad), "not an ONNX model")
     snapshot.assert_unchanged()
 
 
