@@ -5,7 +5,9 @@
     ROOT/gtFine/{split}/{city}/{city}_{seq}_{frame}_gtFine_instanceIds.png
 
 Every image must have both label partners of the same size; a dataset with any missing is
-refused as a whole (listing what is missing) rather than silently shrunk.
+refused as a whole (listing what is missing) rather than silently shrunk. labelIds may be 8 or
+16 bit but hold ids 0..255; instanceIds are 16 bit (label_id * 1000 + k), and a value of no
+known label gives no box. A bad file is refused by name when its sample is read.
 """
 
 from __future__ import annotations
@@ -166,7 +168,12 @@ class CityscapesDataset(Dataset):
         return [p.name.removesuffix(IMAGE_SUFFIX) for p in self.images]
 
     def load(self, index: int) -> Sample:
-        """The sample at its original resolution, without transform."""
+        """The sample at its original resolution, without transform.
+
+        Raises:
+            ValueError: a file that is missing, unreadable, not a PNG, not single-channel (labels),
+                of another size than its image, or a labelIds value above 255 (names the file).
+        """
         image_path = self.images[index]
         label_path, instance_path = label_paths(image_path, self.root, self.split)
         image = cv2.cvtColor(read_png(image_path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
