@@ -274,7 +274,7 @@ def test_anchor_cli_writes_a_model_config_section(tmp_path):
             "--data",
             str(tmp_path / "none"),
             "--out",
-            str(out),
+            str(tmp_path / "other.yaml"),
         ],
         capture_output=True,
         text=True,

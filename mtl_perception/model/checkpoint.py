@@ -15,6 +15,7 @@ A checkpoint is a dict of plain containers and tensors:
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,8 +45,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ValueError: truncated, not a checkpoint, or not one of ours (names the file).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"checkpoint {path} is not readable (permission denied)")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
