@@ -306,12 +306,13 @@ def _nan_checkpoint(checkpoint: Path, path: Path) -> Path:
 def test_eval_bad_checkpoint(tmp_path, checkpoint, data, kind):
     bad = tmp_path / "inputs" / "bad.pt"
     bad.parent.mkdir()
-    mention = "not found"  # a folder too (checkpoint.read_checkpoint's wording)
+    mention = "not found"
     if kind == "nan-weights":
         _nan_checkpoint(checkpoint, bad)
         mention = "non-finite"
     elif kind == "folder":
         bad.mkdir()
+        mention = "is a folder"
     elif kind == "truncated":
         bad.write_bytes(checkpoint.read_bytes()[:4000])
         mention = "not a readable checkpoint"
