@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers.models import SMALL_SCALED_ANCHORS, trained_small_model
+from helpers.models import SMALL_SCALED_ANCHORS, calibrated_small_model, trained_small_model
 
 from mtl_perception.data.synthetic import generate_scene
 from mtl_perception.detection.boxes import box_iou
@@ -162,6 +162,29 @@ def test_unsettled_fixed_nms_is_finished_exactly(model, images, reference):
         got = predictor.predict(image)[0]
         assert np.array_equal(got.classes, expected.classes)  # the same kept set, in order
         assert np.allclose(got.boxes, expected.boxes, atol=1e-3)
+
+
+def test_a_fast_path_predictor_leaves_the_callers_model_as_it_was():
+    # The tests of this module share one model. A channels-last Predictor used to convert that
+    # model's parameters in place, so every test after test_cpu_fast_path_matches_fp32_eager
+    # [channels_last] ran channels-last convolutions (another summation order) against a
+    # reference computed before, and test_unsettled_fixed_nms_is_finished_exactly failed in a
+    # whole-file run with boxes 3.6e-3 px off (it passed alone).
+    model = calibrated_small_model(config=SMALL_SCALED_ANCHORS)
+    image = generate_scene(512, 256, 11)[0]
+    config = PredictorConfig(score_threshold=SCORE_THRESHOLD)
+    before = Predictor(model, SMALL_SCALED_ANCHORS, config).predict(image)[0]
+    state = {name: (t.clone(), t.stride()) for name, t in model.state_dict().items()}
+    for options in CPU_PATHS.values():
+        if options.get("compile", "none") == "none":  # compile wraps, it changes nothing
+            Predictor(model, SMALL_SCALED_ANCHORS, PredictorConfig(**options))
+    for name, tensor in model.state_dict().items():
+        value, stride = state[name]
+        assert tensor.stride() == stride, f"{name} changed layout"
+        assert torch.equal(tensor, value), f"{name} changed value"
+    after = Predictor(model, SMALL_SCALED_ANCHORS, config).predict(image)[0]
+    assert np.array_equal(after.boxes, before.boxes)
+    assert np.array_equal(after.scores, before.scores)
 
 
 def test_fixed_rounds_report_unsettled_chains():

@@ -22,6 +22,7 @@ the ONNX Runtime backend. On CUDA the post-processing runs with fixed shapes
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -130,7 +131,10 @@ class Predictor:
     """Runs the multi-task network on images of any size.
 
     Args:
-        model: a :class:`MultiTaskNet` (ignored with the onnxruntime backend, may be None).
+        model: a :class:`MultiTaskNet` (ignored with the onnxruntime backend, may be None). Its
+            parameters are never changed: where the config needs them in another memory format
+            (``channels_last``) or on another device, the Predictor converts its own copy;
+            otherwise it shares them and switches ``model`` to eval mode.
         model_config: the network's config (classes, anchors, input size).
         config: device, precision, fast paths, post-processing options.
         onnx_path: the exported model, for ``backend="onnxruntime"``.
@@ -179,6 +183,14 @@ class Predictor:
         if config.backend == "torch":
             if model is None:
                 raise ValueError("the torch backend needs a model")
+            # Module.to converts parameters in place, it does not copy: a channels-last or
+            # device-moving Predictor used to change the caller's model, so everything that
+            # later ran that model (another Predictor, a reference) ran in another memory format,
+            # another summation order, and its boxes moved by up to 4e-3 px.
+            target = torch.empty(0, device=self.device).device  # "cuda" -> "cuda:N"
+            tensors = [*model.parameters(), *model.buffers()]
+            if config.channels_last or any(t.device != target for t in tensors):
+                model = copy.deepcopy(model)
             self.model = model.to(self.device).eval()
             if config.channels_last:
                 self.model = self.model.to(memory_format=torch.channels_last)
