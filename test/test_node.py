@@ -3,6 +3,7 @@ no queue under overload, lifecycle, bad configuration."""
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from helpers.models import DET_NAMES, SEG_NAMES, SMALL_NAMED, calibrated_small_model, save_model
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
+from rclpy.qos import QoSProfile
 from ros_client import LATCHED, RELIABLE, RosClient, start_node, stop_node
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
@@ -306,31 +308,130 @@ def test_malformed_frames_are_counted_and_the_node_keeps_running(
     )
 
 
-def test_no_queue_under_overload(raw_node, client):
-    frame = generate_scene(768, 384, seed=3)[0]
-    publisher = client.publisher("/image", Image, RELIABLE)
-    sent = list(range(1000, 1150))
-    for sec in sent:  # far faster than the model runs
+GATED_NODE = Path(__file__).resolve().parent / "helpers" / "gated_node.py"
+_gated_names = itertools.count()
+GATED_DEPTH = 500  # input history of the gated node and of the test's publisher (> any burst)
+BURSTS = [range(1000, 1050), range(1050, 1100), range(1100, 1150)]  # 150 frames in all
+
+
+@pytest.fixture
+def gated_node(checkpoint, env, client, tmp_path):
+    """A perception_node whose model runs only when the test releases it (helpers/gated_node.py),
+    on an input topic of its own, subscribed RELIABLE and deeper than any burst of the test: DDS
+    delivers every frame, so whatever is dropped is dropped by the node's one-frame slot."""
+    name = f"gated_node_{next(_gated_names)}"  # fresh topics and diagnostics for each run
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    log = tmp_path / f"{name}.log"
+    params = {
+        "checkpoint": checkpoint,
+        **NODE_PARAMS,
+        "qos_reliability": "reliable",
+        "qos_depth": GATED_DEPTH,
+    }
+    args = [sys.executable, str(GATED_NODE), str(gate), "--ros-args", "-r", f"__node:={name}"]
+    args += ["-r", f"image:=/{name}/image"]
+    for key, value in params.items():
+        args += ["-p", f"{key}:={value}"]
+    process = subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        _wait_active(client, name, process, log)
+    except BaseException:
+        stop_node(process)
+        raise
+    yield name, gate, log
+    (gate / "open").touch()  # a held model call would block the node's shutdown
+    assert stop_node(process) == 0, log.read_text()
+
+
+def test_no_queue_under_overload(gated_node, client):
+    """No queue under overload (latest frame wins), with the overload made certain instead of
+    hoped for: each burst of 50 frames is published while the model is held on one frame, and the
+    model is let go only once the node has counted every frame of the burst. So every expected
+    count is exact, whatever the speed of the publisher, DDS or the model: after each burst one
+    frame is in the model, one waits and the burst's 49 others were dropped; the model then takes
+    the burst's newest frame and runs once per burst; outputs come out in order, one per model
+    run; and every frame is accounted for. No sleep and no clock enters an assertion."""
+    name, gate, log = gated_node
+    frame = generate_scene(256, 128, seed=3)[0]
+    client.subscribe(f"/{name}/semantic", Image, RELIABLE)
+    client.subscribe("/diagnostics", DiagnosticArray, RELIABLE)
+    publisher = client.publisher(
+        f"/{name}/image", Image, QoSProfile(depth=GATED_DEPTH, reliability=RELIABLE.reliability)
+    )
+
+    def outputs(first: int = 0) -> list[int]:
+        stamps = [m.header.stamp.sec for m in client.messages(f"/{name}/semantic")]
+        return [sec for sec in stamps if sec >= first]
+
+    def counts(condition) -> dict[str, int]:
+        """The first /diagnostics counters of the node that satisfy ``condition``."""
+
+        def matching():
+            values = _diagnostics(client, name)
+            if not values:
+                return None
+            found = {key: int(values[key]) for key in ("received", "processed", "dropped")}
+            found.update(rejected=int(values["rejected"]), failed=int(values["failed"]))
+            return found if condition(found) else None
+
+        found = client.wait_for(matching, timeout=30)
+        assert found, (_diagnostics(client, name), log.read_text()[-3000:])
+        return found
+
+    def waiting(c: dict[str, int]) -> int:  # received but neither processed, dropped nor rejected
+        return c["received"] - c["processed"] - c["dropped"] - c["rejected"]
+
+    def wait_file(path: Path) -> None:
+        assert client.wait_for(path.exists, timeout=30), (path, log.read_text()[-3000:])
+
+    # Hand-shake, the model running freely: once the output of the LAST frame sent comes back,
+    # the input and the output are matched both ways (every later frame and output is delivered)
+    # and nothing sent before is still on its way (a reliable writer delivers in order).
+    for sec in range(900, 920):
         publisher.publish(_image(frame, "rgb8", sec))
-        time.sleep(0.002)
-    stopped = time.monotonic()
-    time.sleep(3.0)
-    results = [
-        (t, m.header.stamp.sec)
-        for t, m in client.timed("/raw_node/semantic")
-        if m.header.stamp.sec in sent
-    ]
-    after_stop = [sec for t, sec in results if t > stopped]
-    # What remains when the publisher stops: the frame in the model and the newest waiting one.
-    assert len(after_stop) <= 2, after_stop
-    assert len(results) < len(sent) / 3  # most frames were replaced, not queued
-    assert results[-1][1] >= sent[-3]  # the newest frames win
-    time.sleep(1.0)
-    counts = _diagnostics(client)
-    received, processed = int(counts["received"]), int(counts["processed"])
-    dropped, rejected = int(counts["dropped"]), int(counts["rejected"])
-    assert received == processed + dropped + rejected, counts
-    assert dropped >= len(sent) / 2
+        if client.wait_for(lambda sec=sec: sec in outputs(), timeout=5):
+            break
+    else:
+        raise AssertionError(f"no output from {name}:\n{log.read_text()}")
+    # One rejected frame marks the counters: a snapshot that counts it counts every hand-shake
+    # frame; once it also balances, the node is idle and that snapshot is the baseline.
+    marker = _image(np.zeros((32, 64, 3), np.uint8), "rgb8", 950)
+    marker.data = bytes(len(marker.data) - 1)
+    publisher.publish(marker)
+    base = counts(lambda c: c["rejected"] == 1 and waiting(c) == 0)
+
+    (gate / "hold").touch()  # from now on each model call waits for release-N
+    publisher.publish(_image(frame, "rgb8", 999))
+    wait_file(gate / "entered-0")  # frame 999 is in the model, and stays there
+    expected = [999]
+    for n, burst in enumerate(BURSTS):
+        for sec in burst:
+            publisher.publish(_image(frame, "rgb8", sec))
+        arrived = 1 + sum(len(b) for b in BURSTS[: n + 1])
+        now = counts(lambda c, arrived=arrived: c["received"] - base["received"] == arrived)
+        # No queue: one frame in the model and one waiting; all others of the burst dropped.
+        assert waiting(now) == 2, now
+        assert now["dropped"] - base["dropped"] == (n + 1) * (len(burst) - 1), now
+        assert now["processed"] - base["processed"] == n, now
+        assert now["rejected"] == base["rejected"], now
+        (gate / f"release-{n}").touch()  # the model finishes; it must take the newest frame
+        wait_file(gate / f"entered-{n + 1}")
+        expected.append(burst[-1])
+        assert client.wait_for(lambda n=n: len(outputs(999)) > n, timeout=30), outputs()
+        assert outputs(999) == expected[: n + 1]  # the frame that was in the model
+    (gate / f"release-{len(BURSTS)}").touch()
+    assert client.wait_for(lambda: len(outputs(999)) == len(expected), timeout=30), outputs()
+    final = counts(lambda c: c["processed"] - base["processed"] == len(expected))
+
+    # The newest frame of each burst won, in order, and nothing else reached the outputs.
+    assert outputs(999) == expected == [999, 1049, 1099, 1149]
+    assert len(list(gate.glob("entered-*"))) == len(expected)  # one model run per burst
+    sent = 1 + sum(len(b) for b in BURSTS)
+    assert final["received"] - base["received"] == sent, final
+    assert final["dropped"] - base["dropped"] == sent - len(expected), final
+    assert final["rejected"] == base["rejected"] and final["failed"] == 0, final
+    assert final["received"] == final["processed"] + final["dropped"] + final["rejected"], final
 
 
 def test_deactivate_activate_deactivate(raw_node, client, scene):

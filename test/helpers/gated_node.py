@@ -1,0 +1,44 @@
+"""perception_node with a model that runs only when the test says so.
+
+    python gated_node.py GATE_DIR --ros-args ...
+
+The real node (subscription, latest-frame slot, inference thread, outputs, diagnostics), with one
+change to the model: while GATE_DIR/hold exists, each ``Predictor.predict`` call made by the
+inference thread creates GATE_DIR/entered-N (N = 0, 1, ... counts the held calls) and then waits
+until GATE_DIR/release-N (or GATE_DIR/open) exists before running. The test thereby knows that
+the model is busy with a frame and decides when it finishes: "the model is slower than the
+input" holds by construction, whatever the speed of the machine. Without GATE_DIR/hold the model
+runs freely; GATE_DIR/open releases every held call for good (create it before stopping the node,
+whose shutdown joins the inference thread).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+import time
+from pathlib import Path
+
+from mtl_perception.inference.predictor import Predictor
+from mtl_perception.ros import node
+
+GATE = Path(sys.argv[1])
+_predict = Predictor.predict
+_held = itertools.count()
+
+
+def _gated_predict(self, images):
+    if threading.current_thread().name == "inference" and (GATE / "hold").exists():
+        index = next(_held)
+        (GATE / f"entered-{index}").touch()
+        release, opened = GATE / f"release-{index}", GATE / "open"
+        while not (release.exists() or opened.exists()):
+            time.sleep(0.005)
+    return _predict(self, images)
+
+
+Predictor.predict = _gated_predict
+
+if __name__ == "__main__":
+    sys.exit(node.main([sys.argv[0], *sys.argv[2:]]))
