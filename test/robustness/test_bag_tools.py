@@ -309,6 +309,22 @@ def test_record_refuses_labels_of_another_size_and_leaves_nothing(case):
 
 
 @bad_input
+def test_record_refuses_a_16_bit_label_value_above_255_and_leaves_nothing(case):
+    """The finding: a 16-bit labelIds PNG with value 300 raised IndexError in record-dataset."""
+    data = case.tmp / "data"
+    shutil.copytree(case.data, data)
+    (label,) = sorted((data / "gtFine" / "val").glob("*/*_labelIds.png"))[1:2]
+    values = cv2.imread(str(label), cv2.IMREAD_UNCHANGED).astype(np.uint16)
+    values[3, 5] = 300
+    cv2.imwrite(str(label), values)
+    out = case.out
+    refused(
+        ["record-dataset", "--data", data, "--out", out], ["300", label.name], [data, out.parent]
+    )
+    assert list(out.parent.iterdir()) == []
+
+
+@bad_input
 @pytest.mark.parametrize(
     ("options", "mentions"),
     [
