@@ -174,14 +174,13 @@ def from_mapping(cls: type, values: Any, where: str = "") -> Any:
     dataclass's own ``__post_init__`` checks run afterwards (their ValueError gets the prefix).
     """
     prefix = f"{where}." if where else ""
+    intro = f"{where}: " if where else ""
     if not isinstance(values, dict):
         raise ValueError(f"{where or 'config'}: expected a mapping, got {_kind(values)} {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(str(k) for k in set(values) - set(fields))
     if unknown:
-        raise ValueError(
-            f"{where or 'config'}: unknown keys {unknown}; known keys: {sorted(fields)}"
-        )
+        raise ValueError(f"{intro}unknown keys {unknown}; known keys: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     missing = [
         name
@@ -191,7 +190,7 @@ def from_mapping(cls: type, values: Any, where: str = "") -> Any:
         and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise ValueError(f"{where or 'config'}: missing required keys {missing}")
+        raise ValueError(f"{intro}missing required keys {missing}")
     converted = {
         name: convert(value, hints[name], f"{prefix}{name}") for name, value in values.items()
     }

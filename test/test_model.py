@@ -161,7 +161,7 @@ def test_config_round_trips_through_yaml(tmp_path):
         ({"anchors": [[[1, 2]] * 3] * 2}, "anchors must be 3 branches"),
         ({"anchors": [[[1, -2]] * 3] * 3}, "positive"),
         ({"input_height": 100}, "multiple of 16"),
-        ({"colour": "red"}, "unknown model config keys"),
+        ({"colour": "red"}, r"unknown keys \['colour'\]"),
         ({"seg_class_names": ["a"]}, "seg_class_names has 1 names for 12 classes"),
     ],
 )
