@@ -13,13 +13,14 @@ import numpy as np
 from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 
 from ..config_loading import from_mapping, read_yaml
+from ..resources import config_file, resolve_config_path
 
 # Cityscapes instanceIds: label_id * 1000 + k for individually annotated objects (k >= 0);
 # values below 1000 are plain label ids (stuff, or crowd regions of thing classes).
 INSTANCE_ID_DIVISOR = 1000
 NUM_LABEL_IDS = 34  # Cityscapes label ids 0..33 (license plate, -1, is never in label images)
 LABEL_IDS = {label.name: label.id for label in CITYSCAPES_LABELS if label.id >= 0}
-DEFAULT_CLASSES_FILE = Path(__file__).resolve().parents[2] / "config" / "classes_cityscapes.yaml"
+DEFAULT_CLASSES_FILE = config_file("classes_cityscapes.yaml")
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class ClassMap:
                 missing, of the wrong type, duplicated or unknown (names the file and the field,
                 e.g. ``segmentation.classes[2].id``).
         """
-        path = Path(path)
+        path = resolve_config_path(path)
         spec = read_yaml(path, "class map")
         if not spec:
             raise ValueError(

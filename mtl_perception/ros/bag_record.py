@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ..data.cityscapes import CityscapesDataset
 from ..data.labels import DEFAULT_CLASSES_FILE, ClassMap
 from ..outputs import atomic_directory, check_new_directory
+from ..resources import vision_msgs_definitions as packaged_vision_msgs_definitions
 
 CAMERA_TOPIC = "/camera/image_raw"
 GT_SEMANTIC_TOPIC = "/ground_truth/semantic"
@@ -36,7 +37,6 @@ FRAME_ID = "camera"
 START_NS = 1_700_000_000 * 10**9
 MAX_STAMP_NS = (2**31 - 1) * 10**9  # builtin_interfaces/Time holds int32 seconds
 MAX_RATE = 1e9  # stamps are nanoseconds: a faster rate would give two frames the same stamp
-REPO_INTERFACES = Path(__file__).resolve().parents[2] / "interfaces" / "vision_msgs" / "msg"
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,13 @@ class Topics:
 
 
 def vision_msgs_definitions() -> Path:
-    """Folder of vision_msgs .msg files: an ament prefix's, the venv's, or this repository's."""
+    """Folder of vision_msgs .msg files: an ament prefix's, the venv's, or the packaged copy."""
     prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
     for prefix in [*prefixes, sys.prefix]:
         folder = Path(prefix) / "share" / "vision_msgs" / "msg"
         if (folder / "Detection2DArray.msg").is_file():
             return folder
-    return REPO_INTERFACES
+    return packaged_vision_msgs_definitions()
 
 
 def typestore() -> Typestore:

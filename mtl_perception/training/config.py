@@ -11,6 +11,7 @@ from ..config_loading import from_mapping, read_yaml
 from ..losses import BOX_LOSSES
 from ..model.config import ModelConfig
 from ..model.network import DETECTOR_PARTS, SEGMENTATION_PARTS
+from ..resources import resolve_config_path
 from .schedule import POLY_POWER, RESTART_PERIOD
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -169,7 +170,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        path = Path(path)
+        path = resolve_config_path(path)
         try:
             return cls.from_dict(read_yaml(path, "training config"))
         except ValueError as error:

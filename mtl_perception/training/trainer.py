@@ -51,16 +51,6 @@ from .hooks import CheckpointHook, Hook, ProgressHook, StopHook, ValidationHook,
 from .sampler import IterationSampler
 from .schedule import poly_restart_lr
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def resolve_path(path: str | Path) -> Path:
-    """A path from a config: absolute, relative to the working directory, or to the repo."""
-    path = Path(path)
-    if path.is_absolute() or path.exists():
-        return path
-    return REPO_ROOT / path
-
 
 def stage_at(stages: tuple[StageConfig, ...], iteration: int) -> tuple[int, int]:
     """(stage index, iteration within the stage) of the global ``iteration`` (0-based)."""
@@ -108,7 +98,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.context = context
         self.device = context.device
-        self.class_map = ClassMap.from_yaml(resolve_path(config.data.classes))
+        self.class_map = ClassMap.from_yaml(config.data.classes)
         self.model_config = self._model_config_with_names(config.model)
         height, width = self.model_config.input_height, self.model_config.input_width
         self.train_set = CityscapesDataset(
@@ -157,7 +147,7 @@ class Trainer:
         if resume:
             self._load_last()
         elif config.pretrained:
-            report = load_pretrained_encoder(self.model.encoder, resolve_path(config.pretrained))
+            report = load_pretrained_encoder(self.model.encoder, Path(config.pretrained))
             self.log(report.summary())
         self.progress = ProgressHook(progress)
         self.validation = ValidationHook(self.progress)
