@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import configparser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,16 +26,141 @@ PACKAGE_FILES = [
 ]
 
 
-def test_package_xml_declares_ros_dependencies():
+# Every third-party module the package imports (mtl_perception/ and the launch file) and how it
+# reaches a robot: ("ros", package.xml key) for ROS packages; ("rosdep", key, pip name) for
+# libraries a distribution provides; ("pip", key or None, pip name) for libraries that come from
+# pip into the robot's venv (README "On a robot"); ("optional", key or None) for imports guarded
+# by `except ImportError`.
+IMPORTS = {
+    "rclpy": ("ros", "rclpy"),
+    "rcl_interfaces": ("ros", "rcl_interfaces"),
+    "builtin_interfaces": ("ros", "builtin_interfaces"),
+    "std_msgs": ("ros", "std_msgs"),
+    "sensor_msgs": ("ros", "sensor_msgs"),
+    "vision_msgs": ("ros", "vision_msgs"),
+    "diagnostic_msgs": ("ros", "diagnostic_msgs"),
+    "launch": ("ros", "launch"),
+    "launch_ros": ("ros", "launch_ros"),
+    "numpy": ("rosdep", "python3-numpy", "numpy"),
+    "cv2": ("rosdep", "python3-opencv", "opencv-python-headless"),
+    "yaml": ("rosdep", "python3-yaml", "pyyaml"),
+    "tqdm": ("rosdep", "python3-tqdm", "tqdm"),
+    "matplotlib": ("rosdep", "python3-matplotlib", "matplotlib"),
+    "PIL": ("rosdep", "python3-pil", "pillow"),
+    "torch": ("pip", "python3-torch", "torch"),
+    "rosbags": ("pip", "python3-rosbags-pip", "rosbags"),
+    "onnxruntime": ("pip", "python3-onnxruntime-pip", "onnxruntime"),
+    "tensorboard": ("pip", "python3-tensorboard-pip", "tensorboard"),
+    "cityscapesscripts": ("pip", None, "cityscapesscripts"),
+    "safetensors": ("pip", None, "safetensors"),
+    "onnx": ("pip", None, "onnx"),
+    "cv_bridge": ("optional", "cv_bridge"),
+    "torchvision": ("optional", None),
+}
+# Needed at run time without an import of their own.
+INDIRECT = {
+    "lifecycle_msgs": ("ros", "lifecycle_msgs"),  # rclpy.lifecycle
+    "ros2launch": ("ros", "ros2launch"),  # `ros2 launch` for the shipped launch file
+    "onnxscript": ("pip", None, "onnxscript"),  # torch.onnx.export(dynamo=True)
+}
+
+
+def _imported_modules() -> dict[str, set[str]]:
+    """Top-level third-party module -> files importing it (``torch.utils.tensorboard`` counts
+    as tensorboard, which it needs)."""
+    found: dict[str, set[str]] = {}
+    files = [*(REPO / "mtl_perception").rglob("*.py"), *(REPO / "launch").glob("*.py")]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = "tensorboard" if name.startswith("torch.utils.tensorboard") else name
+                top = top.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "mtl_perception":
+                    found.setdefault(top, set()).add(str(path.relative_to(REPO)))
+    return found
+
+
+def _pins(name: str) -> dict[str, str]:
+    """package name -> version pinned in requirements/NAME and the files it includes."""
+    pins: dict[str, str] = {}
+    for line in (REPO / "requirements" / name).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            pins |= _pins(line[3:].strip())
+        elif line:
+            package, _, version = line.partition("==")
+            assert version, f"requirements/{name}: {line} is not pinned with =="
+            pins[package.lower()] = version
+    return pins
+
+
+def test_every_import_is_declared_in_package_xml_and_pinned():
+    imported = _imported_modules()
+    unknown = set(imported) - set(IMPORTS)
+    assert not unknown, f"undeclared imports: { {m: imported[m] for m in unknown} }"
+    assert set(IMPORTS) - set(imported) == set(), "stale entries in IMPORTS"
+
     package = parse_package(REPO / "package.xml")
     assert package.package_format == 3
     assert package.name == "mtl_perception"
     assert package.get_build_type() == "ament_python"
-    runtime = {d.name for d in package.exec_depends + package.build_export_depends}
-    wanted = {"rclpy", "sensor_msgs", "std_msgs", "vision_msgs", "cv_bridge", "diagnostic_msgs"}
-    wanted |= {"python3-numpy", "python3-opencv", "python3-yaml"}
-    assert wanted <= runtime, wanted - runtime
+    declared = {d.name for d in package.exec_depends + package.build_export_depends}
+    rosdep_pins, pip_pins = _pins("runtime-rosdep.txt"), _pins("runtime-pip.txt")
+    assert _pins("python.txt") == rosdep_pins | pip_pins
+    wanted_keys = set()
+    for module, (kind, key, *pip) in {**IMPORTS, **INDIRECT}.items():
+        if key:
+            wanted_keys.add(key)
+        if kind == "rosdep":
+            assert pip[0] in rosdep_pins, (module, "requirements/runtime-rosdep.txt")
+        elif kind == "pip":
+            assert pip[0] in pip_pins, (module, "requirements/runtime-pip.txt")
+    assert declared - wanted_keys == set(), "package.xml depends on what nothing needs"
+    assert wanted_keys - declared == set(), "package.xml lacks these keys"
+    # Nothing is pinned twice or pinned without a use.
+    assert not set(rosdep_pins) & set(pip_pins)
+    users = {pip[0] for kind, _, *pip in {**IMPORTS, **INDIRECT}.values() if pip}
+    assert set(rosdep_pins) | set(pip_pins) == users
     assert "python3-pytest" in {d.name for d in package.test_depends}
+
+
+def _catches_import_error(handler_type: ast.expr) -> bool:
+    names = {ast.unparse(e) for e in getattr(handler_type, "elts", [handler_type])}
+    return bool(names & {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"})
+
+
+def test_optional_imports_are_guarded():
+    for module in (m for m, (kind, *_) in IMPORTS.items() if kind == "optional"):
+        for file in _imported_modules()[module]:
+            tree = ast.parse((REPO / file).read_text())
+            guarded = [
+                node
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Try)
+                and any(
+                    isinstance(inner, (ast.Import, ast.ImportFrom)) and module in ast.unparse(inner)
+                    for inner in ast.walk(ast.Module(body=node.body, type_ignores=[]))
+                )
+                and any(h.type is None or _catches_import_error(h.type) for h in node.handlers)
+            ]
+            assert guarded, f"{file} imports {module} without `except ImportError`"
+
+
+def test_robot_recipe_skips_exactly_the_keys_pip_installs():
+    """README: rosdep installs apt keys only; the pip-installed ones go into the venv."""
+    readme = (REPO / "README.md").read_text()
+    skipped = re.findall(r'--skip-keys "([^"]+)"', readme)
+    assert len(skipped) == 1, "README's robot recipe must run rosdep with one --skip-keys list"
+    pip_keys = {key for kind, key, *_ in IMPORTS.values() if kind == "pip" and key}
+    assert set(skipped[0].split()) == pip_keys
+    assert "pip install -r src/mtl_perception/requirements/runtime-pip.txt" in readme
+    assert "--system-site-packages" in readme
 
 
 def test_vision_msgs_copy_is_hidden_from_colcon():
@@ -77,3 +204,59 @@ def test_colcon_build_installs_where_ros2_tools_look(tmp_path):
     scripts = list(parser["console_scripts"]) if parser.has_section("console_scripts") else []
     for script in scripts:
         assert (prefix / "lib" / "mtl_perception" / script).is_file(), script
+
+
+def test_no_path_into_the_source_tree():
+    """Resources come from mtl_perception.resources (package data), never from parents[N]."""
+    offenders = [
+        str(path.relative_to(REPO))
+        for path in (REPO / "mtl_perception").rglob("*.py")
+        if re.search(r"parents\[\d\]|parent\.parent", path.read_text())
+    ]
+    assert offenders == []
+
+
+@pytest.mark.slow
+def test_a_wheel_install_finds_its_resources_from_any_directory(tmp_path):
+    """A non-editable install (what a wheel or colcon gives) reads its class map, configs and
+    vision_msgs definitions from inside itself, run from a directory with no config/."""
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(REPO)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    probe = (
+        "import mtl_perception, pathlib\n"
+        "from mtl_perception.data.labels import ClassMap\n"
+        "from mtl_perception.training.config import TrainConfig\n"
+        "from mtl_perception.resources import config_files, vision_msgs_definitions\n"
+        f"assert mtl_perception.__file__.startswith({str(target)!r}), mtl_perception.__file__\n"
+        "print(ClassMap.from_yaml().num_seg_classes)\n"
+        "print(ClassMap.from_yaml('config/classes_cityscapes.yaml').num_det_classes)\n"
+        "print(TrainConfig.from_yaml('config/train_synthetic_small.yaml').data.classes)\n"
+        "print(sorted(p.name for p in config_files()))\n"
+        "print(len(list(vision_msgs_definitions().glob('*.msg'))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=elsewhere,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    from mtl_perception.data.labels import ClassMap
+
+    source = ClassMap.from_yaml(REPO / "config" / "classes_cityscapes.yaml")
+    assert lines[:3] == [
+        str(source.num_seg_classes),
+        str(source.num_det_classes),
+        "config/classes_cityscapes.yaml",
+    ]
+    assert lines[3] == str(sorted(p.name for p in (REPO / "config").iterdir()))
+    assert lines[4] == "10"
