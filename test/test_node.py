@@ -339,7 +339,7 @@ def gated_node(checkpoint, env, client, tmp_path):
     except BaseException:
         stop_node(process)
         raise
-    yield name, gate, log
+    yield name, gate, log, process
     (gate / "open").touch()  # a held model call would block the node's shutdown
     assert stop_node(process) == 0, log.read_text()
 
@@ -352,7 +352,7 @@ def test_no_queue_under_overload(gated_node, client):
     frame is in the model, one waits and the burst's 49 others were dropped; the model then takes
     the burst's newest frame and runs once per burst; outputs come out in order, one per model
     run; and every frame is accounted for. No sleep and no clock enters an assertion."""
-    name, gate, log = gated_node
+    name, gate, log, _ = gated_node
     frame = generate_scene(256, 128, seed=3)[0]
     client.subscribe(f"/{name}/semantic", Image, RELIABLE)
     client.subscribe("/diagnostics", DiagnosticArray, RELIABLE)
@@ -432,6 +432,31 @@ def test_no_queue_under_overload(gated_node, client):
     assert final["dropped"] - base["dropped"] == sent - len(expected), final
     assert final["rejected"] == base["rejected"] and final["failed"] == 0, final
     assert final["received"] == final["processed"] + final["dropped"] + final["rejected"], final
+
+
+def test_ctrl_c_while_a_frame_is_in_the_model_exits_cleanly(gated_node, client):
+    """Ctrl-C shuts the ROS context down while the inference thread still holds a frame; its
+    outputs can then no longer be published. The node must exit 0 without an error line (it
+    logged "processing failed, frame dropped: ... publisher's context is invalid"). The model is
+    held until the context is gone, so the order is certain, not a matter of timing."""
+    name, gate, log, process = gated_node
+    frame = generate_scene(256, 128, seed=3)[0]
+    publisher = client.publisher(
+        f"/{name}/image", Image, QoSProfile(depth=GATED_DEPTH, reliability=RELIABLE.reliability)
+    )
+    (gate / "release-after-shutdown").touch()
+    (gate / "hold").touch()
+    for sec in range(10):
+        publisher.publish(_image(frame, "rgb8", sec))
+        if client.wait_for((gate / "entered-0").exists, timeout=3):
+            break
+    else:
+        raise AssertionError(f"the model never got a frame:\n{log.read_text()}")
+    process.send_signal(subprocess.signal.SIGINT)
+    assert process.wait(timeout=30) == 0, log.read_text()
+    text = log.read_text()
+    assert "processing failed" not in text and "context is invalid" not in text, text
+    assert "Traceback" not in text, text
 
 
 def test_deactivate_activate_deactivate(raw_node, client, scene):

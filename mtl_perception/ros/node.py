@@ -298,6 +298,8 @@ class PerceptionNode(LifecycleNode):
             try:
                 self._process(msg, received_at)
             except Exception as error:  # publishing, or a bug: this frame is lost, not the node
+                if not self.context.ok():
+                    return  # shutting down (Ctrl-C): the context went away while publishing
                 with self._counter_lock:
                     self.counters.failed += 1
                     self.counters.dropped += 1

@@ -9,7 +9,8 @@ until GATE_DIR/release-N (or GATE_DIR/open) exists before running. The test ther
 the model is busy with a frame and decides when it finishes: "the model is slower than the
 input" holds by construction, whatever the speed of the machine. Without GATE_DIR/hold the model
 runs freely; GATE_DIR/open releases every held call for good (create it before stopping the node,
-whose shutdown joins the inference thread).
+whose shutdown joins the inference thread); GATE_DIR/release-after-shutdown releases them once
+the node's ROS context has shut down (Ctrl-C while a frame is in the model).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import rclpy
 
 from mtl_perception.inference.predictor import Predictor
 from mtl_perception.ros import node
@@ -33,7 +36,10 @@ def _gated_predict(self, images):
         index = next(_held)
         (GATE / f"entered-{index}").touch()
         release, opened = GATE / f"release-{index}", GATE / "open"
-        while not (release.exists() or opened.exists()):
+        after_shutdown = GATE / "release-after-shutdown"
+        while not (
+            release.exists() or opened.exists() or (after_shutdown.exists() and not rclpy.ok())
+        ):
             time.sleep(0.005)
     return _predict(self, images)
 
