@@ -70,13 +70,16 @@ def split_by_branch(sorted_anchors: np.ndarray) -> list[list[list[float]]]:
     ]
 
 
-def dataset_box_sizes(data: Path, split: str, height: int, width: int) -> np.ndarray:
-    """(N, 2) sizes of every box of a Cityscapes-layout split, at the training resolution."""
+def dataset_box_sizes(
+    data: Path, split: str, height: int, width: int, classes: str | Path | None = None
+) -> np.ndarray:
+    """(N, 2) sizes of every box of a Cityscapes-layout split, at the training resolution
+    (``classes``: class map YAML deciding which objects are boxes; default the packaged one)."""
     from ..data.cityscapes import CityscapesDataset
     from ..data.labels import ClassMap
     from ..data.transforms import ValidationResize
 
-    class_map = ClassMap.from_yaml()
+    class_map = ClassMap.from_yaml(classes) if classes else ClassMap.from_yaml()
     dataset = CityscapesDataset(
         data, split, class_map, ValidationResize(height, width, class_map.min_box_size)
     )
@@ -99,6 +102,9 @@ def build_parser() -> ToolParser:
     parser.add_argument("--height", type=size, default=384, help="training height, pixels")
     parser.add_argument("--width", type=size, default=768, help="training width, pixels")
     parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument(
+        "--classes", type=Path, help="class mapping YAML (default: the packaged Cityscapes one)"
+    )
     return parser
 
 
@@ -106,7 +112,7 @@ def build_parser() -> ToolParser:
 def main(args: argparse.Namespace) -> int:
     """Checks ``--out`` first, reads the boxes, clusters them, writes the YAML atomically."""
     check_new_file(args.out, "--out")
-    sizes = dataset_box_sizes(args.data, args.split, args.height, args.width)
+    sizes = dataset_box_sizes(args.data, args.split, args.height, args.width, args.classes)
     if len(sizes) < NUM_ANCHORS:
         raise ValueError(
             f"{args.data} (split '{args.split}') has {len(sizes)} boxes at "

@@ -689,6 +689,18 @@ def test_anchors_bad_numbers(tmp_path, data, extra, mention):
 
 
 @bad_input
+def test_anchors_class_map_missing(tmp_path, data):
+    classes = tmp_path / "my_classes.yaml"
+    _refused(
+        anchors.main,
+        ["--data", data, "--out", tmp_path / "anchors.yaml", "--classes", classes],
+        "class map",
+        str(classes),
+        watch=(tmp_path, data),
+    )
+
+
+@bad_input
 def test_anchors_data_root_is_a_file(tmp_path):
     root = tmp_path / "data.zip"
     root.write_bytes(b"PK")
