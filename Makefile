@@ -1,6 +1,6 @@
 # Entry points. `make test` and `make demo` do all set-up on a fresh clone (scripts/setup_env.sh).
 SHELL := /bin/bash
-VENV ?= .venv
+VENV ?= $(if $(filter jazzy,$(ROS_DISTRO)),.venv-jazzy,.venv)
 PY := $(VENV)/bin/python
 
 .PHONY: setup demo test lint format constraints clean

@@ -3,12 +3,16 @@
 # into the virtual environment's prefix. The wheels' bootstrapper already puts <venv>/lib on
 # LD_LIBRARY_PATH and the Python package lands in site-packages, so no sourcing is needed.
 #
-# Usage: scripts/build_vision_msgs.sh VENV
+# Usage: scripts/build_vision_msgs.sh VENV [DISTRO]
+# DISTRO (default kilted) names the ROS 2 wheels in VENV; each distribution builds in a folder of
+# its own (build/vision_msgs for Kilted, build/vision_msgs-DISTRO otherwise), so builds for two
+# venvs never share CMake caches.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-venv=$(cd "${1:?usage: build_vision_msgs.sh VENV}" && pwd)
-build=$root/build/vision_msgs
+venv=$(cd "${1:?usage: build_vision_msgs.sh VENV [DISTRO]}" && pwd)
+distro=${2:-kilted}
+if [ "$distro" = kilted ]; then build=$root/build/vision_msgs; else build=$root/build/vision_msgs-$distro; fi
 rm -rf "$build"
 mkdir -p "$build"
 

@@ -4,14 +4,17 @@
 # Two modes:
 #   system  a sourced system ROS 2 (ROS_DISTRO set and rclpy importable): rclpy, the message
 #           packages and vision_msgs come from it; the venv sees them through PYTHONPATH.
-#   wheels  otherwise: ROS 2 Kilted from PyPI wheels, vision_msgs built from interfaces/.
+#   wheels  otherwise: ROS 2 from PyPI wheels (requirements/ros-$ROS_DISTRO.txt), vision_msgs
+#           built from interfaces/. ROS_DISTRO picks the distribution: kilted (the default,
+#           in .venv) or jazzy (in .venv-jazzy; the Makefile picks the folder, VENV overrides).
 #
 # Each step keeps a stamp holding the hash of its inputs, so a re-run with nothing
 # changed only hashes a few files.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-venv=${VENV:-$root/.venv}
+distro=${ROS_DISTRO:-kilted}
+if [ "$distro" = jazzy ]; then venv=${VENV:-$root/.venv-jazzy}; else venv=${VENV:-$root/.venv}; fi
 stamps=$venv/.stamps
 python_bin=${PYTHON:-python3}
 
@@ -19,7 +22,7 @@ log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
 inputs_hash() {  # hash of the content of files and folders given as arguments
-  (cd "$root" && find "$@" -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16
+  (cd "$root" && find -L "$@" -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16
 }
 up_to_date() { [ -f "$stamps/$1" ] && [ "$(cat "$stamps/$1")" = "$2" ]; }
 mark_done() { mkdir -p "$stamps"; echo "$2" >"$stamps/$1"; }
@@ -28,7 +31,16 @@ if [ -n "${ROS_DISTRO:-}" ] && "$python_bin" -c 'import rclpy' 2>/dev/null; then
   mode=system
 else
   mode=wheels
+  case "$distro" in
+    kilted | jazzy) ;;
+    *) die "ROS_DISTRO='$distro' has no ROS 2 wheels here and no sourced system ROS 2 provides rclpy; supported: kilted (default), jazzy" ;;
+  esac
 fi
+# Wheel stamps name the distribution, so that a venv never mixes two distributions' wheels (a
+# switch recreates the venv). Kilted's and system mode's keep their earlier form, so existing
+# venvs stay valid.
+tag=""
+[ "$mode" = system ] || [ "$distro" = kilted ] || tag=" $distro"
 
 # 0. System tools: a compiler and CMake (vision_msgs), iproute2 and util-linux (test namespaces).
 missing=()
@@ -45,9 +57,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # 1. The virtual environment.
-venv_key="$mode $("$python_bin" -c 'import sys; print(sys.version.split()[0])')"
+venv_key="$mode$tag $("$python_bin" -c 'import sys; print(sys.version.split()[0])')"
 if ! up_to_date venv "$venv_key" || [ ! -x "$venv/bin/python" ]; then
-  log "creating $venv ($mode mode)"
+  log "creating $venv ($mode mode${tag:+, ROS 2 ${distro^}})"
   rm -rf "$venv"
   if [ "$mode" = system ]; then
     "$python_bin" -m venv --system-site-packages "$venv"
@@ -69,16 +81,24 @@ fi
 
 # 3. ROS 2: wheels and vision_msgs, or checks against the system install.
 if [ "$mode" = wheels ]; then
-  key=$(inputs_hash requirements/ros-kilted.txt requirements/constraints.txt)
+  ros_req=requirements/ros-$distro.txt
+  key=$(inputs_hash "$ros_req" requirements/constraints.txt)$tag
   if ! up_to_date ros-wheels "$key"; then
-    log "installing ROS 2 Kilted wheels (requirements/ros-kilted.txt)"
-    "${pip[@]}" install -q -r "$root/requirements/ros-kilted.txt" -c "$root/requirements/constraints.txt"
+    log "installing ROS 2 ${distro^} wheels ($ros_req)"
+    if [ "$distro" = kilted ]; then
+      "${pip[@]}" install -q -r "$root/$ros_req" -c "$root/requirements/constraints.txt"
+    else
+      # constraints.txt pins Kilted's ros-* wheels; the other pins (empy, lark, catkin-pkg,
+      # numpy...) hold for every distribution. The ros-<distro>-* wheels pin their ros-* parts.
+      grep -v -i '^ros-' "$root/requirements/constraints.txt" >"$stamps/constraints-$distro.txt"
+      "${pip[@]}" install -q -r "$root/$ros_req" -c "$stamps/constraints-$distro.txt"
+    fi
     mark_done ros-wheels "$key"
   fi
-  key=$(inputs_hash interfaces/vision_msgs scripts/build_vision_msgs.sh requirements/ros-kilted.txt)
+  key=$(inputs_hash interfaces/vision_msgs scripts/build_vision_msgs.sh "$ros_req")$tag
   if ! up_to_date vision-msgs "$key"; then
-    log "building vision_msgs from interfaces/vision_msgs"
-    "$root/scripts/build_vision_msgs.sh" "$venv"
+    log "building vision_msgs from interfaces/vision_msgs${tag:+ for ROS 2 ${distro^}}"
+    "$root/scripts/build_vision_msgs.sh" "$venv" "$distro"
     mark_done vision-msgs "$key"
   fi
 else
@@ -90,6 +110,11 @@ fi
 pth=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mtl_perception_fastdds.pth
 profile=$root/config/fastdds_large_images.xml
 line="import os; os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE') or os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE') or os.environ.__setitem__('FASTDDS_DEFAULT_PROFILES_FILE', '$profile')"
+if [ "$distro" != kilted ]; then
+  # Fast DDS 2.x (Jazzy, Humble) reads only FASTRTPS_DEFAULT_PROFILES_FILE, 3.x (Kilted) only
+  # FASTDDS_DEFAULT_PROFILES_FILE: set both, to the user's file where they set either.
+  line="import os; p = os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE') or os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE') or '$profile'; os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE') or os.environ.__setitem__('FASTDDS_DEFAULT_PROFILES_FILE', p); os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE') or os.environ.__setitem__('FASTRTPS_DEFAULT_PROFILES_FILE', p)"
+fi
 if [ ! -f "$pth" ] || [ "$(cat "$pth")" != "$line" ]; then
   echo "$line" >"$pth"
 fi
@@ -107,4 +132,4 @@ if ! up_to_date package "$key"; then
   mark_done package "$key"
 fi
 
-log "environment ready: $venv ($mode mode)"
+log "environment ready: $venv ($mode mode${tag:+, ROS 2 ${distro^}})"
