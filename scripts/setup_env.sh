@@ -71,7 +71,8 @@ fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 
 # 2. Python dependencies (pins in requirements/).
-key=$(inputs_hash requirements/python.txt requirements/dev.txt requirements/constraints.txt)
+key=$(inputs_hash requirements/python.txt requirements/runtime-rosdep.txt requirements/runtime-pip.txt \
+  requirements/dev.txt requirements/constraints.txt)
 if ! up_to_date python-deps "$key"; then
   log "installing Python dependencies (requirements/python.txt, requirements/dev.txt)"
   "${pip[@]}" install -q -r "$root/requirements/python.txt" -r "$root/requirements/dev.txt" \
@@ -106,15 +107,12 @@ else
     || die "system ROS 2 '$ROS_DISTRO' is sourced but vision_msgs is missing: sudo apt install ros-$ROS_DISTRO-vision-msgs"
 fi
 
-# 4. Default Fast DDS profile for large images, unless the user set one (see README).
+# 4. Default Fast DDS profile for large images, unless the user set one (see README): a .pth
+#    line sets FASTDDS_ (Fast DDS 3, Kilted) and FASTRTPS_DEFAULT_PROFILES_FILE (2.x, Jazzy) when
+#    Python starts (mtl_perception/ros/fastdds.py writes the line).
 pth=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mtl_perception_fastdds.pth
-profile=$root/config/fastdds_large_images.xml
-line="import os; os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE') or os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE') or os.environ.__setitem__('FASTDDS_DEFAULT_PROFILES_FILE', '$profile')"
-if [ "$distro" != kilted ]; then
-  # Fast DDS 2.x (Jazzy, Humble) reads only FASTRTPS_DEFAULT_PROFILES_FILE, 3.x (Kilted) only
-  # FASTDDS_DEFAULT_PROFILES_FILE: set both, to the user's file where they set either.
-  line="import os; p = os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE') or os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE') or '$profile'; os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE') or os.environ.__setitem__('FASTDDS_DEFAULT_PROFILES_FILE', p); os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE') or os.environ.__setitem__('FASTRTPS_DEFAULT_PROFILES_FILE', p)"
-fi
+line=$(PYTHONPATH="$root" "$venv/bin/python" -c 'import sys; from mtl_perception.ros.fastdds import startup_line; print(startup_line(sys.argv[1]))' \
+  "$root/mtl_perception/config/fastdds_large_images.xml")
 if [ ! -f "$pth" ] || [ "$(cat "$pth")" != "$line" ]; then
   echo "$line" >"$pth"
 fi

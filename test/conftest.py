@@ -14,13 +14,17 @@ import itertools
 import os
 import sys
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
+from mtl_perception.resources import config_file
+from mtl_perception.ros.fastdds import LARGE_IMAGES_PROFILE, PROFILE_VARIABLES, profile_environment
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NETNS_RUN = REPO_ROOT / "scripts" / "netns_run.sh"
-FASTDDS_PROFILE = REPO_ROOT / "config" / "fastdds_large_images.xml"
+FASTDDS_PROFILE = config_file(LARGE_IMAGES_PROFILE)
 
 _domain_ids = itertools.count()
 
@@ -36,11 +40,22 @@ def pytest_configure(config: pytest.Config) -> None:
     os.execv(NETNS_RUN, [str(NETNS_RUN), *sys.orig_argv])
 
 
+def ros_distribution() -> str:
+    """Which ROS 2 this run uses: the pip wheels' distribution, or a sourced system one."""
+    for distribution, name in (("ros-jazzy-rclpy", "jazzy"), ("ros-rclpy", "kilted")):
+        try:
+            return f"{name} (pip wheels, rclpy {metadata.version(distribution)})"
+        except metadata.PackageNotFoundError:
+            continue
+    return f"{os.environ.get('ROS_DISTRO', 'unknown')} (system)"
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return (
+        f"ROS 2 {ros_distribution()}, "
         f"network isolation: {os.environ.get('MTL_NETNS', 'unset')}, "
         f"ROS_AUTOMATIC_DISCOVERY_RANGE={os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')}, "
-        f"FASTDDS_DEFAULT_PROFILES_FILE={os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE')}"
+        + ", ".join(f"{name}={os.environ.get(name)}" for name in PROFILE_VARIABLES)
     )
 
 
@@ -52,8 +67,7 @@ def ros_environment() -> dict[str, str]:
         1 + (int(os.environ.get("ROS_DOMAIN_ID", "0")) + next(_domain_ids)) % 100
     )
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    if not (env.get("FASTDDS_DEFAULT_PROFILES_FILE") or env.get("FASTRTPS_DEFAULT_PROFILES_FILE")):
-        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_PROFILE)
+    env.update(profile_environment(env, str(FASTDDS_PROFILE)))
     return env
 
 
@@ -68,7 +82,7 @@ def ros_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
         The full environment (also applied to ``os.environ`` for the test's duration).
     """
     env = ros_environment()
-    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE"):
+    for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", *PROFILE_VARIABLES):
         if key in env:
             monkeypatch.setenv(key, env[key])
     yield dict(os.environ)
