@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from mtl_perception.ros.fastdds import (
+    LARGE_IMAGES_PROFILE,
+    PROFILE_VARIABLES,
+    profile_environment,
+    startup_line,
+)
 from mtl_perception.ros.launch_support import (
+    check_launch_arguments,
     node_parameters,
+    require_rviz2,
     rviz_config_for_namespace,
+    write_rviz_config,
 )
 from mtl_perception.ros.parameters import NodeParameters
 
@@ -36,8 +48,9 @@ def test_launch_file_compiles_and_names_existing_files_and_executables():
         for n in tree.body
     )
     strings = _strings(tree)
-    for name in ("perception.yaml", "perception.rviz", "fastdds_large_images.xml"):
+    for name in ("perception.yaml", "perception.rviz"):
         assert name in strings and (REPO / "config" / name).is_file(), name
+    assert (REPO / "config" / LARGE_IMAGES_PROFILE).is_file()
     assert "perception_node" in strings
     assert "perception_node = mtl_perception.ros.node:main" in (REPO / "setup.py").read_text()
     for argument in ("camera_topic", "params_file", "namespace", "use_rviz", "checkpoint"):
@@ -120,3 +133,67 @@ def test_rviz_config_shows_the_node_outputs():
     rviz = yaml.safe_load((REPO / "config" / "perception.rviz").read_text())
     topics = {d["Topic"]["Value"] for d in rviz["Visualization Manager"]["Displays"]}
     assert topics == {"/perception_node/overlay", "/perception_node/semantic_color"}
+
+
+def test_rviz_config_file_is_one_per_namespace_and_replaced(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    template = REPO / "config" / "perception.rviz"
+    first = write_rviz_config(template, "robot1")
+    again = write_rviz_config(template, "/robot1/")
+    other = write_rviz_config(template, "robot2")
+    assert first == again != other
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "mtl_perception_robot1.rviz",
+        "mtl_perception_robot2.rviz",
+    ]
+    assert "/robot2/perception_node/overlay" in other.read_text()
+
+
+def test_bad_launch_arguments_are_refused_before_anything_starts(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("/**: {ros__parameters: {}}\n")
+    check_launch_arguments(str(params), "/camera/image_raw")
+    with pytest.raises(FileNotFoundError, match=r"params_file:=.*nope\.yaml is not a file"):
+        check_launch_arguments(str(tmp_path / "nope.yaml"), "/camera/image_raw")
+    with pytest.raises(ValueError, match="camera_topic"):
+        check_launch_arguments(str(params), " ")
+
+
+def test_use_rviz_needs_rviz2_and_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"needs rviz2.*apt install ros-\$ROS_DISTRO-rviz2"):
+        require_rviz2()
+    marker = tmp_path / "share" / "ament_index" / "resource_index" / "packages" / "rviz2"
+    marker.parent.mkdir(parents=True)
+    marker.touch()
+    require_rviz2()  # found in the ament index: no error
+
+
+def test_launch_file_checks_its_arguments_and_sets_both_profile_variables():
+    calls = {
+        getattr(node.func, "id", None)
+        for node in ast.walk(ast.parse(LAUNCH.read_text()))
+        if isinstance(node, ast.Call)
+    }
+    assert {"check_launch_arguments", "require_rviz2", "profile_environment"} <= calls
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({}, "SHIPPED"),
+        ({"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"}, "/mine.xml"),
+        ({"FASTRTPS_DEFAULT_PROFILES_FILE": "/jazzy.xml"}, "/jazzy.xml"),
+        ({"FASTDDS_DEFAULT_PROFILES_FILE": "", "FASTRTPS_DEFAULT_PROFILES_FILE": ""}, "SHIPPED"),
+    ],
+)
+def test_fastdds_profile_reaches_both_fast_dds_generations(given, expected):
+    """Fast DDS 3 (Kilted) reads only FASTDDS_..., 2.x (Jazzy, Humble) only FASTRTPS_...: the
+    profile must be in both, the user's choice first; the venv's start-up line does the same."""
+    assert profile_environment(given, "SHIPPED") == dict.fromkeys(PROFILE_VARIABLES, expected)
+    env = {k: v for k, v in os.environ.items() if k not in PROFILE_VARIABLES} | given
+    probe = f"{startup_line('SHIPPED')}; print([os.environ[n] for n in {PROFILE_VARIABLES!r}])"
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", probe], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == str([expected, expected])

@@ -33,6 +33,7 @@ PACKAGE_FILES = [
 # by `except ImportError`.
 IMPORTS = {
     "rclpy": ("ros", "rclpy"),
+    "ament_index_python": ("ros", "ament_index_python"),
     "rcl_interfaces": ("ros", "rcl_interfaces"),
     "builtin_interfaces": ("ros", "builtin_interfaces"),
     "std_msgs": ("ros", "std_msgs"),

@@ -7,6 +7,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from ..outputs import write_text
+
 NODE_NAME = "perception_node"
 # The rviz config shipped in config/ names the node's topics for the empty namespace.
 _RVIZ_TOPIC = re.compile(rf"^(\s*Value:\s*)/{NODE_NAME}/", re.MULTILINE)
@@ -35,10 +37,37 @@ def rviz_config_for_namespace(text: str, namespace: str) -> str:
 
 
 def write_rviz_config(template: str | Path, namespace: str) -> Path:
-    """Writes the namespaced rviz config to a new temporary file (kept for rviz to read)."""
+    """Writes the namespaced rviz config for rviz to read: one file per namespace in the
+    temporary folder, replaced atomically at each launch (so launches leave no pile behind)."""
     text = rviz_config_for_namespace(Path(template).read_text(), namespace)
-    with tempfile.NamedTemporaryFile(
-        "w", prefix="mtl_perception_", suffix=".rviz", delete=False
-    ) as file:
-        file.write(text)
-    return Path(file.name)
+    tag = node_namespace_prefix(namespace).replace("/", "_")
+    return write_text(Path(tempfile.gettempdir()) / f"mtl_perception{tag}.rviz", text)
+
+
+def check_launch_arguments(params_file: str, camera_topic: str) -> None:
+    """Refuses what launch_ros would let through: a ``params_file`` that is not a file (it only
+    warns "Parameter file path is not a file" and starts the node WITHOUT it, so with
+    ``checkpoint:=`` given every setting of the user's file is silently lost) and an empty
+    ``camera_topic`` (an rclpy traceback about a remap rule)."""
+    if not Path(params_file).is_file():
+        raise FileNotFoundError(
+            f"params_file:={params_file} is not a file; give a node parameters YAML "
+            "(start from a copy of the shipped config/perception.yaml)"
+        )
+    if not camera_topic.strip():
+        raise ValueError("camera_topic:= must name the camera's sensor_msgs/Image topic")
+
+
+def require_rviz2() -> None:
+    """``use_rviz:=true`` without rviz2: a message that says what to do, raised before any node
+    is started (launch's own "package 'rviz2' not found" came after the perception node had been
+    scheduled, and left it running as an orphan)."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
+    try:
+        get_package_prefix("rviz2")
+    except PackageNotFoundError:
+        raise RuntimeError(
+            "use_rviz:=true needs rviz2, which is not installed "
+            "(sudo apt install ros-$ROS_DISTRO-rviz2); or launch with use_rviz:=false"
+        ) from None
