@@ -261,3 +261,25 @@ def test_a_wheel_install_finds_its_resources_from_any_directory(tmp_path):
     ]
     assert lines[3] == str(sorted(p.name for p in (REPO / "config").iterdir()))
     assert lines[4] == "10"
+
+
+@pytest.mark.parametrize("distro", ["humble", "Jazzy", "rolling"])
+def test_setup_refuses_a_distribution_without_wheels_in_one_line(tmp_path, distro):
+    """ROS_DISTRO picks the wheels (kilted, jazzy) when no system ROS 2 is sourced; any other
+    value is one error line naming the supported ones, and no venv is created."""
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    base_python = str(Path(sys.base_prefix) / "bin" / "python3")  # no ROS 2 importable
+    result = subprocess.run(
+        [str(REPO / "scripts" / "setup_env.sh")],
+        env={**env, "ROS_DISTRO": distro, "VENV": str(venv), "PYTHON": base_python},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"[setup] error: ROS_DISTRO='{distro}' has no ROS 2 wheels here and no sourced system "
+        "ROS 2 provides rclpy; supported: kilted (default), jazzy"
+    ]
+    assert not venv.exists()
