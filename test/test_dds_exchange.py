@@ -14,7 +14,7 @@ from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
 PEER = Path(__file__).parent / "helpers" / "dds_peer.py"
-FRAMES = 30
+FRAMES = 15
 
 
 def _assert_same_message(received, expected, path: str = "msg") -> None:
