@@ -59,13 +59,25 @@ def pytest_report_header(config: pytest.Config) -> str:
     )
 
 
+def next_domain_id() -> int:
+    """A ROS_DOMAIN_ID in 1..100 that no other caller of this run holds at the same time.
+
+    pytest-xdist workers share one network namespace, so each takes its own residue class:
+    worker w of n gets base + w, base + w + n, ... (n divides 100, so the classes never meet).
+    """
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:])
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if 100 % workers:
+        raise pytest.UsageError(f"-n {workers}: use a worker count that divides 100 (1, 2, 4, 5)")
+    base = int(os.environ.get("ROS_DOMAIN_ID", "0"))
+    return 1 + (base + worker + workers * next(_domain_ids)) % 100
+
+
 def ros_environment() -> dict[str, str]:
     """A copy of the environment with a ROS_DOMAIN_ID no other caller in this run gets, the
     localhost discovery range and the large-image Fast DDS profile (unless the user set one)."""
     env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(
-        1 + (int(os.environ.get("ROS_DOMAIN_ID", "0")) + next(_domain_ids)) % 100
-    )
+    env["ROS_DOMAIN_ID"] = str(next_domain_id())
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env.update(profile_environment(env, str(FASTDDS_PROFILE)))
     return env
