@@ -15,13 +15,25 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 EXIT_ERROR = 2  # a known failure: bad input, output collision, unreadable file
 EXIT_BUG = 1  # an unexpected exception
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, systemd, `docker stop` and CI cancellations send), raised like
+    Ctrl-C so that the same clean-up runs: temporary outputs are removed, nothing half-written
+    stays."""
+
+
+def _raise_terminated(signum: int, frame: object) -> NoReturn:
+    raise Terminated
 
 
 class ToolError(Exception):
@@ -78,8 +90,13 @@ def tool_main(build_parser: Callable[[], ToolParser]):
                 args = build_parser().parse_args(argv)
             except SystemExit as exit_:  # --help, or a usage error already printed
                 return int(exit_.code or 0)
+            in_main_thread = threading.current_thread() is threading.main_thread()
+            previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
             try:
                 code = body(args)
+            except Terminated:
+                print("error: terminated", file=sys.stderr)
+                return 128 + signal.SIGTERM
             except KeyboardInterrupt:
                 print("error: interrupted", file=sys.stderr)
                 return 130
@@ -97,6 +114,9 @@ def tool_main(build_parser: Callable[[], ToolParser]):
                     file=sys.stderr,
                 )
                 return EXIT_BUG
+            finally:
+                if in_main_thread:
+                    signal.signal(signal.SIGTERM, previous)
             return 0 if code is None else int(code)
 
         return main

@@ -6,7 +6,12 @@ traceback, and every file that existed before byte-identical after (nothing left
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -338,3 +343,35 @@ def test_pretrained_file_that_is_not_weights(data, tmp_path, name):
     _refused_start(
         tmp_path, data, config, name, "not a readable weights file", extra=["--pretrained", weights]
     )
+
+
+def test_sigterm_before_the_first_checkpoint_leaves_nothing(tmp_path, data):
+    """SIGTERM (timeout, systemd, docker stop, a cancelled CI job) gets Ctrl-C's clean-up: one
+    line, exit 143, and a run that never wrote a checkpoint leaves no folder behind (it left
+    config.yaml, metrics.jsonl and tensorboard/, so neither --resume nor a new run with the same
+    --out worked). Deterministic: the signal is sent once config.yaml exists, and the schedule's
+    first checkpoint is 10000 iterations away."""
+    long = {**TINY["stages"][0], "iterations": 10_000}
+    config = _config(tmp_path, stages=[long], checkpoint_every=10_000)
+    out = tmp_path / "run"
+    before = Snapshot(tmp_path, data)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mtl_perception.training", "--no-progress",
+         "--config", str(config), "--data", str(data), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "config.yaml").exists() and process.poll() is None:
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.strip().splitlines()[-1] == "error: terminated", stderr
+    assert "Traceback" not in stderr
+    assert not out.exists()
+    before.assert_unchanged()
