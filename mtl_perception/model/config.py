@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config_loading import from_mapping, read_yaml
+from ..resources import resolve_config_path
 
 # Paper section 3.2: three Trident branches (dilations 1, 2, 3), three anchors each.
 TRIDENT_DILATIONS = (1, 2, 3)
@@ -110,8 +111,9 @@ class ModelConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ModelConfig:
-        """Reads a YAML file whose top level (or ``model:`` section) holds the fields."""
-        path = Path(path)
+        """Reads a YAML file whose top level (or ``model:`` section) holds the fields
+        (``config/<name>``: the packaged file where no such file exists here)."""
+        path = resolve_config_path(path)
         data = read_yaml(path, "model config")
         data = data.get("model", data)
         try:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..cli import ToolParser, non_negative_int, positive_float, tool_main
 from ..data.labels import DEFAULT_CLASSES_FILE
+from ..resources import resolve_config_path
 
 _TOPIC = re.compile(r"(/[A-Za-z_][A-Za-z0-9_]*)+")
 
@@ -99,7 +100,11 @@ def build_parser() -> ToolParser:
         action="store_true",
         help="send each frame once the last one's outputs arrived",
     )
-    evaluate.add_argument("--node-params", type=Path, help="ROS parameter file for the node")
+    evaluate.add_argument(
+        "--node-params",
+        type=resolve_config_path,
+        help="ROS parameter file for the node (config/<name>: the packaged one)",
+    )
     evaluate.add_argument(
         "--overlays", type=non_negative_int, default=4, help="overlay PNGs of the first N frames"
     )
