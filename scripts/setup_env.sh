@@ -72,7 +72,7 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 
 # 2. Python dependencies (pins in requirements/).
 key=$(inputs_hash requirements/python.txt requirements/runtime-rosdep.txt requirements/runtime-pip.txt \
-  requirements/dev.txt requirements/constraints.txt)
+  requirements/dev.txt requirements/test.txt requirements/constraints.txt)
 if ! up_to_date python-deps "$key"; then
   log "installing Python dependencies (requirements/python.txt, requirements/dev.txt)"
   "${pip[@]}" install -q -r "$root/requirements/python.txt" -r "$root/requirements/dev.txt" \

@@ -63,6 +63,7 @@ INDIRECT = {
     "lifecycle_msgs": ("ros", "lifecycle_msgs"),  # rclpy.lifecycle
     "ros2launch": ("ros", "ros2launch"),  # `ros2 launch` for the shipped launch file
     "onnxscript": ("pip", None, "onnxscript"),  # torch.onnx.export(dynamo=True)
+    "setuptools": ("pip", None, "setuptools"),  # torch's; held below 80 for colcon
 }
 
 
