@@ -629,6 +629,11 @@ def test_frames_waiting_at_deactivate_keep_received_equal_to_processed_dropped_r
         frame = _raw(height=1024, width=1024, data=big)
         frame.header.stamp.sec = 20_000 + sec
         raw_node.publisher.publish(frame)
+    # Deactivate only once the node has taken frames in: under load DDS may deliver them after
+    # the subscription is gone, and then nothing is received at all (it failed that way).
+    assert client.wait_for(
+        lambda: int(_diagnostics(client, raw_node.name).get("received", 0)) > before, timeout=30
+    ), _diagnostics(client, raw_node.name)
     change(Transition.TRANSITION_DEACTIVATE)
     assert state() == "inactive"
     change(Transition.TRANSITION_ACTIVATE)
