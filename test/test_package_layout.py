@@ -171,8 +171,9 @@ def test_vision_msgs_copy_is_hidden_from_colcon():
 
 
 @pytest.mark.slow
-def test_colcon_build_installs_where_ros2_tools_look(tmp_path):
-    source = tmp_path / "src" / "mtl_perception"
+def _copy_package(source: Path) -> Path:
+    """The package's files in ``source`` (builds write into their source tree: never into the
+    checkout, which a concurrent set-up may be building)."""
     source.mkdir(parents=True)
     for name in PACKAGE_FILES:
         if (REPO / name).is_dir():
@@ -181,6 +182,11 @@ def test_colcon_build_installs_where_ros2_tools_look(tmp_path):
             )
         elif (REPO / name).exists():
             shutil.copy2(REPO / name, source / name)
+    return source
+
+
+def test_colcon_build_installs_where_ros2_tools_look(tmp_path):
+    _copy_package(tmp_path / "src" / "mtl_perception")
     colcon = Path(sys.executable).parent / "colcon"
     result = subprocess.run(
         [str(colcon), "--log-base", "log", "build", "--base-paths", "src"],
@@ -223,9 +229,10 @@ def test_a_wheel_install_finds_its_resources_from_any_directory(tmp_path):
     """A non-editable install (what a wheel or colcon gives) reads its class map, configs and
     vision_msgs definitions from inside itself, run from a directory with no config/."""
     target = tmp_path / "site"
+    source = _copy_package(tmp_path / "source")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(REPO)],
+         "--target", str(target), str(source)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     elsewhere = tmp_path / "elsewhere"
