@@ -434,6 +434,12 @@ def main(args: list[str] | None = None) -> int:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if node.context.ok():
+            raise
+        # Ctrl-C shut the context down between two spins: rclpy then fails to build its wait
+        # set (RCLError "the given context is not valid") instead of raising
+        # ExternalShutdownException. That is a normal shutdown, not an error.
     finally:
         node._release_io()
         node.destroy_node()
