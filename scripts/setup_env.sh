@@ -108,11 +108,11 @@ else
 fi
 
 # 4. Default Fast DDS profile for large images, unless the user set one (see README): a .pth
-#    line sets FASTDDS_ (Fast DDS 3, Kilted) and FASTRTPS_DEFAULT_PROFILES_FILE (2.x, Jazzy) when
-#    Python starts (mtl_perception/ros/fastdds.py writes the line).
+#    line sets FASTDDS_DEFAULT_PROFILES_FILE (Fast DDS 3, Kilted), and FASTRTPS_... too for the
+#    Fast DDS 2 distributions (Jazzy), when Python starts (mtl_perception/ros/fastdds.py).
 pth=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mtl_perception_fastdds.pth
-line=$(PYTHONPATH="$root" "$venv/bin/python" -c 'import sys; from mtl_perception.ros.fastdds import startup_line; print(startup_line(sys.argv[1]))' \
-  "$root/mtl_perception/config/fastdds_large_images.xml")
+line=$(PYTHONPATH="$root" "$venv/bin/python" -c 'import sys; from mtl_perception.ros.fastdds import startup_line; print(startup_line(*sys.argv[1:]))' \
+  "$root/mtl_perception/config/fastdds_large_images.xml" "$distro")
 if [ ! -f "$pth" ] || [ "$(cat "$pth")" != "$line" ]; then
   echo "$line" >"$pth"
 fi

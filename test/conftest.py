@@ -40,22 +40,24 @@ def pytest_configure(config: pytest.Config) -> None:
     os.execv(NETNS_RUN, [str(NETNS_RUN), *sys.orig_argv])
 
 
-def ros_distribution() -> str:
-    """Which ROS 2 this run uses: the pip wheels' distribution, or a sourced system one."""
+def ros_distribution() -> tuple[str, str]:
+    """Which ROS 2 this run uses, (name, where from): the pip wheels' or a sourced system one."""
     for distribution, name in (("ros-jazzy-rclpy", "jazzy"), ("ros-rclpy", "kilted")):
         try:
-            return f"{name} (pip wheels, rclpy {metadata.version(distribution)})"
+            return name, f"pip wheels, rclpy {metadata.version(distribution)}"
         except metadata.PackageNotFoundError:
             continue
-    return f"{os.environ.get('ROS_DISTRO', 'unknown')} (system)"
+    return os.environ.get("ROS_DISTRO", "unknown"), "system"
 
 
 def pytest_report_header(config: pytest.Config) -> str:
+    name, source = ros_distribution()
+    profiles = ", ".join(f"{n}={os.environ.get(n)}" for n in PROFILE_VARIABLES)
     return (
-        f"ROS 2 {ros_distribution()}, "
+        f"ROS 2 {name} ({source}), "
         f"network isolation: {os.environ.get('MTL_NETNS', 'unset')}, "
         f"ROS_AUTOMATIC_DISCOVERY_RANGE={os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')}, "
-        + ", ".join(f"{name}={os.environ.get(name)}" for name in PROFILE_VARIABLES)
+        f"{profiles}"
     )
 
 
@@ -79,7 +81,7 @@ def ros_environment() -> dict[str, str]:
     env = dict(os.environ)
     env["ROS_DOMAIN_ID"] = str(next_domain_id())
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env.update(profile_environment(env, str(FASTDDS_PROFILE)))
+    env.update(profile_environment(env, str(FASTDDS_PROFILE), ros_distribution()[0]))
     return env
 
 

@@ -178,6 +178,7 @@ def test_launch_file_checks_its_arguments_and_sets_both_profile_variables():
     assert {"check_launch_arguments", "require_rviz2", "profile_environment"} <= calls
 
 
+@pytest.mark.parametrize("distro", ["kilted", "jazzy", "humble", ""])
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
@@ -187,13 +188,22 @@ def test_launch_file_checks_its_arguments_and_sets_both_profile_variables():
         ({"FASTDDS_DEFAULT_PROFILES_FILE": "", "FASTRTPS_DEFAULT_PROFILES_FILE": ""}, "SHIPPED"),
     ],
 )
-def test_fastdds_profile_reaches_both_fast_dds_generations(given, expected):
-    """Fast DDS 3 (Kilted) reads only FASTDDS_..., 2.x (Jazzy, Humble) only FASTRTPS_...: the
-    profile must be in both, the user's choice first; the venv's start-up line does the same."""
-    assert profile_environment(given, "SHIPPED") == dict.fromkeys(PROFILE_VARIABLES, expected)
+def test_fastdds_profile_reaches_the_variable_each_fast_dds_reads(given, expected, distro):
+    """Fast DDS 3 (Kilted) reads FASTDDS_... (and warns on every start that FASTRTPS_... is
+    deprecated when that is set); 2.x (Humble, Jazzy) reads only FASTRTPS_...: the profile goes to
+    the ones the distribution reads, the user's choice first; the venv's start-up line agrees."""
+    names = PROFILE_VARIABLES if distro in ("jazzy", "humble") else PROFILE_VARIABLES[:1]
+    assert profile_environment(given, "SHIPPED", distro) == dict.fromkeys(names, expected)
+    assert profile_environment({**given, "ROS_DISTRO": distro}, "SHIPPED") == dict.fromkeys(
+        names, expected
+    )
     env = {k: v for k, v in os.environ.items() if k not in PROFILE_VARIABLES} | given
-    probe = f"{startup_line('SHIPPED')}; print([os.environ[n] for n in {PROFILE_VARIABLES!r}])"
+    probe = (
+        f"{startup_line('SHIPPED', distro)}; "
+        f"print([os.environ.get(n) or None for n in {PROFILE_VARIABLES!r}])"
+    )
     out = subprocess.run(
         [sys.executable, "-S", "-c", probe], env=env, capture_output=True, text=True, check=True
     ).stdout
-    assert out.strip() == str([expected, expected])
+    unset = {name: given.get(name) or None for name in PROFILE_VARIABLES}
+    assert out.strip() == str([expected if n in names else unset[n] for n in PROFILE_VARIABLES])
