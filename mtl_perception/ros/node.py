@@ -46,7 +46,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from ..inference.predictor import Prediction, Predictor, PredictorConfig
+from ..inference.fallback import FallbackPredictor
+from ..inference.predictor import Prediction, PredictorConfig
 from ..visualization import colorize, draw_overlay
 from .conversions import (
     CONVERTER,
@@ -111,7 +112,7 @@ class PerceptionNode(LifecycleNode):
         declare_parameters(self)
         self.declare_parameter("autostart", True)
         self.params: NodeParameters | None = None
-        self.predictor: Predictor | None = None
+        self.predictor: FallbackPredictor | None = None
         self.counters = FrameCounters()
         self._counter_lock = threading.Lock()
         self._slot = LatestFrameSlot()
@@ -150,10 +151,13 @@ class PerceptionNode(LifecycleNode):
                 max_detections=params.max_detections,
                 backend=params.backend,
             )
+            # A fast path that fails to set up or on its first frame falls back to a simpler
+            # one (logged, and named in the diagnostics) instead of failing the node.
+            log = self.get_logger().warning
             if params.backend == "onnxruntime":
-                self.predictor = Predictor.from_onnx(params.onnx_model, config)
+                self.predictor = FallbackPredictor.from_onnx(params.onnx_model, config, log)
             else:
-                self.predictor = Predictor.from_checkpoint(params.checkpoint, config)
+                self.predictor = FallbackPredictor.from_checkpoint(params.checkpoint, config, log)
         except (ValueError, FileNotFoundError, RuntimeError) as error:
             self.get_logger().error(f"configure failed: {error}")
             self.predictor = None
@@ -402,6 +406,9 @@ class PerceptionNode(LifecycleNode):
             "device": self.device,
             "precision": self.params.precision,
             "backend": self.params.backend,
+            "fast_path": self.predictor.active_path if self.predictor else "none",
+            "fast_path_requested": self.predictor.requested_path if self.predictor else "none",
+            "fast_path_fallbacks": " | ".join(self.predictor.fallbacks) if self.predictor else "",
         }
         level = DiagnosticStatus.WARN if counters.failed else DiagnosticStatus.OK
         message = f"{counters.failed} frames failed in the model" if counters.failed else "running"
