@@ -3,6 +3,7 @@ into docs/benchmarks.md between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import shlex
@@ -29,8 +30,6 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import os
-
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return (
         f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {gpu}; "
@@ -43,7 +42,9 @@ def command() -> str:
     script = Path(sys.argv[0]).resolve()
     if script.is_relative_to(ROOT):
         script = script.relative_to(ROOT)
-    return shlex.join([".venv/bin/python", str(script), *sys.argv[1:]])
+    interpreter = Path(sys.executable)
+    shown = ".venv/bin/python" if interpreter.is_relative_to(ROOT) else "python"
+    return shlex.join([shown, str(script), *sys.argv[1:]])
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -76,9 +77,20 @@ def p95_ms(times: list[float]) -> float:
 
 
 def write_section(name: str, markdown: str) -> None:
-    """Replaces the marked section ``name`` in docs/benchmarks.md (appends it if absent)."""
+    """Replaces the marked section ``name`` in docs/benchmarks.md (appends it if absent).
+
+    With MTL_BENCH_OUT set (scripts/gpu_check.sh on a CUDA machine), writes the marked block to
+    ``$MTL_BENCH_OUT/<name>.md`` instead and leaves docs/benchmarks.md alone.
+    """
     begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{begin}\n{markdown.strip()}\n{end}"
+    folder = os.environ.get("MTL_BENCH_OUT")
+    if folder:
+        target = Path(folder) / f"{name}.md"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(block + "\n")
+        print(f"wrote section '{name}' to {target}")
+        return
     text = DOCS.read_text()
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text}\n{block}\n"

@@ -1,7 +1,7 @@
 """Training throughput (images/s) per precision and memory format, on this machine.
 
     .venv/bin/python benchmarks/train_step.py [--config config/train_synthetic_small.yaml]
-        [--batch 8] [--device cpu] [--repeats 10]
+        [--batch 8] [--device cpu] [--repeats 10] [--write]
 
 One optimizer step = forward, the multi-task loss, backward, Adam. Prints a Markdown table with
 the median and p95 over ``--repeats`` steps (after two warm-up steps) and the machine.
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import machine
+from common import header, write_section
 
 from mtl_perception.losses import MultiTaskLoss
 from mtl_perception.model import MultiTaskNet
@@ -70,18 +70,18 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
     config = TrainConfig.from_yaml(args.config)
     precisions = ["fp32", "bf16"] + (["fp16"] if args.device.startswith("cuda") else [])
-    print(f"machine: {machine()}")
-    print(f"command: {' '.join(sys.argv)}")
-    print(
+    lines = [
         f"model: {args.config} ({config.model.width_multiplier}x width, "
         f"{config.model.input_width}x{config.model.input_height}), "
-        f"batch {args.batch}, device {args.device}\n"
-    )
-    print("| precision | memory format | step median (s) | step p95 (s) | images/s (median) |")
-    print("| --- | --- | ---: | ---: | ---: |")
+        f"batch {args.batch}, device {args.device}\n",
+        "| precision | memory format | step median (s) | step p95 (s) | images/s (median) |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    print("\n".join(lines), flush=True)
     for precision in precisions:
         for channels_last in (False, True):
             times = sorted(
@@ -90,9 +90,15 @@ def main() -> int:
             median = statistics.median(times)
             p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
             layout = "channels_last" if channels_last else "contiguous"
-            print(
+            lines.append(
                 f"| {precision} | {layout} | {median:.3f} | {p95:.3f} | {args.batch / median:.1f} |"
             )
+            print(lines[-1], flush=True)
+    device = torch.device(args.device).type
+    section = f"### Training step, {device}\n\n{header('train_step')}\n" + "\n".join(lines) + "\n"
+    print(section)
+    if args.write:
+        write_section(f"train-step-{device}", section)
     return 0
 
 

@@ -13,6 +13,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 venv=$(cd "${1:?usage: build_vision_msgs.sh VENV [DISTRO]}" && pwd)
 distro=${2:-kilted}
 if [ "$distro" = kilted ]; then build=$root/build/vision_msgs; else build=$root/build/vision_msgs-$distro; fi
+build=${VISION_MSGS_BUILD:-$build}  # scripts/gpu_check.sh builds outside the checkout
 rm -rf "$build"
 mkdir -p "$build"
 

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# One command for a CUDA machine: the CUDA tests and every benchmark on CUDA, their
+# docs/benchmarks.md sections written into OUTPUT_DIR (docs/benchmarks.md itself is not touched).
+#
+# The machine needs Python 3.12 with its own CUDA torch and the common scientific packages, a C++
+# compiler and CMake; no network. It gets this repository plus the folder that
+# `scripts/gpu_check_prepare.py` writes here (.gpu-check/: the ROS 2 wheels, ~52 MiB).
+#
+#   scripts/gpu_check.sh OUTPUT_DIR [STEP...]
+#
+# Environment: PYTHON (default python3), GPU_CHECK_DIR (default .gpu-check), GPU_CHECK_BUDGET
+# (seconds for all steps; a step that would start after it is reported 'not run (budget)'),
+# GPU_CHECK_DEVICE (default cuda; `cpu` is the dry run for machines without CUDA),
+# GPU_CHECK_LATENCY_PATHS (default all of benchmarks/latency.py's).
+# STEPs (default all, in this order): tests latency node_overhead overload pipeline_ceiling
+# multi_camera single_vs_multi train_step.
+#
+# OUTPUT_DIR receives three files: summary.txt (one line per step: ok / failed / timed out /
+# not run, with seconds), sections.md (every benchmark's section, ready for docs/benchmarks.md),
+# logs.tar.gz (each step's log, the sections one by one, the figures the benchmarks drew).
+set -uo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:?usage: scripts/gpu_check.sh OUTPUT_DIR [STEP...]}
+shift
+all_steps=(tests latency node_overhead overload pipeline_ceiling multi_camera single_vs_multi train_step)
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=("${all_steps[@]}")
+for step in "${steps[@]}"; do
+  [[ " ${all_steps[*]} " == *" $step "* ]] || { echo "gpu_check: unknown step '$step' (steps: ${all_steps[*]})" >&2; exit 2; }
+done
+python=${PYTHON:-python3}
+wheels=${GPU_CHECK_DIR:-$root/.gpu-check}/wheels
+device=${GPU_CHECK_DEVICE:-cuda}
+budget=${GPU_CHECK_BUDGET:-100000}
+work=$(mktemp -d /tmp/mtl-gpu-check.XXXXXX)
+env_dir=$work/env
+mkdir -p "$out" "$work/logs" "$work/sections"
+start=$SECONDS
+log() { printf '[gpu_check %4ds] %s\n' $((SECONDS - start)) "$*"; }
+die() { printf 'gpu_check: %s\n' "$*" >&2; exit 1; }
+
+[ -f "$wheels/MANIFEST" ] || die "no $wheels/MANIFEST: run scripts/gpu_check_prepare.py on a machine with network and carry .gpu-check/ along"
+"$python" - "$device" <<'PY' || die "$python cannot run the check (above)"
+import sys, torch
+if sys.argv[1].startswith("cuda") and not torch.cuda.is_available():
+    sys.exit(f"torch {torch.__version__} sees no CUDA device (GPU_CHECK_DEVICE=cpu for a dry run)")
+print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
+PY
+missing=$("$python" -c '
+import importlib.util as u
+need = ["numpy", "cv2", "yaml", "PIL", "matplotlib", "tqdm", "tensorboard", "onnx", "onnxscript", "onnxruntime", "safetensors", "pytest", "hypothesis", "pytest_timeout", "packaging"]
+print(" ".join(n for n in need if u.find_spec(n) is None))')
+[ -z "$missing" ] || die "$python lacks: $missing (carry their wheels too)"
+
+# 1. An overlay environment: a venv whose own site-packages hold the ROS 2 wheels and which sees
+#    the machine's packages (CUDA torch...) behind them. Nothing is installed into $python's own.
+log "environment in $env_dir ($(grep -c '==' "$wheels/MANIFEST") wheels)"
+"$python" -m venv --without-pip "$env_dir" || die "python -m venv failed"
+base_site=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+env_site=$("$env_dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "import site; site.addsitedir('$base_site')" >"$env_site/zz_machine_packages.pth"
+"$python" -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile \
+  --ignore-installed --prefix "$env_dir" "$wheels"/*.whl >"$work/logs/pip.log" 2>&1 \
+  || { tail -5 "$work/logs/pip.log"; die "installing the wheels failed"; }
+log "building vision_msgs"
+VISION_MSGS_BUILD=$work/vision_msgs "$root/scripts/build_vision_msgs.sh" "$env_dir" kilted \
+  >"$work/logs/vision_msgs.log" 2>&1 || { tail -20 "$work/logs/vision_msgs.log"; die "building vision_msgs failed"; }
+py=$env_dir/bin/python
+export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
+eval "$("$py" -c 'import sys; from mtl_perception.ros.fastdds import profile_environment
+from mtl_perception.resources import config_file
+for k, v in profile_environment(str(config_file("fastdds_large_images.xml")), "kilted").items(): print(f"export {k}={v}")')"
+export MTL_BENCH_OUT=$work/sections PYTHONUNBUFFERED=1
+"$py" -c 'import rclpy, vision_msgs.msg, mtl_perception.ros.node' || die "the node does not import in the prepared environment"
+log "environment ready"
+
+checkpoint=$work/untrained.pt
+run_step() {  # name timeout command...
+  local name=$1 limit=$2 begin=$SECONDS
+  shift 2
+  if [ $((SECONDS - start)) -ge "$budget" ]; then
+    echo "$name: not run (budget of ${budget}s used)" >>"$work/summary.txt"; log "$name: not run (budget)"; return
+  fi
+  log "$name: $*"
+  (cd "$root" && timeout -k 10 "$limit" "$@") >"$work/logs/$name.log" 2>&1
+  local status=$? verdict=ok
+  [ $status -eq 0 ] || verdict="failed (exit $status)"
+  [ $status -eq 124 ] || [ $status -eq 137 ] && verdict="timed out after ${limit}s"
+  echo "$name: $verdict, $((SECONDS - begin)) s" >>"$work/summary.txt"
+  log "$name: $verdict"
+  [ "$verdict" = ok ] || tail -15 "$work/logs/$name.log"
+}
+have() { [ -f "$root/benchmarks/$1.py" ] || { echo "$1: not run (benchmarks/$1.py is not in this checkout)" >>"$work/summary.txt"; return 1; }; }
+
+for step in "${steps[@]}"; do
+  case $step in
+    tests) run_step tests 420 "$py" -m pytest -q -p no:cacheprovider --timeout 180 --durations 0 \
+      test/test_fast_paths.py test/test_fast_path_fallback.py ;;
+    latency)  # GPU_CHECK_LATENCY_PATHS: a subset of benchmarks/latency.py's paths (compiling is slow)
+      run_step latency 300 "$py" benchmarks/latency.py --device "$device" --write ${GPU_CHECK_LATENCY_PATHS:+--paths $GPU_CHECK_LATENCY_PATHS} ;;
+    node_overhead) run_step node_overhead 120 "$py" benchmarks/node_overhead.py --device "$device" --write ;;
+    overload)
+      [ -f "$checkpoint" ] || "$py" "$root/benchmarks/untrained_checkpoint.py" "$checkpoint" >>"$work/logs/checkpoint.log" 2>&1
+      run_step overload 150 "$py" benchmarks/overload.py --checkpoint "$checkpoint" --device "$device" --seconds 30 --write ;;
+    pipeline_ceiling) have pipeline_ceiling && run_step pipeline_ceiling 300 "$py" benchmarks/pipeline_ceiling.py --device "$device" --write ;;
+    multi_camera)
+      [ -f "$checkpoint" ] || "$py" "$root/benchmarks/untrained_checkpoint.py" "$checkpoint" >>"$work/logs/checkpoint.log" 2>&1
+      have multi_camera && run_step multi_camera 300 "$py" benchmarks/multi_camera.py --checkpoint "$checkpoint" --device "$device" --write ;;
+    single_vs_multi) run_step single_vs_multi 120 "$py" benchmarks/single_vs_multi.py --device "$device" --write ;;
+    train_step) run_step train_step 180 "$py" benchmarks/train_step.py --device "$device" --write ;;
+  esac
+done
+
+for section in "$work"/sections/*.md; do
+  [ -f "$section" ] && { cat "$section"; echo; }
+done >"$out/sections.md"
+cp -r "$root/docs/images" "$work/images" 2>/dev/null
+tar -czf "$out/logs.tar.gz" -C "$work" logs sections summary.txt $( [ -d "$work/images" ] && echo images)
+cp "$work/summary.txt" "$out/summary.txt"
+log "done: $out/summary.txt, sections.md, logs.tar.gz"
+cat "$out/summary.txt"
+! grep -q -E ': (failed|timed out)' "$out/summary.txt"
