@@ -23,8 +23,11 @@ export CMAKE_PREFIX_PATH=$venv
 # The std_msgs wheel's exported CMake target names the Python include folder of the machine
 # that built the wheel (/opt/python/...). CMake reports it as an error at generation time, yet
 # writes the Makefiles and the build is complete and correct. Accept exactly that error.
+# make where there is one, else Ninja (some CUDA images have CMake and Ninja but no make).
+generator=()
+if ! command -v make >/dev/null 2>&1 && command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
 set +e
-cmake -S "$root/interfaces/vision_msgs" -B "$build" \
+cmake "${generator[@]}" -S "$root/interfaces/vision_msgs" -B "$build" \
   -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_INSTALL_PREFIX="$venv" \
   -DCMAKE_PREFIX_PATH="$venv" \
@@ -35,7 +38,7 @@ set -e
 if [ $status -ne 0 ]; then
   errors=$(grep -c 'CMake Error' "$build/cmake.log" || true)
   known=$(grep -A3 'CMake Error' "$build/cmake.log" | grep -c 'non-existent path' || true)
-  if [ ! -f "$build/Makefile" ] || [ "$errors" -ne "$known" ] \
+  if { [ ! -f "$build/Makefile" ] && [ ! -f "$build/build.ninja" ]; } || [ "$errors" -ne "$known" ] \
     || ! grep -q '"/opt/python/' "$build/cmake.log"; then
     cat "$build/cmake.log" >&2
     echo "build_vision_msgs: cmake failed (log: $build/cmake.log)" >&2
@@ -44,12 +47,12 @@ if [ $status -ne 0 ]; then
 fi
 
 jobs=$(nproc 2>/dev/null || echo 2)
-if ! make -C "$build" -j"$jobs" >"$build/make.log" 2>&1; then
+if ! cmake --build "$build" -j "$jobs" >"$build/make.log" 2>&1; then
   tail -40 "$build/make.log" >&2
   echo "build_vision_msgs: make failed (log: $build/make.log)" >&2
   exit 1
 fi
-make -C "$build" install >"$build/install.log" 2>&1
+cmake --install "$build" >"$build/install.log" 2>&1
 
 "$venv/bin/python" -c 'from vision_msgs.msg import Detection2DArray, LabelInfo' \
   || { echo "build_vision_msgs: built, but 'import vision_msgs.msg' fails in $venv" >&2; exit 1; }
