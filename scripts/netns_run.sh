@@ -19,7 +19,11 @@ fi
 for flags in -n -rn; do
   if unshare "$flags" true 2>/dev/null; then
     export MTL_NETNS=private
-    exec unshare "$flags" -- sh -c 'ip link set lo up && exec "$@"' netns_run "$@"
+    # Loopback up: iproute2, else mtl_perception/ros/loopback.py (machines without `ip`).
+    export MTL_NETNS_PYTHON=${MTL_NETNS_PYTHON:-python3}
+    MTL_NETNS_LOOPBACK=$(cd "$(dirname "$0")/.." && pwd)/mtl_perception/ros/loopback.py
+    export MTL_NETNS_LOOPBACK
+    exec unshare "$flags" -- sh -c '{ ip link set lo up 2>/dev/null || "$MTL_NETNS_PYTHON" "$MTL_NETNS_LOOPBACK"; } && exec "$@"' netns_run "$@"
   fi
 done
 echo "netns_run: no private network namespace could be created (unshare -n and -rn refused);" \

@@ -7,8 +7,13 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
-ENTER = 'ip link set lo up && exec "$@"'
+# Inside the new namespace: loopback up (iproute2, else ros/loopback.py), then the command.
+ENTER = (
+    '{ ip link set lo up 2>/dev/null || "$MTL_NETNS_PYTHON" "$MTL_NETNS_LOOPBACK"; } '
+    '&& exec "$@"'
+)
 
 
 def ensure_private_network() -> None:
@@ -28,6 +33,8 @@ def ensure_private_network() -> None:
             break
         if usable:
             env["MTL_NETNS"] = "private"
+            env["MTL_NETNS_PYTHON"] = sys.executable
+            env["MTL_NETNS_LOOPBACK"] = str(Path(__file__).with_name("loopback.py"))
             sys.stdout.flush()
             os.execvpe(
                 "unshare",
