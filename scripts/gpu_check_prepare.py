@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,9 +33,11 @@ LIMIT_BYTES = 64 * 2**20
 PROVIDED = {
     "numpy", "packaging", "pyyaml", "setuptools", "typing-extensions", "python-dateutil",
     "pyparsing", "six", "pytest", "pluggy", "iniconfig", "pygments", "hypothesis",
-    "sortedcontainers", "attrs", "pytest-timeout",
+    "sortedcontainers", "attrs", "pytest-timeout", "tqdm", "requests", "certifi", "urllib3",
+    "idna", "charset-normalizer", "pillow", "matplotlib", "kiwisolver", "fonttools", "cycler",
+    "contourpy", "typing",  # typing: a Python 2 backport cityscapesscripts still names
 }  # fmt: skip
-EXTRA_ROOTS = ["rosbags", "pytest-repeat"]
+EXTRA_ROOTS = ["rosbags", "cityscapesscripts", "pytest-repeat"]
 PLATFORMS = [
     "manylinux_2_39_x86_64", "manylinux_2_35_x86_64", "manylinux_2_34_x86_64",
     "manylinux_2_31_x86_64", "manylinux_2_28_x86_64", "manylinux_2_27_x86_64",
@@ -72,10 +75,25 @@ def ros_roots() -> list[str]:
     return [ln.split("==")[0].strip() for ln in lines if ln.strip() and not ln.startswith("#")]
 
 
-def download(pins: list[str], wheels: Path, python_version: str) -> None:
+def cached_wheel(pin: str, folder: Path) -> Path | None:
+    """A wheel of exactly ``pin`` in ``folder`` (an earlier run's), if there is one."""
+    name, version = pin.split("==")
+    for wheel in folder.glob("*.whl") if folder.is_dir() else ():
+        parts = wheel.name.split("-")
+        if normalise(parts[0]) == normalise(name) and parts[1] == version:
+            return wheel
+    return None
+
+
+def download(pins: list[str], wheels: Path, python_version: str, cache: Path) -> None:
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
     for pin in pins:
+        earlier = cached_wheel(pin, cache)
+        tag = "cp" + python_version.replace(".", "")
+        if earlier is not None and ("-none-any" in earlier.name or f"-{tag}-" in earlier.name):
+            shutil.copy2(earlier, wheels / earlier.name)  # an earlier run's, for this Python
+            continue
         binary = subprocess.run(
             [*pip, "download", "-q", "--no-deps", "--only-binary=:all:", "--implementation",
              "cp", "--python-version", python_version, *platforms, "-d", str(wheels), pin],
@@ -106,7 +124,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(dir=args.out) as scratch:
         wheels = Path(scratch) / "wheels"
         wheels.mkdir()
-        download(pins, wheels, args.python_version)
+        download(pins, wheels, args.python_version, args.out / "wheels")
         size = sum(f.stat().st_size for f in wheels.iterdir())
         if size > LIMIT_BYTES:
             sys.exit(f"gpu_check_prepare: the wheels take {size / 2**20:.1f} MiB, over 64 MiB")
