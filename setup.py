@@ -37,7 +37,7 @@ setup(
     entry_points={
         "console_scripts": [
             "perception_node = mtl_perception.ros.node:main",
-            "mtl-bag = mtl_perception.ros.bag_cli:main",
+            "mtl-bag = mtl_perception.ros.bags.cli:main",
             "mtl-train = mtl_perception.training.cli:main",
             "mtl-eval = mtl_perception.evaluation.evaluate:main",
             "mtl-export = mtl_perception.inference.export:main",

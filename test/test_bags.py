@@ -18,9 +18,10 @@ from vision_msgs.msg import Detection2DArray
 from mtl_perception.data.cityscapes import CityscapesDataset
 from mtl_perception.data.labels import ClassMap
 from mtl_perception.data.synthetic import write_dataset
-from mtl_perception.ros import bag_cli
-from mtl_perception.ros.bag_evaluate import BagFrames, BagTopics, Collected, Frame, read_bag, score
-from mtl_perception.ros.bag_record import START_NS, record_dataset, typestore
+from mtl_perception.ros.bags import cli as bag_cli
+from mtl_perception.ros.bags.read import BagTopics, GroundTruth, RunOutputs, read_camera
+from mtl_perception.ros.bags.record import START_NS, record_dataset, typestore
+from mtl_perception.ros.bags.score import score_run
 
 CLASS_MAP = ClassMap.from_yaml()
 
@@ -32,7 +33,7 @@ def _mtl_bag_evaluate(
     command = [
         sys.executable,
         "-m",
-        "mtl_perception.ros.bag_cli",
+        "mtl_perception.ros.bags.cli",
         "evaluate",
         "--bag",
         str(bag),
@@ -154,6 +155,8 @@ def test_bag_evaluation_reports_what_mtl_eval_reports(data, tmp_path):
         assert {c.topic for c in reader.connections} == {
             "/perception_node/semantic",
             "/perception_node/detections",
+            "/diagnostics",
+            "/mtl_bag/run",
         }
     assert "Mean IoU (mIoU)" in (out / "report.md").read_text() and "Mean IoU" in result.stdout
 
@@ -196,7 +199,7 @@ def test_corrupt_missing_topic_and_unknown_bags_give_clear_errors(data, tmp_path
     (mcap,) = bag.glob("*.mcap")
     mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 3])  # truncated
     with pytest.raises(ValueError, match="cannot read bag"):
-        read_bag(bag)
+        read_camera(bag)
     result = _mtl_bag_evaluate(bag, str(checkpoint), tmp_path / "out", timeout=120)
     assert (
         result.returncode == 2
@@ -210,12 +213,12 @@ def test_corrupt_missing_topic_and_unknown_bags_give_clear_errors(data, tmp_path
         ValueError,
         match=r"no camera topic /front/image .*/camera/image_raw \(sensor_msgs/msg/Image\)",
     ):
-        read_bag(other, BagTopics(camera="/front/image"))
+        read_camera(other, BagTopics(camera="/front/image"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="cannot read bag: not a rosbag2 folder"):
-        read_bag(tmp_path / "empty")
+        read_camera(tmp_path / "empty")
     with pytest.raises(ValueError, match="bag not found"):
-        read_bag(tmp_path / "nowhere")
+        read_camera(tmp_path / "nowhere")
 
 
 def test_scoring_counts_ground_truth_boxes_at_the_node_input_width():
@@ -223,18 +226,29 @@ def test_scoring_counts_ground_truth_boxes_at_the_node_input_width():
     input width the node runs at (min_box_size 4 network px: a 3-px box in a 128-px image counts
     at input width 256, not at 128)."""
     big, small = [10.0, 10.0, 50.0, 40.0], [60.0, 10.0, 63.0, 13.0]
-    frame = Frame(0, 0, 1, 1, b"", (64, 128), boxes=(np.array([big, small]), np.array([0, 0])))
-    bag = BagFrames(Path("bag"), "/camera", "sensor_msgs/msg/Image", None, "/boxes", 10**6, [frame])
-    collected = Collected(
-        sent={1: 0.0},
-        masks={1: np.zeros((64, 128), np.uint8)},
-        detections={1: (np.array([big]), np.array([0.9]), np.array([0]))},
-        arrived={1: 0.1},
+    frame = {"index": 0, "stamp": 1, "bag_stamp": 1, "size": [64, 128], "rejected": None}
+    truth = GroundTruth(
+        Path("bag"), None, "/boxes", boxes={1: [(np.array([big, small]), np.array([0, 0]))]}
     )
+
+    def run_at(input_width: int) -> RunOutputs:
+        info = {
+            "frames": [{**frame, "sent": 0}],
+            "node": {"parameters": {"input_width": input_width}},
+        }
+        return RunOutputs(
+            Path("out"),
+            info,
+            masks={1: np.zeros((64, 128), np.uint8)},
+            detections={1: (np.array([big]), np.array([0.9]), np.array([0]))},
+            mask_received={1: 100},
+            detections_received={1: 100},
+        )
+
     assert CLASS_MAP.min_box_size == 4
     first = CLASS_MAP.det_names[0]
-    assert score(bag, collected, CLASS_MAP, 128)["ap"][first] == pytest.approx(1.0)
-    assert score(bag, collected, CLASS_MAP, 256)["ap"][first] < 0.9
+    assert score_run(run_at(128), truth, CLASS_MAP)[0]["ap"][first] == pytest.approx(1.0)
+    assert score_run(run_at(256), truth, CLASS_MAP)[0]["ap"][first] < 0.9
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

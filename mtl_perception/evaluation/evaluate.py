@@ -111,16 +111,32 @@ def evaluate(
                 prediction.classes,
                 prediction.scores,
                 class_map.det_names,
-                class_map.num_seg_classes,
+                class_map.seg_colours,
             )
             path = overlay_dir / f"{sample.name}_overlay.png"
             if not cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
                 raise OSError(f"could not write the overlay {path}")
-    iou = confusion.iou()
-    ap = average_precision.average_precision()
     seconds = np.array(latencies)
     return {
         "images": count,
+        **summarize(confusion, average_precision, class_map),
+        "ap_iou": average_precision.iou_threshold,
+        "interpolation": interpolation,
+        "latency_ms": {
+            "mean": _number(seconds.mean() * 1e3) if count else None,
+            "median": _number(np.median(seconds) * 1e3) if count else None,
+        },
+    }
+
+
+def summarize(
+    confusion: ConfusionMatrix, average_precision: DetectionAP, class_map: ClassMap
+) -> dict[str, Any]:
+    """Table 1's figures by class name (fractions; None where a class has none): ``iou`` (void
+    left out), ``miou``, ``ap``, ``map``. The one summary for mtl-eval and bag scoring."""
+    iou = confusion.iou()
+    ap = average_precision.average_precision()
+    return {
         "iou": {
             name: _number(iou[i])
             for i, name in enumerate(class_map.seg_names)
@@ -129,12 +145,6 @@ def evaluate(
         "miou": _number(confusion.mean_iou()),
         "ap": {name: _number(ap[i]) for i, name in enumerate(class_map.det_names)},
         "map": _number(average_precision.mean_ap()),
-        "ap_iou": average_precision.iou_threshold,
-        "interpolation": interpolation,
-        "latency_ms": {
-            "mean": _number(seconds.mean() * 1e3) if count else None,
-            "median": _number(np.median(seconds) * 1e3) if count else None,
-        },
     }
 
 

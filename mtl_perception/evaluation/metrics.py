@@ -77,6 +77,62 @@ class _ClassRecord:
     num_ground_truth: int = 0
 
 
+def greedy_match(
+    det_boxes: torch.Tensor, gt_boxes: torch.Tensor, iou_threshold: float = AP_IOU
+) -> np.ndarray:
+    """Greedy matching of one class's detections, (N, 4) xyxy in decreasing score order, to its
+    ground truth (M, 4): each takes the unmatched box it overlaps most if IoU >= the threshold.
+    Returns (N,) bool true positives."""
+    true_positive = np.zeros(len(det_boxes), bool)
+    if len(gt_boxes) == 0:
+        return true_positive
+    iou = box_iou(det_boxes, gt_boxes).numpy()  # (N, M)
+    taken = np.zeros(len(gt_boxes), bool)
+    for d in range(len(det_boxes)):  # sequential by nature: each match changes the next
+        candidates = np.where(taken, -1.0, iou[d])
+        best = int(candidates.argmax())
+        if candidates[best] >= iou_threshold:
+            taken[best] = True
+            true_positive[d] = True
+    return true_positive
+
+
+def detection_counts(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_classes: np.ndarray,
+    num_classes: int,
+    min_score: float,
+    iou_threshold: float = AP_IOU,
+) -> np.ndarray:
+    """True positives, false positives and false negatives per class of one image, counting
+    detections scored >= ``min_score`` matched as AP matches them.
+
+    Args:
+        boxes, scores, classes: detections (N, 4) xyxy, (N,), (N,).
+        gt_boxes, gt_classes: ground truth (M, 4), (M,).
+
+    Returns:
+        (num_classes, 3) int64: TP, FP, FN per class.
+    """
+    keep = np.asarray(scores, np.float64).reshape(-1) >= min_score
+    boxes = torch.as_tensor(np.asarray(boxes, np.float64).reshape(-1, 4)[keep])
+    scores = np.asarray(scores, np.float64).reshape(-1)[keep]
+    classes = np.asarray(classes).reshape(-1)[keep]
+    gt_boxes = torch.as_tensor(np.asarray(gt_boxes, np.float64).reshape(-1, 4))
+    gt_classes = np.asarray(gt_classes).reshape(-1)
+    counts = np.zeros((num_classes, 3), np.int64)
+    for c in range(num_classes):
+        dets, gts = classes == c, gt_classes == c
+        order = np.argsort(-scores[dets], kind="stable")
+        matched = greedy_match(boxes[dets][order], gt_boxes[gts], iou_threshold)
+        tp = int(matched.sum())
+        counts[c] = (tp, len(matched) - tp, int(gts.sum()) - tp)
+    return counts
+
+
 class DetectionAP:
     """Streaming per-class average precision at one IoU threshold.
 
@@ -124,19 +180,7 @@ class DetectionAP:
             record.true_positive.append(matched)
 
     def _match(self, det_boxes: torch.Tensor, gt_boxes: torch.Tensor) -> np.ndarray:
-        """Greedy matching in score order; (N,) bool true positives."""
-        true_positive = np.zeros(len(det_boxes), bool)
-        if len(gt_boxes) == 0:
-            return true_positive
-        iou = box_iou(det_boxes, gt_boxes).numpy()  # (N, M)
-        taken = np.zeros(len(gt_boxes), bool)
-        for d in range(len(det_boxes)):  # sequential by nature: each match changes the next
-            candidates = np.where(taken, -1.0, iou[d])
-            best = int(candidates.argmax())
-            if candidates[best] >= self.iou_threshold:
-                taken[best] = True
-                true_positive[d] = True
-        return true_positive
+        return greedy_match(det_boxes, gt_boxes, self.iou_threshold)
 
     def average_precision(self) -> np.ndarray:
         """(num_classes,) AP; NaN for classes without ground truth."""

@@ -66,6 +66,14 @@ def trained_small_model(data_dir: Path, steps: int = 150) -> MultiTaskNet:
     """SMALL_SCALED_ANCHORS trained briefly on 4 synthetic scenes: confident masks and a few
     real detections with spread-out scores, for comparisons where a random network's near-tied
     logits would flip under any rounding."""
+    return trained_small_models(data_dir, (steps,))[0]
+
+
+def trained_small_models(data_dir: Path, steps: tuple[int, ...]) -> list[MultiTaskNet]:
+    """One training run of :func:`trained_small_model`, the network kept (in eval mode) after
+    each of ``steps`` Adam steps: checkpoints of one model trained shorter and longer."""
+    import copy
+
     from mtl_perception.data.cityscapes import CityscapesDataset
     from mtl_perception.data.labels import ClassMap
     from mtl_perception.data.loader import collate
@@ -85,8 +93,11 @@ def trained_small_model(data_dir: Path, steps: int = 150) -> MultiTaskNet:
     criterion = MultiTaskLoss(anchors, 16, LossConfig(box_loss="giou"))
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     images = normalize_images(batch.images)
-    for _ in range(steps):
+    kept = {}
+    for step in range(1, max(steps) + 1):
         optimizer.zero_grad()
         criterion(model(images), batch.segmentation, batch.boxes, batch.classes)["loss"].backward()
         optimizer.step()
-    return model.eval()
+        if step in steps:
+            kept[step] = copy.deepcopy(model).eval()
+    return [kept[n] for n in steps]

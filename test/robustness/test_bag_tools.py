@@ -36,9 +36,9 @@ from mtl_perception.data.cityscapes import CityscapesDataset
 from mtl_perception.data.labels import ClassMap
 from mtl_perception.data.synthetic import write_dataset
 from mtl_perception.model.checkpoint import read_checkpoint, save_checkpoint
-from mtl_perception.ros import bag_cli
-from mtl_perception.ros.bag_evaluate import OVERLAY_MAX_BOXES, OVERLAY_SCORE
-from mtl_perception.ros.bag_record import START_NS, record_dataset, typestore
+from mtl_perception.ros.bags import cli as bag_cli
+from mtl_perception.ros.bags.record import START_NS, record_dataset, typestore
+from mtl_perception.ros.bags.report import OVERLAY_MAX_BOXES, OVERLAY_SCORE
 from mtl_perception.ros.messages import detections_message
 from mtl_perception.visualization import draw_overlay
 

@@ -1,14 +1,21 @@
-"""``mtl-bag``: record a dataset split to a rosbag2, and evaluate the live node on a bag.
+"""``mtl-bag``: record a dataset split to a rosbag2; run the node on a bag, score, gate.
 
 mtl-bag record-dataset --data DIR --split val --out BAG [--storage mcap|sqlite3] [--rate HZ]
     [--compressed] [--classes YAML] [--camera-topic T] [--semantic-topic T] [--detections-topic T]
-mtl-bag evaluate --bag BAG --checkpoint CKPT --out DIR [--rate-factor F | --as-fast-as-possible]
-    [--classes YAML] [--camera-topic T] [--semantic-topic T] [--detections-topic T]
-    [--node-params FILE] [--overlays N] [--output-bag]
+mtl-bag run --bag BAG --checkpoint CKPT --out OUTPUT_BAG [--rate-factor F | --as-fast-as-possible]
+    [--node-params FILE] [--camera-topic T]
+mtl-bag score --run OUTPUT_BAG --out DIR [--ground-truth BAG] [--classes YAML]
+    [--semantic-topic T] [--detections-topic T] [SCORING OPTIONS]
+mtl-bag evaluate --bag BAG --checkpoint CKPT --out DIR [run's and score's options]   (run + score)
 
-Every failure prints one line ``error: <what> (<file, topic or option>)`` and exits 2 (the
-traceback only with ``--debug``). Outputs are checked before any work and written atomically:
-``--out`` is either complete or absent.
+SCORING OPTIONS: [--frames first:N,last:N,A-B] [--match-tolerance-ms MS] [--overlays N]
+    [--fail-under miou=65,map50=40,coverage=0.95,latency_p95_ms=300]
+    [--baseline OLD/report.json --max-drop miou=1.0,map50=2.0 --max-rise latency_p95_ms=20%]
+
+Exit codes: 0 done (and every criterion passed), 1 a criterion failed (the table of what failed
+is printed; the report lists every criterion), 2 a bad input: one line ``error: <what> (<file,
+topic or option>)`` (the traceback only with ``--debug``). Outputs are checked before any work
+and written atomically: ``--out`` is either complete or absent.
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ import re
 import sys
 from pathlib import Path
 
-from ..cli import ToolParser, non_negative_int, positive_float, tool_main
-from ..data.labels import DEFAULT_CLASSES_FILE
-from ..resources import resolve_config_path
+from ...cli import ToolParser, non_negative_int, positive_float, tool_main
+from ...data.labels import DEFAULT_CLASSES_FILE
+from ...resources import resolve_config_path
+from .record import CAMERA_TOPIC, GT_DETECTIONS_TOPIC, GT_SEMANTIC_TOPIC
 
 _TOPIC = re.compile(r"(/[A-Za-z_][A-Za-z0-9_]*)+")
+EXIT_GATE_FAILED = 1
 
 
 def topic_name(text: str) -> str:
@@ -35,21 +44,36 @@ def topic_name(text: str) -> str:
     return text
 
 
-def _add_common(parser: ToolParser, *, record: bool) -> None:
-    from .bag_record import CAMERA_TOPIC, GT_DETECTIONS_TOPIC, GT_SEMANTIC_TOPIC
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
 
+
+def _add_classes(parser: ToolParser) -> None:
     parser.add_argument(
         "--classes",
         type=Path,
         default=DEFAULT_CLASSES_FILE,
         help="class mapping YAML (default: the package's Cityscapes mapping)",
     )
+
+
+def _add_camera(parser: ToolParser, *, record: bool) -> None:
     camera_help = (
         f"camera topic (default {CAMERA_TOPIC}; with --compressed its /compressed sibling)"
         if record
         else f"camera topic to replay (default {CAMERA_TOPIC}, or its /compressed sibling)"
     )
     parser.add_argument("--camera-topic", type=topic_name, default=None, help=camera_help)
+
+
+def _add_ground_truth(parser: ToolParser) -> None:
     parser.add_argument(
         "--semantic-topic",
         type=topic_name,
@@ -61,6 +85,64 @@ def _add_common(parser: ToolParser, *, record: bool) -> None:
         type=topic_name,
         default=None,
         help=f"ground-truth Detection2DArray topic (default {GT_DETECTIONS_TOPIC})",
+    )
+
+
+def _add_run(parser: ToolParser) -> None:
+    parser.add_argument("--bag", type=Path, required=True, help="the bag to replay")
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    pace = parser.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--rate-factor",
+        type=positive_float,
+        default=1.0,
+        help="replay at the bag's timing x F (positive, finite)",
+    )
+    pace.add_argument(
+        "--as-fast-as-possible",
+        action="store_true",
+        help="send each frame once the last one's outputs arrived",
+    )
+    parser.add_argument(
+        "--node-params",
+        type=resolve_config_path,
+        help="ROS parameter file for the node (config/<name>: the packaged one)",
+    )
+    _add_camera(parser, record=False)
+
+
+def _add_scoring(parser: ToolParser) -> None:
+    _add_classes(parser)
+    _add_ground_truth(parser)
+    parser.add_argument(
+        "--overlays", type=non_negative_int, default=4, help="overlay PNGs of the first N frames"
+    )
+    parser.add_argument(
+        "--frames",
+        metavar="SPEC",
+        help="frames to leave out: first:N, last:N, A-B (positions from 0, receive order), "
+        "comma-separated",
+    )
+    parser.add_argument(
+        "--match-tolerance-ms",
+        type=non_negative_float,
+        default=0.0,
+        metavar="MS",
+        help="match ground truth to the nearest frame within MS (default 0: exact stamps)",
+    )
+    parser.add_argument(
+        "--fail-under",
+        metavar="CRITERIA",
+        help="e.g. miou=65,map50=40,coverage=0.95,latency_p95_ms=300 (latencies: ceilings)",
+    )
+    parser.add_argument(
+        "--baseline", type=Path, help="an earlier report.json (or its folder) to compare with"
+    )
+    parser.add_argument(
+        "--max-drop", metavar="CRITERIA", help="vs --baseline, e.g. miou=1.0,map50=2.0 (or N%%)"
+    )
+    parser.add_argument(
+        "--max-rise", metavar="CRITERIA", help="vs --baseline, e.g. latency_p95_ms=20%%"
     )
 
 
@@ -83,38 +165,37 @@ def build_parser() -> ToolParser:
     record.add_argument(
         "--compressed", action="store_true", help="JPEG CompressedImage instead of rgb8 Image"
     )
-    _add_common(record, record=True)
-    evaluate = commands.add_parser("evaluate", help="replay a bag through the node and report")
-    evaluate.add_argument("--bag", type=Path, required=True)
-    evaluate.add_argument("--checkpoint", type=Path, required=True)
+    _add_classes(record)
+    _add_camera(record, record=True)
+    _add_ground_truth(record)
+    run = commands.add_parser(
+        "run", help="replay a bag through the node and record its outputs to an output bag"
+    )
+    _add_run(run)
+    run.add_argument("--out", type=Path, required=True, help="new output bag folder")
+    score = commands.add_parser(
+        "score", help="score an output bag of `run` against ground truth (no model, no node)"
+    )
+    score.add_argument("--run", type=Path, required=True, help="an output bag of mtl-bag run")
+    score.add_argument("--out", type=Path, required=True, help="new report folder")
+    score.add_argument(
+        "--ground-truth",
+        type=Path,
+        help="bag with the ground truth (default: the bag the run replayed)",
+    )
+    _add_scoring(score)
+    evaluate = commands.add_parser(
+        "evaluate", help="run + score: replay a bag through the node and report"
+    )
+    _add_run(evaluate)
     evaluate.add_argument("--out", type=Path, required=True, help="new report folder")
-    pace = evaluate.add_mutually_exclusive_group()
-    pace.add_argument(
-        "--rate-factor",
-        type=positive_float,
-        default=1.0,
-        help="replay at the bag's timing x F (positive, finite)",
-    )
-    pace.add_argument(
-        "--as-fast-as-possible",
-        action="store_true",
-        help="send each frame once the last one's outputs arrived",
-    )
-    evaluate.add_argument(
-        "--node-params",
-        type=resolve_config_path,
-        help="ROS parameter file for the node (config/<name>: the packaged one)",
-    )
-    evaluate.add_argument(
-        "--overlays", type=non_negative_int, default=4, help="overlay PNGs of the first N frames"
-    )
     evaluate.add_argument(
         "--output-bag",
         action="store_true",
-        help="also record the node's outputs to OUT/outputs_bag",
+        help="(kept for old scripts: the output bag is always written to OUT/outputs_bag)",
     )
-    _add_common(evaluate, record=False)
-    for sub in (record, evaluate):
+    _add_scoring(evaluate)
+    for sub in (record, run, score, evaluate):
         # `mtl-bag --debug evaluate ...` must survive the subcommand's own --debug default.
         for action in sub._actions:
             if action.dest == "debug":
@@ -126,59 +207,131 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _topics(args: argparse.Namespace):
+    from .read import BagTopics
+
+    return BagTopics(
+        getattr(args, "camera_topic", None),
+        getattr(args, "semantic_topic", None),
+        getattr(args, "detections_topic", None),
+    )
+
+
+def _score_options(args: argparse.Namespace):
+    from .pipeline import ScoreOptions
+
+    return ScoreOptions(
+        frames=args.frames,
+        match_tolerance_ms=args.match_tolerance_ms,
+        fail_under=args.fail_under,
+        max_drop=args.max_drop,
+        max_rise=args.max_rise,
+        baseline=args.baseline,
+        overlays=args.overlays,
+    )
+
+
+def _record(args: argparse.Namespace) -> int:
+    from .record import Topics, record_dataset
+
+    defaults = Topics()
+    count = record_dataset(
+        args.data,
+        args.split,
+        args.out,
+        storage=args.storage,
+        rate=args.rate,
+        compressed=args.compressed,
+        classes_file=args.classes,
+        topics=Topics(
+            camera=args.camera_topic or defaults.camera,
+            semantic=args.semantic_topic or defaults.semantic,
+            detections=args.detections_topic or defaults.detections,
+        ),
+    )
+    print(f"wrote {count} frames to {args.out} ({args.storage})")
+    return 0
+
+
+def _print_scored(scored, out: Path) -> int:
+    from .criteria import format_verdicts
+    from .report import metrics_table, speed_line
+
+    report = scored.report
+    table = metrics_table(report)
+    if table is not None:
+        print(table)
+    coverage = report["coverage"]
+    print(
+        f"coverage {coverage:.3f} ({report['frames_with_output']} of {report['frames_sent']} "
+        "frames sent have outputs)"
+        if coverage is not None
+        else "coverage n/a (no frame sent)"
+    )
+    speed = speed_line(report)
+    if speed is not None:
+        print(f"{speed}; node counters {report['node_counters']}")
+    print(f"report: {out / 'report.md'} (and report.json, frames.jsonl, latency_histogram.png)")
+    if scored.verdicts is None:
+        return 0
+    if report["gate"] == "pass":
+        print(f"gate: PASS ({len(scored.verdicts)} criteria)")
+        return 0
+    print("gate: FAIL")
+    print(format_verdicts(scored.verdicts, only_failed=True))
+    return EXIT_GATE_FAILED
+
+
 @tool_main(build_parser)
 def main(args: argparse.Namespace) -> int:
     if args.command == "record-dataset":
-        from .bag_record import Topics, record_dataset
+        return _record(args)
+    if args.command == "score":
+        from .pipeline import score_bag
 
-        defaults = Topics()
-        count = record_dataset(
-            args.data,
-            args.split,
+        scored = score_bag(
+            args.run,
             args.out,
-            storage=args.storage,
-            rate=args.rate,
-            compressed=args.compressed,
+            ground_truth=args.ground_truth,
             classes_file=args.classes,
-            topics=Topics(
-                camera=args.camera_topic or defaults.camera,
-                semantic=args.semantic_topic or defaults.semantic,
-                detections=args.detections_topic or defaults.detections,
-            ),
+            topics=_topics(args),
+            options=_score_options(args),
+            warn=_warn,
         )
-        print(f"wrote {count} frames to {args.out} ({args.storage})")
-        return 0
-    from .isolation import ensure_private_network
+        return _print_scored(scored, args.out)
+    from ..isolation import ensure_private_network
 
     ensure_private_network()
-    from ..evaluation.evaluate import format_table
-    from .bag_evaluate import BagTopics, evaluate_bag
+    rate_factor = None if args.as_fast_as_possible else args.rate_factor
+    if args.command == "run":
+        from .pipeline import run_bag
 
-    report = evaluate_bag(
+        info = run_bag(
+            args.bag,
+            args.checkpoint,
+            args.out,
+            rate_factor=rate_factor,
+            params_file=args.node_params,
+            topics=_topics(args),
+            warn=_warn,
+        )
+        sent = sum(f["sent"] is not None for f in info["frames"])
+        print(f"sent {sent} frames; output bag: {args.out} (score it with mtl-bag score --run)")
+        return 0
+    from .pipeline import evaluate_bag
+
+    scored = evaluate_bag(
         args.bag,
         args.checkpoint,
         args.out,
-        rate_factor=None if args.as_fast_as_possible else args.rate_factor,
+        rate_factor=rate_factor,
         params_file=args.node_params,
-        overlays=args.overlays,
-        output_bag=args.output_bag,
         classes_file=args.classes,
-        topics=BagTopics(args.camera_topic, args.semantic_topic, args.detections_topic),
+        topics=_topics(args),
+        options=_score_options(args),
         warn=_warn,
     )
-    if report["miou"] is not None or report["map"] is not None:
-        print(format_table({k: report[k] for k in ("iou", "miou", "ap", "map")}, column="bag"))
-    latency = report["latency_ms"]
-    if latency["p50"] is not None:
-        throughput = report["throughput_fps"]
-        print(
-            f"latency p50 {latency['p50']:.1f} ms, p95 {latency['p95']:.1f} ms, "
-            f"max {latency['max']:.1f} ms; throughput "
-            + (f"{throughput:.2f} fps" if throughput is not None else "n/a")
-            + f"; node counters {report['node_counters']}"
-        )
-    print(f"report: {args.out / 'report.md'} (and report.json, overlays, latency_histogram.png)")
-    return 0
+    return _print_scored(scored, args.out)
 
 
 if __name__ == "__main__":

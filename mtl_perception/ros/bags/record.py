@@ -25,10 +25,10 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 from tqdm import tqdm
 
-from ..data.cityscapes import CityscapesDataset
-from ..data.labels import DEFAULT_CLASSES_FILE, ClassMap
-from ..outputs import atomic_directory, check_new_directory
-from ..resources import vision_msgs_definitions as packaged_vision_msgs_definitions
+from ...data.cityscapes import CityscapesDataset
+from ...data.labels import DEFAULT_CLASSES_FILE, ClassMap
+from ...outputs import atomic_directory, check_new_directory
+from ...resources import vision_msgs_definitions as packaged_vision_msgs_definitions
 
 CAMERA_TOPIC = "/camera/image_raw"
 GT_SEMANTIC_TOPIC = "/ground_truth/semantic"

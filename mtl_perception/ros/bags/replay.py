@@ -1,0 +1,189 @@
+"""The replay stage: publish a bag's camera frames to a node and record what it sends back.
+
+The camera messages are replayed byte for byte (the bag's CDR is what rclpy sends) at the bag's
+receive timing scaled by a factor, or paced by the node's outputs (each frame once the last one's
+outcome is known). Everything the node publishes on its two output topics and its /diagnostics is
+kept as CDR with its receive time, for the output bag; times are nanoseconds of one clock (the wall
+clock at the start of the replay, advanced by the monotonic clock), so latencies never jump.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.serialization import serialize_message
+from sensor_msgs.msg import CompressedImage, Image
+from tqdm import tqdm
+from vision_msgs.msg import Detection2DArray
+
+from ...cli import ToolError
+from .read import (
+    DETECTIONS_TYPE,
+    DIAGNOSTICS_TOPIC,
+    DIAGNOSTICS_TYPE,
+    IMAGE_TYPE,
+    BagFrames,
+    stamp_ns,
+)
+
+RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+
+
+@dataclass(frozen=True)
+class NodeTopics:
+    """Where the node under test listens and publishes, and its name in /diagnostics."""
+
+    name: str
+    semantic: str
+    detections: str
+
+    @classmethod
+    def of(cls, name: str, namespace: str = "/") -> NodeTopics:
+        base = f"{namespace.rstrip('/')}/{name}"
+        return cls(name, f"{base}/semantic", f"{base}/detections")
+
+
+@dataclass
+class Collected:
+    """What a replay sent and received; times in ns of the replay's clock."""
+
+    sent: dict[int, int] = field(default_factory=dict)  # stamp -> publish time
+    mask_stamps: set[int] = field(default_factory=set)
+    detection_stamps: set[int] = field(default_factory=set)
+    messages: list[tuple[str, int, bytes, str]] = field(default_factory=list)  # topic, t, CDR, type
+    node_counters: dict[str, str] = field(default_factory=dict)  # the node's last /diagnostics
+
+    def has_outputs(self, stamp: int) -> bool:
+        return stamp in self.mask_stamps and stamp in self.detection_stamps
+
+
+def _counts(counters: dict[str, str]) -> dict[str, int] | None:
+    try:
+        return {k: int(counters[k]) for k in ("received", "processed", "dropped", "rejected")}
+    except (KeyError, ValueError):
+        return None
+
+
+def replay(
+    bag: BagFrames,
+    node: NodeTopics,
+    *,
+    rate_factor: float | None,
+    frame_timeout: float = 10.0,
+    node_failure: Callable[[], str | None] = lambda: None,
+    progress: bool = True,
+    discovery_timeout: float = 120.0,
+) -> Collected:
+    """Publishes the bag's camera frames on its camera topic and collects the node's outputs.
+
+    Args:
+        rate_factor: replay at the bag's receive timing x this, or None to pace by the node.
+        node_failure: returns why the node is gone (a started process that exited), else None.
+
+    Raises:
+        ToolError: the node did not appear within ``discovery_timeout`` s, or it failed.
+    """
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    player = rclpy.create_node("mtl_bag_player", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(player)
+    collected = Collected()
+    wall0, mono0 = time.time_ns(), time.monotonic_ns()
+
+    def now() -> int:
+        return wall0 + time.monotonic_ns() - mono0
+
+    def on_mask(msg: Image) -> None:
+        collected.mask_stamps.add(stamp_ns(msg.header))
+        collected.messages.append((node.semantic, now(), serialize_message(msg), IMAGE_TYPE))
+
+    def on_detections(msg: Detection2DArray) -> None:
+        collected.detection_stamps.add(stamp_ns(msg.header))
+        collected.messages.append((node.detections, now(), serialize_message(msg), DETECTIONS_TYPE))
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        mine = [s for s in msg.status if s.name.startswith(f"{node.name}:")]
+        if not mine:
+            return
+        collected.node_counters = {kv.key: kv.value for kv in mine[-1].values}
+        collected.messages.append(
+            (DIAGNOSTICS_TOPIC, now(), serialize_message(msg), DIAGNOSTICS_TYPE)
+        )
+
+    player.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, on_diagnostics, 10)
+    player.create_subscription(Image, node.semantic, on_mask, RELIABLE)
+    player.create_subscription(Detection2DArray, node.detections, on_detections, RELIABLE)
+    message_type = Image if bag.camera_type == IMAGE_TYPE else CompressedImage
+    publisher = player.create_publisher(message_type, bag.camera_topic, RELIABLE)
+
+    def spin_until(condition, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return True
+            failure = node_failure()
+            if failure is not None:
+                raise ToolError(failure)
+            executor.spin_once(timeout_sec=0.01)
+        return condition()
+
+    def node_discarded(before: dict[str, int] | None) -> bool:
+        """The node counted one more frame as rejected or dropped than ``before``."""
+        now_counts = _counts(collected.node_counters)
+        if now_counts is None or before is None:
+            return False
+        dropped = now_counts["rejected"] + now_counts["dropped"]
+        return dropped > before["rejected"] + before["dropped"]
+
+    def settled() -> bool:
+        counts = _counts(collected.node_counters)
+        sent = len(collected.sent)
+        return counts is not None and (
+            counts["received"] >= sent
+            and counts["processed"] + counts["rejected"] + counts["dropped"] >= sent
+        )
+
+    try:
+        if not spin_until(
+            lambda: (
+                publisher.get_subscription_count() > 0
+                and player.count_publishers(node.detections) > 0
+            ),
+            discovery_timeout,
+        ):
+            raise ToolError(
+                f"the node did not subscribe to {bag.camera_topic} within {discovery_timeout:g} s"
+            )
+        spin_until(lambda: collected.node_counters != {}, 2.0)  # discovery settles both ways
+        start = time.monotonic()
+        first = bag.frames[0].received
+        for frame in tqdm(bag.frames, desc="replaying", unit="frame", disable=not progress):
+            if rate_factor:
+                due = start + (frame.received - first) / 1e9 / rate_factor
+                spin_until(
+                    lambda due=due: time.monotonic() >= due, max(0.0, due - time.monotonic()) + 1
+                )
+            before = _counts(collected.node_counters)
+            collected.sent[frame.stamp] = now()
+            publisher.publish(frame.raw)
+            if not rate_factor:  # paced by the node: wait for this frame's outcome
+                spin_until(
+                    lambda stamp=frame.stamp, before=before: (
+                        collected.has_outputs(stamp) or node_discarded(before)
+                    ),
+                    2.0 if frame.rejected else frame_timeout,
+                )
+        expected = [f.stamp for f in bag.frames if f.rejected is None]
+        spin_until(lambda: all(collected.has_outputs(s) for s in expected), 5.0)
+        spin_until(settled, 3.0)  # the node's final counters
+    finally:
+        player.destroy_node()
+        rclpy.try_shutdown(context=context)
+    return collected

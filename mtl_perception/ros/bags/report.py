@@ -1,0 +1,250 @@
+"""The report stage: report.json, frames.jsonl, report.md, overlays and the latency histogram.
+
+Everything in report.json and frames.jsonl comes from the output bag, the ground truth and the
+scoring options, so scoring the same output bag again writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ...evaluation.evaluate import format_table
+from ...visualization import draw_overlay
+from .criteria import Verdict, format_verdicts, verdict_dicts
+from .read import GroundTruth, RunOutputs, camera_rgb
+
+# Report overlays draw at most this many detections, from this score up (the node runs at 0.001
+# for AP, so its outputs hold many weak boxes a picture should not show).
+OVERLAY_SCORE = 0.1
+OVERLAY_MAX_BOXES = 20
+
+
+def build_report(
+    run: RunOutputs,
+    truth: GroundTruth | None,
+    truth_hash: str | None,
+    figures: dict[str, Any],
+    verdicts: list[Verdict] | None,
+    frames_spec: str | None,
+) -> dict[str, Any]:
+    """report.json's content: the run's settings and provenance, the figures, the verdicts."""
+    info = run.info
+    frames = info["frames"]
+    figures = dict(figures)
+    rejected = [f for f in frames if f["rejected"] is not None]
+    parameters = info["node"]["parameters"]
+    counters = run.node_counters
+    return {
+        "bag": info["bag"],
+        "camera_topic": info["camera_topic"],
+        "camera_type": info["camera_type"],
+        "input_size": [parameters["input_height"], parameters["input_width"]],
+        "frames_in_bag": info["frames_in_bag"],
+        "frames_rejected": len(rejected),
+        "rejections": [{"stamp": f["stamp"], "reason": f["rejected"]} for f in rejected[:20]],
+        "frames_restamped": info["frames_restamped"],
+        "zero_stamps": info["zero_stamps"],
+        "frames_spec": frames_spec,
+        "ground_truth": {
+            "bag": None if truth is None or truth_hash == info["bag_hash"] else str(truth.path),
+            "semantic_topic": truth.semantic_topic if truth else None,
+            "detections_topic": truth.detections_topic if truth else None,
+        },
+        "node_counters": {
+            k: counters.get(k) for k in ("received", "processed", "dropped", "rejected", "failed")
+        },
+        "bag_problems": info["bag_problems"] + figures.pop("scoring_problems"),
+        "warnings": info["warnings"] + figures.pop("ground_truth_warnings"),
+        **figures,
+        "gate": None
+        if verdicts is None
+        else ("pass" if all(v.passed for v in verdicts) else "fail"),
+        "criteria": verdict_dicts(verdicts or []),
+        "reproducibility": {
+            "bag_hash": info["bag_hash"],
+            "ground_truth_hash": truth_hash,
+            "checkpoint": info["checkpoint"],
+            "checkpoint_hash": info["checkpoint_hash"],
+            "node_parameters": parameters,
+            "node_params_file": info["node"]["params_file"],
+            "replay": info["replay"],
+            **info["provenance"],
+        },
+    }
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"cannot write {path}")
+
+
+def _overlays(out: Path, run: RunOutputs, report: dict[str, Any], count: int) -> list[str]:
+    """Overlay PNGs of the first ``count`` frames with outputs (from the input bag's camera
+    frames, as the node saw them); returns their names."""
+    info = run.info
+    chosen = [f for f in info["frames"] if run.arrived(f["stamp"]) is not None][:count]
+    if not chosen:
+        return []
+    bag = Path(info["bag_absolute"])
+    if not bag.exists():
+        return []
+    pictures = camera_rgb(
+        bag,
+        info["camera_topic"],
+        info["camera_type"],
+        {f["index"] for f in chosen},
+        info["node"]["parameters"]["max_pixels"],
+    )
+    config = info["model_config"]
+    names = config.get("det_class_names") or [str(i) for i in range(config["num_det_classes"])]
+    written = []
+    for frame in chosen:
+        rgb = pictures.get(frame["index"])
+        mask = run.masks[frame["stamp"]]
+        if rgb is None or mask.shape != rgb.shape[:2]:
+            continue
+        boxes, scores, classes = run.detections[frame["stamp"]]
+        keep = np.argsort(-scores)[:OVERLAY_MAX_BOXES]
+        keep = keep[scores[keep] >= OVERLAY_SCORE]
+        picture = draw_overlay(
+            rgb, mask, boxes[keep], classes[keep], scores[keep], names, config["num_seg_classes"]
+        )
+        name = f"overlay_{frame['stamp']}.png"
+        _write_png(out / name, picture)
+        written.append(name)
+    return written
+
+
+def _histogram(out: Path, records: list[dict[str, Any]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    latencies = [r["latency_ms"] for r in records if r.get("latency_ms") is not None]
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.hist(latencies, bins=30, color="#4477aa")
+    axis.set_xlabel("end-to-end latency (ms)")
+    axis.set_ylabel("frames")
+    axis.set_title(f"{title}: {len(latencies)} frames")
+    figure.tight_layout()
+    figure.savefig(out / "latency_histogram.png", dpi=100)
+    plt.close(figure)
+
+
+def metrics_table(report: dict[str, Any]) -> str | None:
+    if report["miou"] is None and report["map"] is None:
+        return None
+    return format_table({k: report[k] for k in ("iou", "miou", "ap", "map")}, column="bag")
+
+
+def speed_line(report: dict[str, Any]) -> str | None:
+    p = report["latency_ms"]
+    if p["p50"] is None:
+        return None
+    throughput = report["throughput_fps"]
+    return (
+        f"latency mean {p['mean']:.1f} ms, p50 {p['p50']:.1f} ms, p95 {p['p95']:.1f} ms, "
+        f"max {p['max']:.1f} ms, std {p['std']:.1f} ms; throughput "
+        + (f"{throughput:.2f} fps" if throughput is not None else "n/a")
+    )
+
+
+def write_report(
+    out: Path,
+    run: RunOutputs,
+    report: dict[str, Any],
+    records: list[dict[str, Any]],
+    verdicts: list[Verdict] | None,
+    overlays: int,
+) -> None:
+    """Writes report.json, frames.jsonl, report.md, overlays and latency_histogram.png into
+    ``out`` (an existing folder that becomes the report when complete)."""
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with (out / "frames.jsonl").open("w") as stream:
+        for record in records:
+            stream.write(json.dumps(record) + "\n")
+    name = Path(report["bag"]).name
+    coverage = report["coverage"]
+    lines = [
+        f"# Evaluation of {name}",
+        "",
+        f"Camera topic `{report['camera_topic']}` ({report['camera_type']}); "
+        f"{report['frames_in_bag']} frames in the bag, {report['frames_sent']} sent, "
+        f"{report['frames_with_output']} with outputs, {report['frames_rejected']} rejected by "
+        "the node"
+        + (f" (first: {report['rejections'][0]['reason']})" if report["rejections"] else "")
+        + f"; node input {report['input_size'][1]}x{report['input_size'][0]}.",
+        "",
+        "Coverage (frames with outputs / frames sent): "
+        + (f"{coverage:.3f}" if coverage is not None else "n/a")
+        + (
+            f"; {report['frames_left_out']} frames left out by --frames"
+            if report["frames_spec"]
+            else ""
+        )
+        + ".",
+        "",
+    ]
+    if report["skipped"]:
+        lines += ["Frames without outputs, by reason:", ""]
+        lines += [f"* {reason}: {n}" for reason, n in report["skipped"].items()] + [""]
+    if report["warnings"]:
+        lines += ["**Warnings**", ""] + [f"* {w}" for w in report["warnings"]] + [""]
+    table = metrics_table(report)
+    if table is not None:
+        lines += [f"Scored on {report['frames_scored']} frames:", "", "```", table, "```", ""]
+        if report["detection_counts"]:
+            lines += [
+                f"Detections scored >= {report['detection_count_score']}: "
+                + "; ".join(
+                    f"{n} TP {c['tp']} FP {c['fp']} FN {c['fn']}"
+                    for n, c in report["detection_counts"].items()
+                )
+                + ".",
+                "",
+            ]
+    elif report["ground_truth"]["semantic_topic"] is None and (
+        report["ground_truth"]["detections_topic"] is None
+    ):
+        lines += ["No ground truth in this bag: speed and outputs only.", ""]
+    else:
+        lines += ["No frame with outputs has ground truth that could be scored.", ""]
+    speed = speed_line(report)
+    if speed is not None:
+        lines += [f"End-to-end latency (publish -> both outputs received): {speed}.", ""]
+    counters = report["node_counters"]
+    lines += [
+        f"Node counters: received {counters['received']}, processed {counters['processed']}, "
+        f"dropped {counters['dropped']}, rejected {counters['rejected']}, "
+        f"failed {counters['failed']}.",
+        "",
+    ]
+    if verdicts is not None:
+        lines += [
+            f"Gate: **{report['gate'].upper()}**",
+            "",
+            "```",
+            format_verdicts(verdicts),
+            "```",
+            "",
+        ]
+    repro = report["reproducibility"]
+    lines += [
+        f"Reproducibility: bag {repro['bag_hash']}, checkpoint {repro['checkpoint_hash']}, "
+        f"mtl_perception {repro['package_version']} ({repro['git_commit']}), ROS "
+        f"{repro['ros_distro']}, torch {repro['torch_version']}, {repro['host']['cpu']}"
+        + (f", {', '.join(repro['host']['gpus'])}" if repro["host"]["gpus"] else "")
+        + ".",
+        "",
+        "![latency](latency_histogram.png)",
+        "",
+    ]
+    lines += [f"![overlay]({n})" for n in _overlays(out, run, report, overlays)]
+    _histogram(out, records, name)
+    (out / "report.md").write_text("\n".join(lines) + "\n")

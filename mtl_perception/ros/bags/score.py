@@ -1,0 +1,349 @@
+"""The score stage: a run's outputs against ground truth, per frame and overall; no model, no node.
+
+Ground truth is matched to the frames sent by header stamp: exactly by default, or to the nearest
+frame within ``tolerance_ns`` (a ground-truth message nearer to two frames than either, or one of
+several claiming the same frame, is ambiguous and left out). Frames whose bag stamp is shared by
+several frames (re-stamped for the replay) never get ground truth. Scoring uses the metric code and
+the ground-truth rule of ``mtl-eval`` (:func:`...evaluation.evaluate.summarize`,
+:func:`...evaluation.ground_truth.counted_boxes` at the node's input width).
+
+Coverage is frames with outputs / frames sent; every frame without outputs has a reason: rejected
+(the node's conversions refuse it; known before the replay), dropped (the node's latest-frame-wins
+slot replaced it: its /diagnostics counted drops), partial output (one of the two outputs came),
+no output. ``--frames`` leaves frames out of everything (positions in receive order, 0-based).
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ...data.labels import ClassMap
+from ...evaluation.evaluate import summarize
+from ...evaluation.ground_truth import counted_boxes
+from ...evaluation.metrics import ConfusionMatrix, DetectionAP, detection_counts
+from .read import VOID, GroundTruth, RunOutputs
+
+# TP/FP/FN count detections from this score up (AP uses every detection the node sends).
+COUNT_SCORE = 0.5
+LEFT_OUT = "left out (--frames)"
+DROPPED = "dropped (latest frame wins)"
+NO_OUTPUT = "no output"
+
+
+def parse_frames(spec: str | None, count: int) -> set[int]:
+    """Positions (0-based, receive order) ``--frames`` leaves out, of ``count`` frames.
+
+    ``spec`` is comma-separated tokens: ``first:N`` (the first N), ``last:N`` (the last N),
+    ``A-B`` (positions A to B, both included) or ``A`` (one position).
+
+    Raises:
+        ValueError: a token of another form, naming it.
+    """
+    left_out: set[int] = set()
+    if not spec:
+        return left_out
+    for token in spec.split(","):
+        token = token.strip()
+        if m := re.fullmatch(r"(first|last):(\d+)", token):
+            n = min(int(m[2]), count)
+            left_out |= set(range(n)) if m[1] == "first" else set(range(count - n, count))
+        elif m := re.fullmatch(r"(\d+)(?:-(\d+))?", token):
+            a, b = int(m[1]), int(m[2] or m[1])
+            if b < a:
+                raise ValueError(f"frame range {token!r} ends before it starts (--frames)")
+            left_out |= set(range(a, min(b, count - 1) + 1))
+        else:
+            raise ValueError(
+                f"cannot read {token!r} in --frames: expected first:N, last:N, A-B or A "
+                "(frame positions from 0), comma-separated (--frames)"
+            )
+    return left_out
+
+
+@dataclass
+class Matching:
+    """Ground truth per frame position, and what could not be matched (counts per kind)."""
+
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    boxes: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    offset_ns: dict[int, int] = field(default_factory=dict)  # frame stamp - ground-truth stamp
+    left_out: dict[str, int] = field(default_factory=dict)
+    unmatched: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def match_ground_truth(
+    frames: list[dict[str, Any]], truth: GroundTruth, tolerance_ns: int = 0
+) -> Matching:
+    """Gives frames (the run's frame records) their ground truth by bag stamp (module doc)."""
+    matching = Matching()
+    at_stamp = Counter(f["bag_stamp"] for f in frames)
+    stamps = sorted(at_stamp)
+    position = {f["bag_stamp"]: i for i, f in enumerate(frames) if at_stamp[f["bag_stamp"]] == 1}
+    kinds = (
+        ("semantic", truth.semantic_topic, truth.masks, matching.masks),
+        ("detections", truth.detections_topic, truth.boxes, matching.boxes),
+    )
+    for kind, topic, messages, target in kinds:
+        if topic is None:
+            continue
+        left_out = unmatched = 0
+        claims: dict[int, list[tuple[int, int]]] = {}  # frame position -> (distance, gt stamp)
+        for stamp, values in messages.items():
+            j = bisect.bisect_left(stamps, stamp)
+            near = [s for s in stamps[max(0, j - 1) : j + 1] if abs(s - stamp) <= tolerance_ns]
+            if not near:
+                unmatched += len(values)
+                continue
+            best = min(abs(s - stamp) for s in near)
+            nearest = [s for s in near if abs(s - stamp) == best]
+            if len(nearest) > 1 or at_stamp[nearest[0]] > 1 or len(values) > 1:
+                left_out += len(values)
+                continue
+            claims.setdefault(position[nearest[0]], []).append((best, stamp))
+        for frame, claimed in claims.items():
+            claimed.sort()
+            if len(claimed) > 1 and claimed[0][0] == claimed[1][0]:
+                left_out += len(claimed)
+                continue
+            left_out += len(claimed) - 1
+            _, stamp = claimed[0]
+            target[frame] = messages[stamp][0]
+            matching.offset_ns[frame] = frames[frame]["bag_stamp"] - stamp
+        matching.left_out[kind] = left_out
+        matching.unmatched[kind] = unmatched
+        if left_out:
+            matching.warnings.append(
+                f"{left_out} ground-truth messages on {topic} cannot be matched to one camera "
+                "frame (their stamp is shared by several frames or messages, or they are as near "
+                "to two frames): left out of the scoring"
+            )
+        if unmatched:
+            within = f" within {tolerance_ns / 1e6:g} ms" if tolerance_ns else ""
+            matching.warnings.append(
+                f"{unmatched} ground-truth messages on {topic} have a stamp no camera frame "
+                f"has{within}: left out of the scoring"
+            )
+    return matching
+
+
+def check_ground_truth(
+    frames: list[dict[str, Any]], matching: Matching, truth: GroundTruth, class_map: ClassMap
+) -> None:
+    """Refuses ground truth that cannot be scored with ``class_map``: a mask of another size
+    than its frame, mask values or box classes the class map does not have."""
+    num_seg, num_det = class_map.num_seg_classes, class_map.num_det_classes
+    for position, mask in matching.masks.items():
+        frame = frames[position]
+        where = f"ground-truth mask at stamp {frame['bag_stamp'] - matching.offset_ns[position]}"
+        size = frame["size"]
+        if size is not None and list(mask.shape) != list(size):
+            raise ValueError(
+                f"{where} is {mask.shape[1]}x{mask.shape[0]} but its camera frame is "
+                f"{size[1]}x{size[0]} ({truth.semantic_topic})"
+            )
+        values = np.unique(mask)
+        bad = values[(values >= num_seg) & (values != VOID)]
+        if bad.size:
+            raise ValueError(
+                f"{where} holds class id {int(bad[0])}, but the class map has {num_seg} "
+                f"segmentation classes (0-{num_seg - 1}, {VOID} = void) ({truth.semantic_topic})"
+            )
+    for position, (_, classes) in matching.boxes.items():
+        bad = classes[(classes < 0) | (classes >= num_det)]
+        if bad.size:
+            stamp = frames[position]["bag_stamp"] - matching.offset_ns[position]
+            raise ValueError(
+                f"ground-truth detection at stamp {stamp} has class id {int(bad[0])}, but the "
+                f"class map has {num_det} detection classes (0-{num_det - 1}) "
+                f"({truth.detections_topic})"
+            )
+
+
+def _number(value: float | None) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+def _latency_summary(latencies: np.ndarray) -> dict[str, float | None]:
+    """mean, p50, p95, max, std of (N,) latencies in ms (None without frames)."""
+    if not latencies.size:
+        return dict.fromkeys(("mean", "p50", "p95", "max", "std"))
+    return {
+        "mean": float(latencies.mean()),
+        "p50": float(np.percentile(latencies, 50)),
+        "p95": float(np.percentile(latencies, 95)),
+        "max": float(latencies.max()),
+        "std": float(latencies.std()),
+    }
+
+
+def _without_output_reasons(run: RunOutputs, frames: list[dict[str, Any]]) -> dict[int, str | None]:
+    """Position -> why a sent frame has no outputs (None when it has them)."""
+    reasons: dict[int, str | None] = {}
+    silent = []
+    for i, frame in enumerate(frames):
+        stamp = frame["stamp"]
+        if frame["sent"] is None:
+            reasons[i] = "not sent"
+        elif run.arrived(stamp) is not None:
+            reasons[i] = None
+        elif frame["rejected"] is not None:
+            reasons[i] = f"rejected: {frame['rejected']}"
+        elif stamp in run.masks or stamp in run.detections:
+            reasons[i] = "partial output (" + (
+                "mask only)" if stamp in run.masks else "detections only)"
+            )
+        else:
+            silent.append(i)
+    try:
+        dropped = int(run.node_counters.get("dropped", 0))
+    except ValueError:
+        dropped = 0
+    reason = (
+        DROPPED
+        if silent and dropped >= len(silent)
+        else NO_OUTPUT
+        if dropped == 0
+        else f"{DROPPED} or {NO_OUTPUT}"
+    )
+    reasons.update(dict.fromkeys(silent, reason))
+    return reasons
+
+
+def score_run(
+    run: RunOutputs,
+    truth: GroundTruth | None,
+    class_map: ClassMap,
+    *,
+    frames_spec: str | None = None,
+    tolerance_ns: int = 0,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Scores a run; returns (the report's figures, one record per frame for frames.jsonl).
+
+    Raises:
+        ValueError: a bad ``frames_spec`` or ground truth the class map cannot score.
+    """
+    frames = run.info["frames"]
+    input_width = run.info["node"]["parameters"]["input_width"]
+    left_out = parse_frames(frames_spec, len(frames))
+    matching = match_ground_truth(frames, truth, tolerance_ns) if truth is not None else Matching()
+    if truth is not None:
+        check_ground_truth(frames, matching, truth, class_map)
+    has_masks = truth is not None and truth.semantic_topic is not None
+    has_boxes = truth is not None and truth.detections_topic is not None
+    confusion = ConfusionMatrix(class_map.num_seg_classes, class_map.void_id)
+    average_precision = DetectionAP(class_map.num_det_classes)
+    counts = np.zeros((class_map.num_det_classes, 3), np.int64)
+    reasons = _without_output_reasons(run, frames)
+    records, latencies, problems = [], [], []
+    scored = sent = with_output = 0
+    first_sent, last_arrival = None, None
+    for i, frame in enumerate(frames):
+        stamp = frame["stamp"]
+        record: dict[str, Any] = {"position": i, "index": frame["index"], "stamp": stamp}
+        record["bag_stamp"] = frame["bag_stamp"]
+        if i in left_out:
+            records.append({**record, "status": "left out", "skip_reason": LEFT_OUT})
+            continue
+        arrived = run.arrived(stamp)
+        sent += frame["sent"] is not None
+        if frame["sent"] is not None:
+            first_sent = min(first_sent or frame["sent"], frame["sent"])
+        record["latency_ms"] = (arrived - frame["sent"]) / 1e6 if arrived is not None else None
+        if arrived is None:
+            records.append({**record, "status": "skipped", "skip_reason": reasons[i]})
+            continue
+        with_output += 1
+        latencies.append(record["latency_ms"])
+        last_arrival = max(last_arrival or arrived, arrived)
+        mask, boxes = matching.masks.get(i), matching.boxes.get(i)
+        if mask is None and boxes is None:
+            records.append({**record, "status": "no ground truth", "skip_reason": None})
+            continue
+        if i in matching.offset_ns:
+            record["ground_truth_offset_ms"] = matching.offset_ns[i] / 1e6
+        prediction = run.masks[stamp]
+        if mask is not None:
+            if prediction.shape != mask.shape:
+                problems.append(
+                    f"frame {stamp}: the node's mask is {prediction.shape}, the ground truth "
+                    f"{mask.shape}"
+                )
+                records.append({**record, "status": "skipped", "skip_reason": problems[-1]})
+                continue
+            single = ConfusionMatrix(class_map.num_seg_classes, class_map.void_id)
+            pair = (
+                np.where(prediction == VOID, 0, prediction),
+                np.where(mask == VOID, class_map.void_id, mask),
+            )
+            single.update(*pair)
+            confusion.counts += single.counts
+            iou = single.iou()
+            record["iou"] = {
+                n: _number(iou[c])
+                for c, n in enumerate(class_map.seg_names)
+                if c != class_map.void_id
+            }
+            record["miou"] = _number(single.mean_iou())
+        if boxes is not None:
+            det_boxes, det_scores, det_classes = run.detections[stamp]
+            gt_boxes, gt_classes = counted_boxes(
+                *boxes, prediction.shape[1], input_width, class_map.min_box_size
+            )
+            average_precision.update(det_boxes, det_scores, det_classes, gt_boxes, gt_classes)
+            frame_counts = detection_counts(
+                det_boxes,
+                det_scores,
+                det_classes,
+                gt_boxes,
+                gt_classes,
+                class_map.num_det_classes,
+                COUNT_SCORE,
+            )
+            counts += frame_counts
+            record["detections"] = _counts_by_name(frame_counts, class_map)
+        scored += 1
+        records.append({**record, "status": "scored", "skip_reason": None})
+    summary = summarize(confusion, average_precision, class_map)
+    skipped = [r for r in records if r["status"] in ("skipped",)]
+    duration = (last_arrival - first_sent) / 1e9 if last_arrival and first_sent else 0.0
+    figures = {
+        "frames_left_out": len(left_out & set(range(len(frames)))),
+        "frames_sent": sent,
+        "frames_with_output": with_output,
+        "frames_without_output": sent - with_output,
+        "coverage": with_output / sent if sent else None,
+        "skipped": dict(sorted(Counter(r["skip_reason"] for r in skipped).items())),
+        "skipped_frames": [
+            {"position": r["position"], "stamp": r["stamp"], "reason": r["skip_reason"]}
+            for r in skipped
+        ],
+        "ground_truth_left_out": matching.left_out,
+        "ground_truth_unmatched": matching.unmatched,
+        "ground_truth_warnings": matching.warnings,
+        "match_tolerance_ms": tolerance_ns / 1e6,
+        "latency_ms": _latency_summary(np.array(latencies)),
+        "throughput_fps": with_output / duration if duration > 0 else None,
+        "scoring_problems": problems,
+        "frames_scored": scored,
+        "iou": summary["iou"] if has_masks else {},
+        "miou": summary["miou"] if has_masks else None,
+        "ap": summary["ap"] if has_boxes else {},
+        "map": summary["map"] if has_boxes else None,
+        "detection_counts": _counts_by_name(counts, class_map) if has_boxes else {},
+        "detection_count_score": COUNT_SCORE,
+    }
+    return figures, records
+
+
+def _counts_by_name(counts: np.ndarray, class_map: ClassMap) -> dict[str, dict[str, int]]:
+    return {
+        name: {"tp": int(tp), "fp": int(fp), "fn": int(fn)}
+        for name, (tp, fp, fn) in zip(class_map.det_names, counts, strict=True)
+    }

@@ -1,0 +1,248 @@
+"""mtl-bag as a regression gate: run once, score again, per-frame results, criteria, baselines.
+
+Two checkpoints of the same network, one trained longer, each evaluated ONCE through the real
+node (``mtl-bag evaluate``, session fixture); everything else scores their recorded output bags
+(``mtl-bag score``, no model, no node), which is what a CI job does with a stored run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers.models import save_model, trained_small_models
+from helpers.refusal import assert_refused, invoke, run_module
+
+from mtl_perception import __version__
+from mtl_perception.data.labels import ClassMap
+from mtl_perception.ros.bags import cli as bag_cli
+from mtl_perception.ros.bags.provenance import content_hash
+from mtl_perception.ros.bags.read import GroundTruth, RunOutputs
+from mtl_perception.ros.bags.record import record_dataset
+from mtl_perception.ros.bags.score import match_ground_truth, parse_frames, score_run
+
+CLASS_MAP = ClassMap.from_yaml()
+MS = 10**6
+# evaluate's own gate: every frame sent must have outputs (paced by the node, none is dropped)
+EVALUATE_GATE = ("--fail-under", "coverage=1.0")
+WORSE_STEPS, BETTER_STEPS = 10, 80  # one training run, kept after 10 and after 80 steps
+
+
+@pytest.fixture(scope="session")
+def gate_inputs(tmp_path_factory):
+    """(folder, better checkpoint, worse checkpoint, bag of the scenes they were trained on)."""
+    root = tmp_path_factory.mktemp("gate")
+    shorter, longer = trained_small_models(root / "data", (WORSE_STEPS, BETTER_STEPS))
+    better = save_model(root / "better.pt", longer)
+    worse = save_model(root / "worse.pt", shorter)
+    bag = root / "bag"
+    record_dataset(root / "data", "train", bag, progress=False)
+    return root, better, worse, bag
+
+
+@pytest.fixture(scope="session")
+def evaluated(gate_inputs):
+    """name -> (outcome, report folder) of ``mtl-bag evaluate`` for each checkpoint."""
+    root, better, worse, bag = gate_inputs
+    runs = {}
+    for name, checkpoint in (("better", better), ("worse", worse)):
+        out = root / f"evaluate_{name}"
+        outcome = run_module(
+            "mtl_perception.ros.bags.cli",
+            "evaluate",
+            "--bag",
+            bag,
+            "--checkpoint",
+            checkpoint,
+            "--out",
+            out,
+            "--as-fast-as-possible",
+            *EVALUATE_GATE,
+        )
+        runs[name] = (outcome, out)
+    return runs
+
+
+def _score(run: Path, out: Path, *options: object):
+    return invoke(bag_cli.main, "score", "--run", run, "--out", out, *options)
+
+
+def _report(folder: Path) -> dict:
+    return json.loads((folder / "report.json").read_text())
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_score_reproduces_evaluate_exactly_and_twice_alike(evaluated, tmp_path):
+    outcome, out = evaluated["better"]
+    assert outcome.code == 0, outcome.stdout + outcome.stderr
+    assert "gate: PASS" in outcome.stdout
+    first = _score(out / "outputs_bag", tmp_path / "first", *EVALUATE_GATE)
+    second = _score(out / "outputs_bag", tmp_path / "second", *EVALUATE_GATE)
+    assert first.code == second.code == 0, first.stderr + second.stderr
+    for name in ("report.json", "frames.jsonl"):
+        evaluated_bytes = (out / name).read_bytes()
+        assert (tmp_path / "first" / name).read_bytes() == evaluated_bytes, name
+        assert (tmp_path / "second" / name).read_bytes() == evaluated_bytes, name
+    report = _report(out)
+    assert report["frames_scored"] == 4 and report["miou"] > 0.3
+    assert report["gate"] == "pass" and report["criteria"][0]["verdict"] == "pass"
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_gate_passes_the_better_checkpoint_and_fails_the_worse(evaluated, tmp_path):
+    (_, better), (_, worse) = evaluated["better"], evaluated["worse"]
+    assert evaluated["worse"][0].code == 0, evaluated["worse"][0].stderr
+    old, new = _report(worse), _report(better)
+    assert new["miou"] > old["miou"] + 0.05, (new["miou"], old["miou"])
+    drop = ("--max-drop", "miou=1.0,map50=2.0", "--max-rise", "latency_p95_ms=1000%")
+    passed = _score(better / "outputs_bag", tmp_path / "pass", "--baseline", worse, *drop)
+    assert passed.code == 0 and "gate: PASS (3 criteria)" in passed.stdout, passed.stdout
+    failed = _score(
+        worse / "outputs_bag", tmp_path / "fail", "--baseline", better / "report.json", *drop
+    )
+    assert failed.code == 1, failed.stdout + failed.stderr
+    table = failed.stdout[failed.stdout.index("gate: FAIL") :]
+    assert "--max-drop miou=1" in table and "FAIL" in table
+    assert "latency_p95_ms" not in table  # only what failed is printed
+    criteria = {c["criterion"]: c for c in _report(tmp_path / "fail")["criteria"]}
+    assert len(criteria) == 3  # the report lists every criterion, failed or not
+    miou = criteria["--max-drop miou=1"]
+    assert miou["verdict"] == "fail"
+    assert miou["value"] == pytest.approx(100 * old["miou"])
+    assert miou["baseline"] == pytest.approx(100 * new["miou"])
+    assert miou["limit"] == pytest.approx(100 * new["miou"] - 1.0)
+    # an absolute floor between the two: the better passes, the worse fails
+    floor = f"miou={50 * (old['miou'] + new['miou']):.2f}"
+    assert _score(better / "outputs_bag", tmp_path / "f1", "--fail-under", floor).code == 0
+    below = _score(worse / "outputs_bag", tmp_path / "f2", "--fail-under", floor)
+    assert below.code == 1 and f"--fail-under {floor}" in below.stdout
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_frames_jsonl_coverage_and_frames_left_out(evaluated, gate_inputs, tmp_path):
+    _, out = evaluated["better"]
+    report = _report(out)
+    records = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and report["coverage"] == 1.0 and report["skipped_frames"] == []
+    for record in records:
+        assert record["status"] == "scored" and record["latency_ms"] > 0
+        assert set(record["iou"]) == set(CLASS_MAP.seg_names) - {"void"}
+        assert set(record["detections"]) == set(CLASS_MAP.det_names)
+    # the per-frame counts add up to the run's
+    for name, counts in report["detection_counts"].items():
+        for key in ("tp", "fp", "fn"):
+            assert counts[key] == sum(r["detections"][name][key] for r in records)
+    left = _score(out / "outputs_bag", tmp_path / "left", "--frames", "first:1,last:1")
+    assert left.code == 0, left.stderr
+    report = _report(tmp_path / "left")
+    assert report["frames_left_out"] == 2 and report["frames_scored"] == 2
+    assert report["frames_sent"] == 2 and report["coverage"] == 1.0
+    statuses = [json.loads(line)["status"] for line in (tmp_path / "left/frames.jsonl").open()]
+    assert statuses == ["left out", "scored", "scored", "left out"]
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_report_records_what_reproduces_it(evaluated, gate_inputs):
+    _, better, _, bag = gate_inputs
+    repro = _report(evaluated["better"][1])["reproducibility"]
+    assert repro["bag_hash"] == content_hash(bag)
+    assert repro["checkpoint_hash"] == content_hash(better)
+    assert repro["node_parameters"]["input_width"] == 256
+    assert repro["node_parameters"]["score_threshold"] == 0.001
+    assert repro["package_version"] == __version__ and repro["torch_version"] == torch.__version__
+    assert repro["ros_distro"].split()[0] in ("kilted", "jazzy", os.environ.get("ROS_DISTRO"))
+    assert repro["git_commit"] and repro["host"]["cpu"] and repro["host"]["cpu_count"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("options", "mentions"),
+    [
+        (["--fail-under", "miou65"], ["'miou65'", "--fail-under", "name=number"]),
+        (["--fail-under", "miou=65,mIoU=3"], ["'mIoU'", "known: miou"]),
+        (["--fail-under", "latency_p95_ms=20%"], ["needs a baseline", "--fail-under"]),
+        (["--baseline", "B", "--max-drop", "latency_p95_ms=5"], ["use --max-rise"]),
+        (["--baseline", "B", "--max-rise", "miou=1"], ["use --max-drop"]),
+        (["--max-drop", "miou=1"], ["add --baseline"]),
+        (["--baseline", "nowhere.json", "--max-drop", "miou=1"], ["baseline report not found"]),
+        (["--frames", "first:2,7-3"], ["'7-3'", "--frames"]),
+        (["--frames", "last2"], ["'last2'", "--frames"]),
+        (["--match-tolerance-ms", "-5"], ["--match-tolerance-ms"]),
+    ],
+)
+def test_bad_criteria_and_options_are_one_line_and_exit_2(tmp_path, options, mentions):
+    (tmp_path / "B").mkdir()
+    (tmp_path / "B" / "report.json").write_text("{}")
+    options = [str(tmp_path / o) if o in ("B", "nowhere.json") else o for o in options]
+    outcome = _score(tmp_path / "no_run", tmp_path / "out", *options)
+    assert_refused(outcome, *mentions)
+    assert not (tmp_path / "out").exists()
+
+
+def test_frames_spec_positions():
+    assert parse_frames("first:2,last:1,4-5", 8) == {0, 1, 4, 5, 7}
+    assert parse_frames("first:20", 3) == {0, 1, 2} and parse_frames(None, 3) == set()
+    assert parse_frames("6", 8) == {6}
+
+
+def _frames(*bag_stamps: int) -> list[dict]:
+    return [
+        {"index": i, "stamp": s or 10**9 + i, "bag_stamp": s, "size": [4, 4], "rejected": None}
+        for i, s in enumerate(bag_stamps)
+    ]
+
+
+def test_ground_truth_within_a_tolerance_and_ambiguous_stamps():
+    mask = np.zeros((4, 4), np.uint8)
+    frames = _frames(100 * MS, 200 * MS, 300 * MS, 300 * MS, 0)
+    truth = GroundTruth(Path("gt"), "/semantic", None)
+    truth.masks = {
+        130 * MS: [mask],  # 30 ms after frame 0
+        250 * MS: [mask],  # as near to frame 1 (200) as to the two frames at 300: ambiguous
+        300 * MS: [mask],  # two frames share this stamp: ambiguous
+        900 * MS: [mask],  # no frame near
+    }
+    exact = match_ground_truth(frames, truth, 0)
+    assert exact.masks == {} and exact.unmatched == {"semantic": 3}
+    assert exact.left_out == {"semantic": 1}
+    near = match_ground_truth(frames, truth, 75 * MS)
+    assert list(near.masks) == [0] and near.offset_ns == {0: -30 * MS}
+    assert near.left_out == {"semantic": 2} and near.unmatched == {"semantic": 1}
+    assert any("within 75 ms" in w for w in near.warnings)
+    # two ground-truth messages nearest to one frame: the nearer one counts
+    truth.masks = {95 * MS: [mask], 120 * MS: [mask]}
+    claimed = match_ground_truth(frames, truth, 75 * MS)
+    assert claimed.offset_ns == {0: 5 * MS} and claimed.left_out == {"semantic": 1}
+
+
+def test_every_frame_without_outputs_has_its_reason():
+    frames = [{**f, "sent": 1000} for f in _frames(1, 2, 3, 4)]
+    frames[1]["rejected"] = "encoding 'yuv9' is not supported"
+    info = {"frames": frames, "node": {"parameters": {"input_width": 256}}}
+    detections = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
+    run = RunOutputs(
+        Path("run"),
+        info,
+        masks={1: np.zeros((4, 4), np.uint8), 3: np.zeros((4, 4), np.uint8)},
+        detections={1: detections},
+        mask_received={1: 3000, 3: 3000},
+        detections_received={1: 2000},
+        node_counters={"dropped": "1"},
+    )
+    figures, records = score_run(run, None, CLASS_MAP)
+    assert [r["skip_reason"] for r in records] == [
+        None,
+        "rejected: encoding 'yuv9' is not supported",
+        "partial output (mask only)",
+        "dropped (latest frame wins)",
+    ]
+    assert records[0]["latency_ms"] == pytest.approx(2000 / MS)
+    assert figures["coverage"] == 0.25 and figures["frames_without_output"] == 3
+    assert len(figures["skipped_frames"]) == 3 and sum(figures["skipped"].values()) == 3
