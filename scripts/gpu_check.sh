@@ -11,7 +11,8 @@
 # Environment: PYTHON (default python3), GPU_CHECK_DIR (default .gpu-check), GPU_CHECK_BUDGET
 # (seconds for all steps; a step that would start after it is reported 'not run (budget)'),
 # GPU_CHECK_DEVICE (default cuda; `cpu` is the dry run for machines without CUDA),
-# GPU_CHECK_LATENCY_PATHS (default all of benchmarks/latency.py's).
+# GPU_CHECK_LATENCY_PATHS (default all of benchmarks/latency.py's), GPU_CHECK_TIME_SCALE (multiplies
+# each step's time limit; e.g. 5 for the CPU dry run).
 # STEPs (default all, in this order): tests (the CUDA tests but max-autotune) latency
 # node_overhead overload single_vs_multi train_step pipeline_ceiling multi_camera autotune
 # (the max-autotune test).
@@ -93,6 +94,7 @@ run_step() {  # name timeout command...
   if [ $((SECONDS - start)) -ge "$budget" ]; then
     echo "$name: not run (budget of ${budget}s used)" >>"$work/summary.txt"; log "$name: not run (budget)"; return
   fi
+  limit=$((limit * ${GPU_CHECK_TIME_SCALE:-1}))
   log "$name: $*"
   (cd "$root" && timeout -k 10 "$limit" "$@") >"$work/logs/$name.log" 2>&1
   local status=$? verdict=ok
