@@ -88,6 +88,13 @@ fi
 log "environment ready"
 
 checkpoint=$work/untrained.pt
+publish() {  # summary and sections so far into OUT (after each step: a run cut short keeps them)
+  touch "$work/summary.txt"
+  cp "$work/summary.txt" "$out/summary.txt"
+  for section in "$work"/sections/*.md; do
+    [ -f "$section" ] && { cat "$section"; echo; }
+  done >"$out/sections.md"
+}
 run_step() {  # name timeout command...
   local name=$1 limit=$2 begin=$SECONDS
   shift 2
@@ -103,6 +110,7 @@ run_step() {  # name timeout command...
   echo "$name: $verdict, $((SECONDS - begin)) s" >>"$work/summary.txt"
   log "$name: $verdict"
   [ "$verdict" = ok ] || tail -15 "$work/logs/$name.log"
+  publish
 }
 have() { [ -f "$root/benchmarks/$1.py" ] || { echo "$1: not run (benchmarks/$1.py is not in this checkout)" >>"$work/summary.txt"; return 1; }; }
 ros() {  # the step needs ROS 2
@@ -131,12 +139,9 @@ for step in "${steps[@]}"; do
   esac
 done
 
-for section in "$work"/sections/*.md; do
-  [ -f "$section" ] && { cat "$section"; echo; }
-done >"$out/sections.md"
+publish
 cp -r "$root/docs/images" "$work/images" 2>/dev/null
 tar -czf "$out/logs.tar.gz" -C "$work" logs sections summary.txt $( [ -d "$work/images" ] && echo images)
-cp "$work/summary.txt" "$out/summary.txt"
 log "done: $out/summary.txt, sections.md, logs.tar.gz"
 cat "$out/summary.txt"
 ! grep -q -E ': (failed|timed out|not run \(ROS)' "$out/summary.txt"
