@@ -13,7 +13,15 @@ from pycocotools.cocoeval import COCOeval
 
 from mtl_perception.detection.boxes import box_iou
 from mtl_perception.detection.postprocess import _torchvision_batched_nms, batched_nms, cluster_nms
-from mtl_perception.evaluation.metrics import ConfusionMatrix, DetectionAP
+from mtl_perception.evaluation.metrics import (
+    SIZES,
+    ConfusionMatrix,
+    DetectionAP,
+    SizedDetectionAP,
+    detection_confusion,
+    detection_counts,
+    size_area_bounds,
+)
 
 NUM_CLASSES = 3
 
@@ -46,7 +54,9 @@ def _random_case(seed: int):
     return images
 
 
-def _coco_ap(images) -> np.ndarray:
+def _coco_ap(images, area: int = 0) -> np.ndarray:
+    """Per-class AP@0.5 of pycocotools; ``area`` 0 all, 1 small, 2 medium, 3 large."""
+
     def xywh(b):
         return [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]
 
@@ -83,8 +93,8 @@ def _coco_ap(images) -> np.ndarray:
         evaluator.evaluate()
         evaluator.accumulate()
     precision = evaluator.eval["precision"][
-        0, :, :, 0, -1
-    ]  # (recall points, classes), all areas, 100 dets
+        0, :, :, area, -1
+    ]  # (recall points, classes), one area range, 100 dets
     return np.array([p[p > -1].mean() if (p > -1).any() else np.nan for p in precision.T])
 
 
@@ -97,6 +107,64 @@ def test_average_precision_equals_pycocotools(seed):
     ours, reference = metric.average_precision(), _coco_ap(images)
     assert np.array_equal(np.isnan(ours), np.isnan(reference)), (ours, reference)
     assert np.allclose(ours[~np.isnan(ours)], reference[~np.isnan(reference)], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_average_precision_by_size_equals_pycocotools(seed):
+    """At 640 px wide the size bounds are COCO's own (32^2, 96^2), so pycocotools' small,
+    medium and large area ranges are the reference."""
+    assert size_area_bounds(640) == (32.0**2, 96.0**2)
+    images = _random_case(seed)
+    metric = SizedDetectionAP(NUM_CLASSES)
+    for gt, gt_cls, dets, det_cls, scores in images:
+        metric.update(dets, scores, det_cls, gt, gt_cls, image_width=640)
+    for area, size in enumerate(SIZES, start=1):
+        ours, reference = metric.by_size[size].average_precision(), _coco_ap(images, area)
+        assert np.array_equal(np.isnan(ours), np.isnan(reference)), (size, ours, reference)
+        assert np.allclose(
+            ours[~np.isnan(ours)], reference[~np.isnan(reference)], atol=1e-6, rtol=0
+        ), size
+
+
+def test_size_bounds_scale_with_the_image_width():
+    small, large = size_area_bounds(2048)  # Cityscapes: 3.2x COCO's 640 px
+    assert small == pytest.approx((32 * 3.2) ** 2) and large == pytest.approx((96 * 3.2) ** 2)
+    metric = SizedDetectionAP(1)
+    box = np.array([[0.0, 0.0, 50.0, 50.0]])  # 2500 px^2: medium at 640 px, small at 2048
+    metric.update(box, np.array([0.9]), np.zeros(1, int), box, np.zeros(1, int), 2048)
+    assert metric.ground_truth_counts() == {"small": 1, "medium": 0, "large": 0}
+    assert metric.by_size["small"].average_precision()[0] == pytest.approx(1.0)
+
+
+def test_detection_confusion_and_counts_agree():
+    """Rows ground truth, columns detections, the last of each background; a detection of the
+    wrong class on an object is counted in the object's row, under the class it said."""
+    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], float)
+    gt_cls = np.array([0, 1, 1])
+    dets = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [60, 60, 70, 70], [0, 0, 10, 10]], float)
+    det_cls, scores = np.array([0, 0, 2, 1]), np.array([0.9, 0.8, 0.7, 0.2])
+    matrix = detection_confusion(dets, scores, det_cls, gt, gt_cls, 3, min_score=0.5)
+    expected = np.zeros((4, 4), int)
+    expected[0, 0] = 1  # car found
+    expected[1, 0] = 1  # a person called a car
+    expected[1, 3] = 1  # a person missed
+    expected[3, 2] = 1  # a false alarm; the 0.2 detection is under min_score
+    assert np.array_equal(matrix, expected)
+    counts = detection_counts(dets, scores, det_cls, gt, gt_cls, 3, min_score=0.5)
+    assert counts.tolist() == [[1, 1, 0], [0, 0, 2], [0, 1, 0]]  # TP FP FN per class
+    # every ground-truth object is in one row cell, every kept detection in one column cell
+    assert matrix[:3].sum() == len(gt) and matrix[:, :3].sum() == 3
+
+
+def test_precision_recall_curve_is_the_one_ap_integrates():
+    metric = DetectionAP(1, interpolation="voc")
+    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float)
+    dets = np.array([[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30]], float)
+    metric.update(dets, np.array([0.9, 0.8, 0.7]), np.zeros(3, int), gt, np.zeros(2, int))
+    recall, precision, scores = metric.precision_recall(0)
+    assert recall.tolist() == [0.5, 0.5, 1.0] and scores.tolist() == [0.9, 0.8, 0.7]
+    assert precision == pytest.approx([1.0, 0.5, 2 / 3])
+    assert metric.average_precision()[0] == pytest.approx(0.5 + 0.5 * 2 / 3)
 
 
 def test_duplicates_are_false_positives_and_voc_interpolation():

@@ -77,24 +77,39 @@ class _ClassRecord:
     num_ground_truth: int = 0
 
 
+def greedy_assignment(
+    det_boxes: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    iou_threshold: float = AP_IOU,
+    preferred: np.ndarray | None = None,
+) -> np.ndarray:
+    """Greedy matching of detections, (N, 4) xyxy in decreasing score order, to ground truth
+    (M, 4): each takes the unmatched box it overlaps most if IoU >= the threshold; with
+    ``preferred`` ((M,) bool), it takes the best preferred box when one qualifies (COCO's
+    preference for ground truth that is not ignored).
+    Returns (N,) int64: the matched ground-truth index, -1 for none."""
+    assigned = np.full(len(det_boxes), -1, np.int64)
+    if len(gt_boxes) == 0 or len(det_boxes) == 0:
+        return assigned
+    iou = box_iou(det_boxes, gt_boxes).numpy()  # (N, M)
+    taken = np.zeros(len(gt_boxes), bool)
+    tiers = [np.ones(len(gt_boxes), bool)] if preferred is None else [preferred, ~preferred]
+    for d in range(len(det_boxes)):  # sequential by nature: each match changes the next
+        for tier in tiers:
+            candidates = np.where(taken | ~tier, -1.0, iou[d])
+            best = int(candidates.argmax())
+            if candidates[best] >= iou_threshold:
+                taken[best] = True
+                assigned[d] = best
+                break
+    return assigned
+
+
 def greedy_match(
     det_boxes: torch.Tensor, gt_boxes: torch.Tensor, iou_threshold: float = AP_IOU
 ) -> np.ndarray:
-    """Greedy matching of one class's detections, (N, 4) xyxy in decreasing score order, to its
-    ground truth (M, 4): each takes the unmatched box it overlaps most if IoU >= the threshold.
-    Returns (N,) bool true positives."""
-    true_positive = np.zeros(len(det_boxes), bool)
-    if len(gt_boxes) == 0:
-        return true_positive
-    iou = box_iou(det_boxes, gt_boxes).numpy()  # (N, M)
-    taken = np.zeros(len(gt_boxes), bool)
-    for d in range(len(det_boxes)):  # sequential by nature: each match changes the next
-        candidates = np.where(taken, -1.0, iou[d])
-        best = int(candidates.argmax())
-        if candidates[best] >= iou_threshold:
-            taken[best] = True
-            true_positive[d] = True
-    return true_positive
+    """:func:`greedy_assignment` as (N,) bool true positives (one class's boxes)."""
+    return greedy_assignment(det_boxes, gt_boxes, iou_threshold) >= 0
 
 
 def detection_counts(
@@ -117,19 +132,20 @@ def detection_counts(
     Returns:
         (num_classes, 3) int64: TP, FP, FN per class.
     """
-    keep = np.asarray(scores, np.float64).reshape(-1) >= min_score
-    boxes = torch.as_tensor(np.asarray(boxes, np.float64).reshape(-1, 4)[keep])
-    scores = np.asarray(scores, np.float64).reshape(-1)[keep]
-    classes = np.asarray(classes).reshape(-1)[keep]
-    gt_boxes = torch.as_tensor(np.asarray(gt_boxes, np.float64).reshape(-1, 4))
-    gt_classes = np.asarray(gt_classes).reshape(-1)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    keep = scores >= min_score
     counts = np.zeros((num_classes, 3), np.int64)
-    for c in range(num_classes):
-        dets, gts = classes == c, gt_classes == c
-        order = np.argsort(-scores[dets], kind="stable")
-        matched = greedy_match(boxes[dets][order], gt_boxes[gts], iou_threshold)
-        tp = int(matched.sum())
-        counts[c] = (tp, len(matched) - tp, int(gts.sum()) - tp)
+    for c, _, _, assigned, gt in _per_class(
+        np.asarray(boxes, np.float64).reshape(-1, 4)[keep],
+        scores[keep],
+        np.asarray(classes).reshape(-1)[keep],
+        gt_boxes,
+        gt_classes,
+        num_classes,
+        iou_threshold,
+    ):
+        tp = int((assigned >= 0).sum())
+        counts[c] = (tp, len(assigned) - tp, len(gt) - tp)
     return counts
 
 
@@ -161,36 +177,30 @@ class DetectionAP:
         gt_classes: torch.Tensor | np.ndarray,
     ) -> None:
         """Adds one image: detections (N, 4) xyxy, (N,), (N,) and ground truth (M, 4), (M,)."""
-        boxes = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
-        scores = torch.as_tensor(scores, dtype=torch.float64).reshape(-1)
-        classes = torch.as_tensor(classes).reshape(-1).long()
-        gt_boxes = torch.as_tensor(gt_boxes, dtype=torch.float64).reshape(-1, 4)
-        gt_classes = torch.as_tensor(gt_classes).reshape(-1).long()
-        for c in range(self.num_classes):
-            dets, gts = classes == c, gt_classes == c
-            record = self.records[c]
-            record.num_ground_truth += int(gts.sum())
-            if not dets.any():
-                continue
-            d_scores = scores[dets]
-            order = torch.argsort(-d_scores, stable=True)
-            d_boxes = boxes[dets][order]
-            matched = self._match(d_boxes, gt_boxes[gts])
-            record.scores.append(d_scores[order].numpy())
-            record.true_positive.append(matched)
+        for c, d_scores, _, assigned, gt in _per_class(
+            boxes, scores, classes, gt_boxes, gt_classes, self.num_classes, self.iou_threshold
+        ):
+            self.add(c, d_scores, assigned >= 0, len(gt))
 
-    def _match(self, det_boxes: torch.Tensor, gt_boxes: torch.Tensor) -> np.ndarray:
-        return greedy_match(det_boxes, gt_boxes, self.iou_threshold)
+    def add(self, c: int, scores: np.ndarray, true_positive: np.ndarray, num_gt: int) -> None:
+        """Adds class ``c``'s matched detections of one image: (N,) scores, (N,) bool true
+        positives, and how many ground-truth objects it has."""
+        record = self.records[c]
+        record.num_ground_truth += num_gt
+        if len(scores):
+            record.scores.append(np.asarray(scores, np.float64))
+            record.true_positive.append(np.asarray(true_positive, bool))
 
     def average_precision(self) -> np.ndarray:
         """(num_classes,) AP; NaN for classes without ground truth."""
-        return np.array([self._class_ap(record) for record in self.records])
+        return np.array([self._class_ap(c) for c in range(self.num_classes)])
 
-    def _class_ap(self, record: _ClassRecord) -> float:
-        if record.num_ground_truth == 0:
-            return float("nan")
-        if not record.scores:
-            return 0.0
+    def precision_recall(self, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Class ``c``'s curve over its detections in decreasing score order: (N,) recall,
+        (N,) precision (raw, not made monotone), (N,) scores. Empty without ground truth."""
+        record = self.records[c]
+        if record.num_ground_truth == 0 or not record.scores:
+            return np.zeros(0), np.zeros(0), np.zeros(0)
         scores = np.concatenate(record.scores)
         true_positive = np.concatenate(record.true_positive)
         order = np.argsort(-scores, kind="mergesort")
@@ -198,6 +208,15 @@ class DetectionAP:
         fp = np.cumsum(~true_positive[order])
         recall = tp / record.num_ground_truth
         precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+        return recall, precision, scores[order]
+
+    def _class_ap(self, c: int) -> float:
+        record = self.records[c]
+        if record.num_ground_truth == 0:
+            return float("nan")
+        if not record.scores:
+            return 0.0
+        recall, precision, _ = self.precision_recall(c)
         monotone = np.maximum.accumulate(precision[::-1])[::-1]
         if self.interpolation == "voc":
             recall_steps = np.concatenate([[0.0], recall])
@@ -211,3 +230,111 @@ class DetectionAP:
     def mean_ap(self) -> float:
         values = self.average_precision()
         return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def _per_class(boxes, scores, classes, gt_boxes, gt_classes, num_classes, iou_threshold):
+    """Per class with detections or ground truth in one image: (class, (N,) scores in
+    decreasing order, (N, 4) their boxes, (N,) assigned ground-truth index or -1, (M, 4) the
+    class's ground truth), matched by :func:`greedy_assignment`."""
+    boxes = torch.as_tensor(np.asarray(boxes, np.float64)).reshape(-1, 4)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    classes = np.asarray(classes).reshape(-1).astype(np.int64)
+    gt_boxes = torch.as_tensor(np.asarray(gt_boxes, np.float64)).reshape(-1, 4)
+    gt_classes = np.asarray(gt_classes).reshape(-1).astype(np.int64)
+    for c in range(num_classes):
+        dets, gts = classes == c, gt_classes == c
+        if not dets.any() and not gts.any():
+            continue
+        order = np.argsort(-scores[dets], kind="stable")
+        d_boxes = boxes[torch.as_tensor(dets)][torch.as_tensor(order)]
+        gt = gt_boxes[torch.as_tensor(gts)]
+        yield c, scores[dets][order], d_boxes, greedy_assignment(d_boxes, gt, iou_threshold), gt
+
+
+# COCO's object-size bounds (areas in pixels of its images, typically 640 px wide).
+COCO_SIZE_BOUNDS = (32.0, 96.0)
+COCO_IMAGE_WIDTH = 640.0
+SIZES = ("small", "medium", "large")
+
+
+def size_area_bounds(image_width: float) -> tuple[float, float]:
+    """COCO's small/medium and medium/large area bounds (32^2, 96^2 px at 640 px wide) scaled
+    to an image ``image_width`` pixels wide: ((32 W / 640)^2, (96 W / 640)^2), pixels^2."""
+    scale = image_width / COCO_IMAGE_WIDTH
+    return tuple((bound * scale) ** 2 for bound in COCO_SIZE_BOUNDS)
+
+
+def _size_index(boxes: torch.Tensor, bounds: tuple[float, float]) -> np.ndarray:
+    """(N,) 0 small, 1 medium, 2 large for (N, 4) xyxy boxes."""
+    sides = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).numpy()
+    return np.searchsorted(np.asarray(bounds), sides[:, 0] * sides[:, 1], side="right")
+
+
+class SizedDetectionAP:
+    """AP@IoU per class for small, medium and large objects, COCO's way: for one size, ground
+    truth of another size is ignored (detections match it only when no ground truth of the size
+    qualifies, :func:`greedy_assignment`), and so are the detections matched to it and the
+    unmatched detections of another size. Areas are bounded by
+    :func:`size_area_bounds` of each image's width.
+    """
+
+    def __init__(self, num_classes: int, iou_threshold: float = AP_IOU) -> None:
+        self.num_classes = num_classes
+        self.iou_threshold = iou_threshold
+        self.by_size = {size: DetectionAP(num_classes, iou_threshold) for size in SIZES}
+
+    def update(self, boxes, scores, classes, gt_boxes, gt_classes, image_width: float) -> None:
+        """Adds one image (as :meth:`DetectionAP.update`) ``image_width`` pixels wide."""
+        bounds = size_area_bounds(image_width)
+        for c, d_scores, d_boxes, _, gt in _per_class(
+            boxes, scores, classes, gt_boxes, gt_classes, self.num_classes, self.iou_threshold
+        ):
+            gt_size = _size_index(gt, bounds)
+            det_size = _size_index(d_boxes, bounds)
+            for s, size in enumerate(SIZES):
+                counted = gt_size == s
+                assigned = greedy_assignment(d_boxes, gt, self.iou_threshold, counted)
+                matched = assigned >= 0
+                keep = det_size == s
+                keep[matched] = counted[assigned[matched]]
+                self.by_size[size].add(c, d_scores[keep], matched[keep], int(counted.sum()))
+
+    def ground_truth_counts(self) -> dict[str, int]:
+        return {
+            size: sum(r.num_ground_truth for r in ap.records) for size, ap in self.by_size.items()
+        }
+
+
+def detection_confusion(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_classes: np.ndarray,
+    num_classes: int,
+    min_score: float,
+    iou_threshold: float = AP_IOU,
+) -> np.ndarray:
+    """The detection confusion matrix of one image: detections scored >= ``min_score`` matched
+    to ground truth of any class (:func:`greedy_assignment` in decreasing score order).
+
+    Returns:
+        (K + 1, K + 1) int64, K = ``num_classes``: rows the ground-truth class, columns the
+        detected class; row K counts detections that match nothing (false positives), column K
+        ground truth nothing matched (missed).
+    """
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    keep = np.flatnonzero(scores >= min_score)
+    keep = keep[np.argsort(-scores[keep], kind="stable")]
+    boxes = torch.as_tensor(np.asarray(boxes, np.float64).reshape(-1, 4)[keep])
+    classes = np.asarray(classes).reshape(-1).astype(np.int64)[keep]
+    gt_classes = np.asarray(gt_classes).reshape(-1).astype(np.int64)
+    gt = torch.as_tensor(np.asarray(gt_boxes, np.float64).reshape(-1, 4))
+    assigned = greedy_assignment(boxes, gt, iou_threshold)
+    counts = np.zeros((num_classes + 1, num_classes + 1), np.int64)
+    for d, g in enumerate(assigned):
+        counts[gt_classes[g] if g >= 0 else num_classes, classes[d]] += 1
+    missed = np.ones(len(gt_classes), bool)
+    missed[assigned[assigned >= 0]] = False
+    np.add.at(counts, (gt_classes[missed], num_classes), 1)
+    return counts
