@@ -16,13 +16,14 @@ import pytest
 import torch
 from helpers.models import save_model, trained_small_models
 from helpers.refusal import assert_refused, invoke, run_module
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
 from mtl_perception import __version__
 from mtl_perception.data.labels import ClassMap
 from mtl_perception.ros.bags import cli as bag_cli
 from mtl_perception.ros.bags.provenance import content_hash
 from mtl_perception.ros.bags.read import GroundTruth, RunOutputs
-from mtl_perception.ros.bags.record import record_dataset
+from mtl_perception.ros.bags.record import record_dataset, typestore
 from mtl_perception.ros.bags.score import match_ground_truth, parse_frames, score_run
 
 CLASS_MAP = ClassMap.from_yaml()
@@ -160,6 +161,51 @@ def test_report_records_what_reproduces_it(evaluated, gate_inputs):
     assert repro["package_version"] == __version__ and repro["torch_version"] == torch.__version__
     assert repro["ros_distro"].split()[0] in ("kilted", "jazzy", os.environ.get("ROS_DISTRO"))
     assert repro["git_commit"] and repro["host"]["cpu"] and repro["host"]["cpu_count"] >= 1
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_run_then_score_gives_evaluate_figures_and_a_ground_truth_bag_of_its_own(
+    evaluated, gate_inputs, tmp_path
+):
+    """`mtl-bag run` alone records a bag `score` reads; ground truth may come from another bag."""
+    _, _, worse, bag = gate_inputs
+    outputs = tmp_path / "outputs"
+    ran = run_module(
+        "mtl_perception.ros.bags.cli",
+        "run",
+        "--bag",
+        bag,
+        "--checkpoint",
+        worse,
+        "--out",
+        outputs,
+        "--as-fast-as-possible",
+    )
+    assert ran.code == 0, ran.stdout + ran.stderr
+    assert (outputs / "metadata.yaml").is_file() and (outputs / "node.log").is_file()
+    truth_only = tmp_path / "ground_truth"
+    with (
+        Reader(bag) as reader,
+        Writer(truth_only, version=9, storage_plugin=StoragePlugin.MCAP) as writer,
+    ):
+        for connection in reader.connections:
+            if connection.topic.startswith("/ground_truth/"):
+                copy = writer.add_connection(
+                    connection.topic, connection.msgtype, typestore=typestore()
+                )
+                for _, timestamp, raw in reader.messages(connections=[connection]):
+                    writer.write(copy, timestamp, raw)
+    scored = _score(outputs, tmp_path / "report", "--ground-truth", truth_only)
+    assert scored.code == 0, scored.stderr
+    report, reference = _report(tmp_path / "report"), _report(evaluated["worse"][1])
+    for key in ("frames_scored", "iou", "miou", "ap", "map", "detection_counts", "coverage"):
+        assert report[key] == reference[key], key
+    assert report["ground_truth"]["bag"] == str(truth_only)
+    assert report["reproducibility"]["ground_truth_hash"] == content_hash(truth_only)
+    # a bag without ground-truth topics (here the output bag itself): speed and coverage only
+    no_truth = _score(outputs, tmp_path / "speed", "--ground-truth", outputs)
+    assert no_truth.code == 0 and _report(tmp_path / "speed")["miou"] is None
 
 
 @pytest.mark.parametrize(

@@ -690,7 +690,7 @@ LOSSY = ("yuv422", "bayer_rggb8")  # drawn on the scene's colours, not their red
 
 
 def node_outputs(out: Path, stamp: int) -> tuple[np.ndarray, ...]:
-    """The node's mask and detections for ``stamp``, from the run's --output-bag."""
+    """The node's mask and detections for ``stamp``, from the run's output bag."""
     mask = detections = None
     with Reader(out / "outputs_bag") as reader:
         for connection, _, raw in reader.messages():
@@ -698,7 +698,7 @@ def node_outputs(out: Path, stamp: int) -> tuple[np.ndarray, ...]:
                 message = deserialize_message(raw, Image)
                 if message.header.stamp.sec * 10**9 + message.header.stamp.nanosec == stamp:
                     mask = np.frombuffer(message.data, np.uint8).reshape(HEIGHT, WIDTH)
-            else:
+            elif connection.topic.endswith("/detections"):  # not /diagnostics, /mtl_bag/run
                 message = deserialize_message(raw, Detection2DArray)
                 if message.header.stamp.sec * 10**9 + message.header.stamp.nanosec == stamp:
                     detections = message.detections
