@@ -7,42 +7,25 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-# Colours (RGB) of the paper's 11 segmentation classes + void, from the Cityscapes palette of
-# each class's main label; void is black.
-SEGMENTATION_PALETTE = np.array(
-    [
-        (0, 0, 0),  # void
-        (70, 130, 180),  # sky
-        (70, 70, 70),  # building
-        (128, 64, 128),  # road
-        (244, 35, 232),  # sidewalk
-        (190, 153, 153),  # fence
-        (107, 142, 35),  # vegetation
-        (153, 153, 153),  # pole
-        (0, 0, 142),  # car/truck/bus
-        (220, 220, 0),  # traffic sign
-        (220, 20, 60),  # pedestrian
-        (255, 0, 0),  # rider/bicycle/motorcycle
-    ],
-    np.uint8,
-)
+from .data.labels import segmentation_colours
+
 DETECTION_COLOURS = np.array([(0, 255, 255), (255, 128, 0), (255, 0, 255), (0, 255, 0)], np.uint8)
 
 
-def palette(num_classes: int) -> np.ndarray:
-    """(num_classes, 3) uint8 RGB colours; the paper's classes first, then generated ones."""
-    if num_classes <= len(SEGMENTATION_PALETTE):
-        return SEGMENTATION_PALETTE[:num_classes]
-    rng = np.random.default_rng(0)
-    extra = rng.integers(0, 256, (num_classes - len(SEGMENTATION_PALETTE), 3), dtype=np.uint8)
-    return np.concatenate([SEGMENTATION_PALETTE, extra])
+def colorize(mask: np.ndarray, colours: int | np.ndarray) -> np.ndarray:
+    """(H, W) uint8 class ids -> (H, W, 3) uint8 RGB image, equal to ``table[mask]``.
 
-
-def colorize(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """(H, W) class ids -> (H, W, 3) uint8 RGB palette image (ids beyond the palette: black)."""
-    lut = np.zeros((256, 3), np.uint8)
-    lut[:num_classes] = palette(num_classes)
-    return lut[mask]
+    Args:
+        colours: (N, 3) uint8 RGB class colours (ids N..255: black), or the number of classes
+            (:func:`~mtl_perception.data.labels.segmentation_colours` of that many).
+    """
+    if isinstance(colours, int):
+        colours = segmentation_colours(colours)
+    table = np.zeros((256, 1, 3), np.uint8)
+    table[: len(colours), 0] = colours
+    # One table look-up per pixel in OpenCV: 3-7 ms at 2048x1024, where numpy's table[mask]
+    # (fancy indexing) takes 23-58 ms.
+    return cv2.applyColorMap(np.ascontiguousarray(mask, dtype=np.uint8), table)
 
 
 def draw_overlay(
@@ -52,11 +35,20 @@ def draw_overlay(
     classes: np.ndarray,
     scores: np.ndarray,
     class_names: Sequence[str],
-    num_seg_classes: int,
+    colours: int | np.ndarray,
     alpha: float = 0.45,
+    coloured_mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(H, W, 3) uint8 RGB image with the mask blended in and labelled boxes drawn (RGB out)."""
-    blended = cv2.addWeighted(image, 1 - alpha, colorize(mask, num_seg_classes), alpha, 0)
+    """(H, W, 3) uint8 RGB image with the mask blended in and labelled boxes drawn (RGB out).
+
+    Args:
+        colours: as :func:`colorize` takes them.
+        coloured_mask: ``colorize(mask, colours)`` when the caller has it already (it is not
+            computed again).
+    """
+    if coloured_mask is None:
+        coloured_mask = colorize(mask, colours)
+    blended = cv2.addWeighted(image, 1 - alpha, coloured_mask, alpha, 0)
     thickness = max(1, round(image.shape[0] / 400))
     font_scale = max(0.4, image.shape[0] / 1400)
     for box, cls, score in zip(

@@ -206,7 +206,7 @@ def test_compressed_jpeg_gives_mask_and_detections_matching_the_predictor(
 def test_overlay_and_palette_are_published_to_subscribers(raw_node, client, scene):
     overlays = client.wait_for(lambda: client.messages("/raw_node/overlay"), timeout=10)
     colours = client.messages("/raw_node/semantic_color")
-    assert overlays and overlays[0].encoding == "bgr8" and overlays[0].width == 2048
+    assert overlays and overlays[0].encoding == "rgb8" and overlays[0].width == 2048
     assert colours and colours[0].encoding == "rgb8"
 
 

@@ -1,13 +1,24 @@
-"""Class mapping from Cityscapes label ids to the network's segmentation and detection classes.
+"""Class semantics: which Cityscapes labels form which class, the classes' names and colours,
+and how void is written in published masks. Every tool and the node take them from here.
 
 Cityscapes labels come from cityscapesscripts' official table; the mapping (which labels form
 which class) comes from a YAML file (config/classes_cityscapes.yaml) so users can change it.
+A segmentation class's colour is the Cityscapes colour of its first label (void: black).
+
+Void in masks: inside the package (training targets, metrics, :class:`ClassMap`) void is the
+class map's ``void_id``; in every mask that leaves it (the node's ``semantic`` topic, recorded
+ground truth) void is :data:`UNLABELED` (255, vision_msgs' "unlabeled" for pipelines with fewer
+than 255 classes). :meth:`ClassMap.to_published` and :meth:`ClassMap.from_published` convert.
+The network never predicts void, so a predicted mask is published as it is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
@@ -15,12 +26,80 @@ from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 from ..config_loading import from_mapping, read_yaml
 from ..resources import config_file, resolve_config_path
 
+if TYPE_CHECKING:
+    from ..model.config import ModelConfig
+
 # Cityscapes instanceIds: label_id * 1000 + k for individually annotated objects (k >= 0);
 # values below 1000 are plain label ids (stuff, or crowd regions of thing classes).
 INSTANCE_ID_DIVISOR = 1000
 NUM_LABEL_IDS = 34  # Cityscapes label ids 0..33 (license plate, -1, is never in label images)
 LABEL_IDS = {label.name: label.id for label in CITYSCAPES_LABELS if label.id >= 0}
+LABEL_COLOURS = {label.name: label.color for label in CITYSCAPES_LABELS if label.id >= 0}
 DEFAULT_CLASSES_FILE = config_file("classes_cityscapes.yaml")
+UNLABELED = 255  # void in published and recorded masks (vision_msgs' "unlabeled")
+VOID_COLOUR = (0, 0, 0)
+
+
+NETWORK_VOID_ID = 0  # the network's void class: never predicted (see the Predictor)
+
+
+def class_names(names: Sequence[str], count: int) -> tuple[str, ...]:
+    """``names``, or the ids as text for an unnamed model ("0", "1", ...)."""
+    return tuple(names) if names else tuple(str(i) for i in range(count))
+
+
+@lru_cache(maxsize=1)
+def default_class_map() -> ClassMap:
+    """The packaged class map (config/classes_cityscapes.yaml), read once."""
+    return ClassMap.from_yaml(DEFAULT_CLASSES_FILE)
+
+
+def segmentation_colours(
+    num_classes: int, names: Sequence[str] = (), class_map: ClassMap | None = None
+) -> np.ndarray:
+    """(num_classes, 3) uint8 RGB colours of segmentation classes, from ``class_map`` (default:
+    the packaged one): a class named in ``names`` gets the colour of the class map's class of
+    that name; unnamed classes (``names`` empty) take the class map's colours by id; any other
+    class a generated colour (the same every run)."""
+    class_map = class_map or default_class_map()
+    by_name = dict(zip(class_map.seg_names, class_map.seg_colours, strict=True))
+    generated = np.random.default_rng(0).integers(0, 256, (num_classes, 3), dtype=np.uint8)
+    colours = np.empty((num_classes, 3), np.uint8)
+    for index in range(num_classes):
+        if names:
+            colour = by_name.get(names[index])
+        else:
+            colour = class_map.seg_colours[index] if index < class_map.num_seg_classes else None
+        colours[index] = generated[index] if colour is None else colour
+    return colours
+
+
+@dataclass(frozen=True)
+class ClassSemantics:
+    """A model's classes as the node and the tools show and publish them.
+
+    Attributes:
+        seg_names, det_names: class names by id (ids as text for an unnamed model).
+        seg_colours: (num_seg_classes, 3) uint8 RGB (:func:`segmentation_colours`).
+        void_id: the network's void class (published masks never hold it: see
+            :data:`UNLABELED`).
+    """
+
+    seg_names: tuple[str, ...]
+    det_names: tuple[str, ...]
+    seg_colours: np.ndarray
+    void_id: int = NETWORK_VOID_ID
+
+
+@lru_cache(maxsize=8)
+def class_semantics(model_config: ModelConfig) -> ClassSemantics:
+    """Names and colours of ``model_config``'s classes (built once per model config)."""
+    seg_names = class_names(model_config.seg_class_names, model_config.num_seg_classes)
+    return ClassSemantics(
+        seg_names,
+        class_names(model_config.det_class_names, model_config.num_det_classes),
+        segmentation_colours(model_config.num_seg_classes, model_config.seg_class_names),
+    )
 
 
 @dataclass(frozen=True)
@@ -34,6 +113,8 @@ class ClassMap:
         seg_lut: (256,) uint8, label id -> segmentation class (void for unlisted ids).
         det_lut: (256,) int64, label id -> detection class, -1 for none.
         min_box_size: smallest kept box side, network-input pixels.
+        seg_colours: (num_seg_classes, 3) uint8 RGB, the Cityscapes colour of each class's
+            first label; void black.
     """
 
     seg_names: tuple[str, ...]
@@ -42,6 +123,7 @@ class ClassMap:
     seg_lut: np.ndarray
     det_lut: np.ndarray
     min_box_size: float
+    seg_colours: np.ndarray
 
     @property
     def num_seg_classes(self) -> int:
@@ -54,6 +136,14 @@ class ClassMap:
     def segmentation(self, label_ids: np.ndarray) -> np.ndarray:
         """(H, W) Cityscapes label ids -> (H, W) uint8 segmentation class ids."""
         return self.seg_lut[label_ids]
+
+    def to_published(self, mask: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 class ids -> the same with void as :data:`UNLABELED` (a new array)."""
+        return np.where(mask == self.void_id, UNLABELED, mask).astype(np.uint8)
+
+    def from_published(self, mask: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 published mask -> class ids with :data:`UNLABELED` as ``void_id``."""
+        return np.where(mask == UNLABELED, self.void_id, mask).astype(np.uint8)
 
     def instance_classes(self, instance_ids: np.ndarray) -> np.ndarray:
         """Detection class of each instance id value, -1 for crowd, stuff or unmapped labels."""
@@ -104,10 +194,12 @@ class ClassMap:
                 f"got {sorted([*seg_ids, seg.void_id])}"
             )
         seg_names = ["void"] * (len(seg_ids) + 1)
+        seg_colours = np.array([VOID_COLOUR] * (len(seg_ids) + 1), dtype=np.uint8)
         seg_lut = np.full(256, seg.void_id, dtype=np.uint8)
         seg_labels = _resolve(seg.classes, "segmentation")
         for entry, label_ids in zip(seg.classes, seg_labels, strict=True):
             seg_names[entry.id] = entry.name
+            seg_colours[entry.id] = LABEL_COLOURS[entry.labels[0]]
             seg_lut[label_ids] = entry.id
 
         if det.min_box_size < 0:
@@ -122,7 +214,13 @@ class ClassMap:
             det_names[entry.id] = entry.name
             det_lut[label_ids] = entry.id
         return cls(
-            tuple(seg_names), seg.void_id, tuple(det_names), seg_lut, det_lut, det.min_box_size
+            tuple(seg_names),
+            seg.void_id,
+            tuple(det_names),
+            seg_lut,
+            det_lut,
+            det.min_box_size,
+            seg_colours,
         )
 
 

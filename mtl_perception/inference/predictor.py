@@ -27,6 +27,7 @@ import json
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -325,7 +326,15 @@ class Predictor:
 
     def _upload(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Same-size HxWx3 uint8 (float32 after a host resize) images -> (B, 3, H, W) on the
-        device (a channels-last view of one NHWC upload)."""
+        device (a channels-last view of one NHWC upload).
+
+        One writable image on the CPU (or without ``preallocate``) is not copied on the host:
+        the batch is a view of it (``np.stack`` of one image was a full copy per frame).
+        """
+        single = len(images) == 1 and images[0].flags.writeable
+        if single and (self.device.type == "cpu" or not self.config.preallocate):
+            batch = torch.from_numpy(images[0])[None].to(self.device, non_blocking=True)
+            return batch.permute(0, 3, 1, 2)
         if not self.config.preallocate:
             batch = torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True)
             return batch.permute(0, 3, 1, 2)
@@ -382,7 +391,11 @@ class Predictor:
             with self._autocast():
                 outputs = self.network(batch)
             seg_logits, detections = outputs.seg_logits, outputs.detections
-        finite = torch.stack([torch.isfinite(t).all() for t in (seg_logits, *detections)]).all()
+        # min and max propagate NaN and hold any inf: two reductions instead of a boolean map
+        # per element (isfinite(...).all() cost 14 ms per frame on a CPU at 768x384).
+        finite = torch.isfinite(
+            torch.stack([v.float() for t in (seg_logits, *detections) for v in torch.aminmax(t)])
+        ).all()
         result: dict[str, object] = {
             "mask": self._mask(seg_logits, size),
             "finite": finite,
@@ -400,9 +413,15 @@ class Predictor:
         logits = seg_logits[:, 1:]
         if self.config.mask_mode == "logits":
             logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-            return (logits.argmax(dim=1) + 1).to(torch.uint8)
-        mask = (logits.argmax(dim=1, keepdim=True) + 1).to(torch.uint8)
-        return F.interpolate(mask, size=size, mode="nearest-exact")[:, 0]
+            return _class_ids(logits)[:, 0]
+        ids = _class_ids(logits)
+        if tuple(ids.shape[-2:]) == tuple(size):
+            return ids[:, 0]
+        if ids.device.type == "cpu":  # a gather of precomputed rows and columns: 3x faster
+            rows = _nearest_exact_indices(ids.shape[-2], size[0])
+            columns = _nearest_exact_indices(ids.shape[-1], size[1])
+            return torch.from_numpy(ids[:, 0].numpy()[:, rows][:, :, columns])
+        return F.interpolate(ids, size=size, mode="nearest-exact")[:, 0]
 
     def _replay(self, staged: torch.Tensor, size: tuple[int, int]) -> dict[str, object]:
         """The device step as a CUDA graph, captured on first use of an input shape."""
@@ -477,6 +496,33 @@ class Predictor:
             )
             for mask, table in zip(outputs["mask"], rows, strict=True)
         ]
+
+
+@lru_cache(maxsize=32)
+def _nearest_exact_indices(source: int, target: int) -> np.ndarray:
+    """(target,) int64 source index of each target pixel under ``nearest-exact`` up-sampling,
+    taken from PyTorch itself (a float32 ramp, exact up to 2**24 pixels), so the gather equals
+    ``F.interpolate(mode="nearest-exact")`` on uint8."""
+    ramp = torch.arange(source, dtype=torch.float32).view(1, 1, source)
+    return F.interpolate(ramp, size=target, mode="nearest-exact").view(target).long().numpy()
+
+
+def _class_ids(logits: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) logits of the non-void classes (C <= 254) -> (B, 1, h, w) uint8 class ids
+    ``argmax + 1`` (ties: the first), the network's void (0) never chosen.
+
+    On a CPU, ``argmax`` over the channel dimension runs one element at a time (78 ms at
+    768x384 with 11 classes); the channel-wise maximum and, per class plane, one comparison
+    with it give the same ids in a tenth of the time.
+    """
+    if logits.device.type != "cpu":
+        return (logits.argmax(dim=1, keepdim=True) + 1).to(torch.uint8)
+    classes = logits.shape[1]
+    best = logits.amax(dim=1)  # (B, h, w)
+    weight = torch.zeros(best.shape, dtype=torch.uint8)  # classes - c of the first maximum c
+    for c in range(classes):
+        torch.maximum(weight, logits[:, c].eq(best).to(torch.uint8).mul_(classes - c), out=weight)
+    return weight.neg_().add_(classes + 1)[:, None]  # classes - (classes - c) + 1 = c + 1
 
 
 def _check_image(image: object) -> None:

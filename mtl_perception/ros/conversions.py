@@ -21,6 +21,7 @@ import io
 import re
 import threading
 import warnings
+from array import array as ByteArray
 from dataclasses import dataclass
 
 import cv2
@@ -390,18 +391,25 @@ def compressed_to_rgb(msg: CompressedImage, max_pixels: int) -> np.ndarray:
 
 
 def encode_image(array: np.ndarray, encoding: str, header: Header) -> Image:
-    """(H, W) mono8 or (H, W, 3) rgb8/bgr8 uint8 -> sensor_msgs/Image with ``header``."""
+    """(H, W) mono8 or (H, W, 3) rgb8/bgr8 uint8 -> sensor_msgs/Image with ``header``.
+
+    The pixels are copied once, straight into the message's ``array('B')`` (``tobytes()`` and
+    the message's own conversion of bytes would copy them twice more).
+    """
     array = np.ascontiguousarray(array, dtype=np.uint8)
     channels = 1 if array.ndim == 2 else array.shape[2]
     if (encoding == "mono8") != (channels == 1) or channels not in (1, 3):
         raise ValueError(f"cannot encode an array of shape {array.shape} as {encoding}")
     height, width = array.shape[:2]
-    return Image(
+    data = ByteArray("B")
+    data.frombytes(memoryview(array).cast("B"))
+    msg = Image(
         header=header,
         height=height,
         width=width,
         encoding=encoding,
         is_bigendian=0,
         step=width * channels,
-        data=array.tobytes(),
     )
+    msg.data = data
+    return msg

@@ -19,7 +19,7 @@ from vision_msgs.msg import (
     VisionClass,
 )
 
-UNLABELED = 255  # vision_msgs convention for pipelines with fewer than 255 classes
+from ..data.labels import UNLABELED
 
 
 def detections_message(

@@ -46,8 +46,10 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
+from ..data.labels import class_semantics
 from ..inference.fallback import FallbackPredictor
 from ..inference.predictor import Prediction, PredictorConfig
+from ..inference.standin import STANDIN_WARNING, standin_device, standin_factory
 from ..visualization import colorize, draw_overlay
 from .conversions import (
     CONVERTER,
@@ -60,7 +62,7 @@ from .conversions import (
     image_to_rgb,
 )
 from .frame_slot import FrameCounters, LatestFrameSlot
-from .messages import UNLABELED, detections_message, diagnostics_message, label_info_message
+from .messages import detections_message, diagnostics_message, label_info_message
 from .parameters import NodeParameters, declare_parameters, read_parameters
 
 LATCHED = QoSProfile(
@@ -136,8 +138,9 @@ class PerceptionNode(LifecycleNode):
             device = params.device
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"
+            standin = standin_device(device)  # benchmarks only: no network runs
             config = PredictorConfig(
-                device=device,
+                device=standin or device,
                 precision=params.precision,
                 channels_last=params.channels_last,
                 compile=params.compile,
@@ -154,7 +157,10 @@ class PerceptionNode(LifecycleNode):
             # A fast path that fails to set up or on its first frame falls back to a simpler
             # one (logged, and named in the diagnostics) instead of failing the node.
             log = self.get_logger().warning
-            if params.backend == "onnxruntime":
+            if standin:
+                log(STANDIN_WARNING)
+                self.predictor = FallbackPredictor(config, standin_factory(params.checkpoint), log)
+            elif params.backend == "onnxruntime":
                 self.predictor = FallbackPredictor.from_onnx(params.onnx_model, config, log)
             else:
                 self.predictor = FallbackPredictor.from_checkpoint(params.checkpoint, config, log)
@@ -343,42 +349,49 @@ class PerceptionNode(LifecycleNode):
         return subscription.topic_name if subscription is not None else "image"
 
     def _publish(self, header: Header, rgb: np.ndarray, prediction: Prediction) -> None:
+        """Publishes one frame's outputs. The colour mask is computed once, and only when
+        ``semantic_color`` or ``overlay`` has subscribers; the overlay goes out as rgb8 (the
+        Predictor's colour order: no conversion)."""
         publishers = self._outputs
         if not publishers:
             return  # deactivated while this frame was in the model
-        model = self.predictor.model_config
-        void = 0
-        mask = np.where(prediction.mask == void, UNLABELED, prediction.mask).astype(np.uint8)
-        publishers["semantic"].publish(encode_image(mask, "mono8", header))
+        semantics = class_semantics(self.predictor.model_config)
+        # The network never predicts void, so the mask needs no void -> UNLABELED pass.
+        publishers["semantic"].publish(encode_image(prediction.mask, "mono8", header))
         publishers["detections"].publish(
             detections_message(header, prediction.boxes, prediction.scores, prediction.classes)
         )
-        if publishers["semantic_color"].get_subscription_count() > 0:
-            colour = colorize(prediction.mask, model.num_seg_classes)
-            publishers["semantic_color"].publish(encode_image(colour, "rgb8", header))
+        colour_publisher = publishers["semantic_color"]
         overlay = publishers.get("overlay")
-        if overlay is not None and overlay.get_subscription_count() > 0:
-            names = model.det_class_names or [str(i) for i in range(model.num_det_classes)]
+        want_colour = colour_publisher.get_subscription_count() > 0
+        want_overlay = overlay is not None and overlay.get_subscription_count() > 0
+        if not (want_colour or want_overlay):
+            return
+        colour = colorize(prediction.mask, semantics.seg_colours)
+        if want_colour:
+            colour_publisher.publish(encode_image(colour, "rgb8", header))
+        if want_overlay:
             picture = draw_overlay(
                 rgb,
                 prediction.mask,
                 prediction.boxes,
                 prediction.classes,
                 prediction.scores,
-                names,
-                model.num_seg_classes,
+                semantics.det_names,
+                semantics.seg_colours,
+                coloured_mask=colour,
             )
-            overlay.publish(encode_image(picture[..., ::-1], "bgr8", header))
+            overlay.publish(encode_image(picture, "rgb8", header))
 
     def _publish_label_info(self) -> None:
-        model = self.predictor.model_config
+        semantics = class_semantics(self.predictor.model_config)
         header = Header(frame_id="")
         header.stamp = self.get_clock().now().to_msg()
-        seg_names = model.seg_class_names or tuple(str(i) for i in range(model.num_seg_classes))
-        det_names = model.det_class_names or tuple(str(i) for i in range(model.num_det_classes))
-        self._outputs["label_info"].publish(label_info_message(header, seg_names, skip=0))
+        self._outputs["label_info"].publish(
+            label_info_message(header, semantics.seg_names, skip=semantics.void_id)
+        )
         self._outputs["detection_label_info"].publish(
-            label_info_message(header, det_names, threshold=self.params.score_threshold)
+            label_info_message(header, semantics.det_names, threshold=self.params.score_threshold)
         )
 
     def _publish_diagnostics(self) -> None:
@@ -412,6 +425,8 @@ class PerceptionNode(LifecycleNode):
         }
         level = DiagnosticStatus.WARN if counters.failed else DiagnosticStatus.OK
         message = f"{counters.failed} frames failed in the model" if counters.failed else "running"
+        if standin_device(self.device):  # a benchmark's node is never taken for a real one
+            level, message = DiagnosticStatus.WARN, STANDIN_WARNING
         header = Header()
         header.stamp = self.get_clock().now().to_msg()
         publisher = self._outputs.get("diagnostics")

@@ -8,6 +8,8 @@ from dataclasses import dataclass, fields
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 
+from ..inference.standin import STANDIN_DEVICE, standin_device
+
 
 @dataclass(frozen=True)
 class NodeParameters:
@@ -37,13 +39,14 @@ class NodeParameters:
 
     def validate(self) -> None:
         """Raises ValueError naming the parameter and the allowed values."""
-        if self.backend == "torch" and not self.checkpoint:
+        if self.backend == "torch" and not self.checkpoint and not standin_device(self.device):
             raise ValueError(
                 "parameter 'checkpoint' is empty: give the path of a trained checkpoint"
             )
         if self.backend == "onnxruntime" and not self.onnx_model:
             raise ValueError("parameter 'onnx_model' is empty but backend is 'onnxruntime'")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+        real = re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)
+        if not real and not standin_device(self.device):
             raise ValueError(f"parameter 'device' must be auto, cpu or cuda:N, got '{self.device}'")
         choices = {
             "precision": ("fp32", "fp16", "bf16"),
@@ -80,7 +83,7 @@ _FLOAT_RANGES = {
 _DESCRIPTIONS = {
     "checkpoint": "trained checkpoint (.pt) to load at configure",
     "onnx_model": "exported ONNX model, used when backend is onnxruntime",
-    "device": "auto (cuda if available), cpu or cuda:N",
+    "device": f"auto (cuda if available), cpu or cuda:N ({STANDIN_DEVICE}[:cuda]: benchmarks)",
     "precision": "fp32, or fp16 / bf16 autocast (fp16 needs CUDA)",
     "backend": "torch or onnxruntime",
     "channels_last": "run the network in channels-last memory format",

@@ -1,0 +1,179 @@
+"""perception_node's visual outputs and its benchmark stand-in, over real DDS (the node runs in
+this process so that the test can count what it computes)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from helpers.models import DET_NAMES, SMALL_NAMED, calibrated_small_model, save_model
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from ros_client import RELIABLE, RosClient
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+from test_frame_path import PAPER_PALETTE, _old_colorize
+from vision_msgs.msg import Detection2DArray
+
+from mtl_perception.data.synthetic import generate_scene
+from mtl_perception.inference.standin import STANDIN_BOXES, STANDIN_DEVICE
+from mtl_perception.ros import node as node_module
+from mtl_perception.ros.conversions import encode_image
+from mtl_perception.visualization import colorize, draw_overlay
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+PARAMS = {
+    "input_width": 256,
+    "input_height": 128,
+    "score_threshold": 0.3,
+    "max_detections": 10,
+    "qos_reliability": "reliable",
+    "diagnostics_period": 0.3,
+}
+
+
+@pytest.fixture
+def client(ros_env) -> Iterator[RosClient]:
+    ros = RosClient(int(ros_env["ROS_DOMAIN_ID"]))
+    yield ros
+    ros.close()
+
+
+class InProcessNode:
+    """A PerceptionNode in the client's context, spun on its own thread."""
+
+    def __init__(self, client: RosClient, name: str, params: dict) -> None:
+        self.name = name
+        self.node = node_module.PerceptionNode(
+            name,
+            context=client.context,
+            cli_args=["--ros-args", "-r", f"image:=/{name}/image"],
+            parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
+        )
+        assert self.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        self.node.trigger_activate()
+        self.executor = SingleThreadedExecutor(context=client.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node._release_io()
+        self.node.destroy_node()
+
+
+def _frame(rgb: np.ndarray, sec: int) -> Image:
+    header = Header(frame_id="camera")
+    header.stamp.sec = sec
+    return encode_image(rgb, "rgb8", header)
+
+
+def _with_stamp(client: RosClient, topic: str, sec: int):
+    found = [m for m in client.messages(topic) if m.header.stamp.sec == sec]
+    return found[0] if found else None
+
+
+def _send(client: RosClient, name: str, rgb: np.ndarray, sec: int) -> None:
+    publisher = client.publisher(f"/{name}/image", Image, RELIABLE)
+    assert client.wait_for(lambda: publisher.get_subscription_count() > 0, timeout=30)
+    publisher.publish(_frame(rgb, sec))
+    topic = f"/{name}/detections"
+    assert client.wait_for(lambda: _with_stamp(client, topic, sec), timeout=60), "no output"
+
+
+def test_colour_once_for_both_outputs_and_overlay_in_rgb8(client, tmp_path, monkeypatch):
+    calls = []
+
+    def counting_colorize(mask, colours):
+        calls.append(mask.shape)
+        return colorize(mask, colours)
+
+    monkeypatch.setattr(node_module, "colorize", counting_colorize)
+    checkpoint = save_model(tmp_path / "m.pt", calibrated_small_model(config=SMALL_NAMED))
+    name = "outputs_node"
+    running = InProcessNode(client, name, {"checkpoint": str(checkpoint), **PARAMS})
+    try:
+        for topic in ("semantic", "overlay", "semantic_color"):
+            client.subscribe(f"/{name}/{topic}", Image, RELIABLE)
+        client.subscribe(f"/{name}/detections", Detection2DArray, RELIABLE)
+        pictures = [
+            publisher
+            for publisher in running.node.publishers
+            if publisher.topic_name in (f"/{name}/overlay", f"/{name}/semantic_color")
+        ]
+        assert len(pictures) == 2
+        assert client.wait_for(
+            lambda: all(p.get_subscription_count() > 0 for p in pictures), timeout=30
+        )
+        rgb = generate_scene(320, 240, 4)[0]
+        _send(client, name, rgb, 1)
+        overlay = client.wait_for(lambda: _with_stamp(client, f"/{name}/overlay", 1), 30)
+        colour = client.wait_for(lambda: _with_stamp(client, f"/{name}/semantic_color", 1), 30)
+        semantic = _with_stamp(client, f"/{name}/semantic", 1)
+        assert overlay is not None and colour is not None and semantic is not None
+        assert calls == [(240, 320)]  # one colour mask for both outputs
+        assert running.node.counters.processed == 1
+
+        prediction = running.node.predictor.predict(rgb)[0]
+        mask = np.frombuffer(bytes(semantic.data), np.uint8).reshape(240, 320)
+        assert semantic.encoding == "mono8" and np.array_equal(mask, prediction.mask)
+        assert 0 not in mask  # void is never predicted, so nothing needs mapping to 255
+        palette = np.array(PAPER_PALETTE, np.uint8)
+        assert colour.encoding == "rgb8"
+        colour_pixels = np.frombuffer(bytes(colour.data), np.uint8).reshape(240, 320, 3)
+        assert np.array_equal(colour_pixels, _old_colorize(prediction.mask, palette))
+        expected = draw_overlay(
+            rgb,
+            prediction.mask,
+            prediction.boxes,
+            prediction.classes,
+            prediction.scores,
+            DET_NAMES,
+            palette,
+        )
+        assert overlay.encoding == "rgb8" and overlay.step == 320 * 3
+        overlay_pixels = np.frombuffer(bytes(overlay.data), np.uint8).reshape(240, 320, 3)
+        assert np.array_equal(overlay_pixels, expected)
+
+        # Nobody watching the pictures: no colour mask at all.
+        for subscription in list(client.node.subscriptions):
+            if subscription.topic_name.endswith(("/overlay", "/semantic_color")):
+                client.node.destroy_subscription(subscription)
+        assert client.wait_for(
+            lambda: all(p.get_subscription_count() == 0 for p in pictures), timeout=30
+        )
+        _send(client, name, rgb, 2)
+        assert calls == [(240, 320)] and running.node.counters.processed == 2
+    finally:
+        running.close()
+
+
+def test_benchmark_standin_is_labelled_everywhere(client):
+    name = "standin_node"
+    client.subscribe("/diagnostics", DiagnosticArray, RELIABLE)
+    client.subscribe(f"/{name}/detections", Detection2DArray, RELIABLE)
+    running = InProcessNode(client, name, {"device": STANDIN_DEVICE, **PARAMS})  # no checkpoint
+    try:
+        _send(client, name, generate_scene(320, 240, 4)[0], 7)
+        detections = _with_stamp(client, f"/{name}/detections", 7)
+        assert len(detections.detections) == STANDIN_BOXES
+
+        def status():
+            for message in reversed(client.messages("/diagnostics")):
+                for entry in message.status:
+                    if entry.name.startswith(f"{name}:"):
+                        return entry
+            return None
+
+        entry = client.wait_for(status, timeout=30)
+        values = {kv.key: kv.value for kv in entry.values}
+        assert values["device"] == STANDIN_DEVICE
+        assert entry.level == DiagnosticStatus.WARN and "STAND-IN" in entry.message
+    finally:
+        running.close()
