@@ -64,7 +64,8 @@ def test_parameter_file_holds_every_declared_parameter_with_its_default():
     declared = {f.name: f.default for f in dataclasses.fields(NodeParameters)} | {"autostart": True}
     assert set(params) == set(declared)
     for name, default in declared.items():
-        assert params[name] == default, name
+        expected = list(default) if isinstance(default, tuple) else default  # YAML has lists
+        assert params[name] == expected, name
     # Parameters the launch file sets must be declared by the node.
     overrides = node_parameters("params.yaml", "model.pt")[1]
     assert overrides and set(overrides) <= set(declared)

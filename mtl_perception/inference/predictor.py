@@ -312,17 +312,60 @@ class Predictor:
             images = [images]
         for image in images:
             _check_image(image)
-        if len({image.shape for image in images}) > 1:  # mixed sizes: one image at a time
-            return [self.predict(image)[0] for image in images]
+        if len({image.shape for image in images}) > 1:
+            return self._predict_mixed(images)
         size = images[0].shape[:2]
         if self.config.resize == "host":
-            height, width = self.input_size
-            # In float: rounding the resized pixels to uint8 would move a network's outputs.
-            images = [
-                cv2.resize(i.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-                for i in images
-            ]
+            images = self._host_resize(images)
         return self._run(self._upload(images), size)
+
+    def _predict_mixed(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Images of different sizes (cameras of different resolutions) in ONE forward pass:
+        each image is brought to the network input exactly as a batch of one would be, the
+        (B, 3, h, w) batch runs at the network resolution, then each mask is upsampled to its own
+        image's size and each image's boxes are scaled to its own pixels.
+        ``mask_mode="logits"`` upsamples logits before the argmax, which one tensor cannot hold
+        for different sizes: one image at a time there."""
+        if self.config.mask_mode == "logits":
+            return [self.predict(image)[0] for image in images]
+        sizes = [tuple(image.shape[:2]) for image in images]
+        if self.config.resize == "host":  # all at the input size already: one upload
+            batch = self._to_input_size(self._upload(self._host_resize(images)))
+        else:  # one upload per size (a staging buffer holds one size), each resized on its own
+            groups: dict[tuple, list[int]] = {}
+            for index, image in enumerate(images):
+                groups.setdefault(image.shape, []).append(index)
+            resized: dict[int, torch.Tensor] = {}
+            for indices in groups.values():
+                staged = self._to_input_size(self._upload([images[i] for i in indices]))
+                resized.update(zip(indices, staged, strict=True))
+            batch = torch.stack([resized[i] for i in range(len(images))])
+        if self.config.cuda_graph:
+            result = self._replay(batch, self.input_size)
+        else:
+            result = self._device_step(batch, self.input_size)
+        flat = [  # (h, w) network-resolution masks -> one flat tensor of every (H_i, W_i) mask
+            _upsample_ids(mask[None, None], size).flatten()
+            for mask, size in zip(result["mask"], sizes, strict=True)
+        ]
+        return self._finish({**result, "mask": torch.cat(flat)}, sizes)
+
+    def _host_resize(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """HxWx3 uint8 -> hxwx3 float32 at the network input, on the host. In float: rounding
+        the resized pixels to uint8 would move a network's outputs."""
+        height, width = self.input_size
+        return [
+            cv2.resize(i.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+            for i in images
+        ]
+
+    def _to_input_size(self, staged: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 (or float after a host resize) -> (B, 3, h, w) float at the network
+        input size (bilinear, like training's cv2.INTER_LINEAR)."""
+        batch = staged.float()
+        if tuple(batch.shape[-2:]) != self.input_size:
+            batch = F.interpolate(batch, size=self.input_size, mode="bilinear", align_corners=False)
+        return batch
 
     def _upload(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Same-size HxWx3 uint8 (float32 after a host resize) images -> (B, 3, H, W) on the
@@ -379,10 +422,7 @@ class Predictor:
         """Everything between upload and download, on the device, without host syncs when
         ``fixed_shapes``: (B, 3, h, w) uint8 -> mask (B, H, W) uint8 at ``size``, detections and
         a finiteness flag."""
-        batch = staged.float()
-        if tuple(batch.shape[-2:]) != self.input_size:
-            batch = F.interpolate(batch, size=self.input_size, mode="bilinear", align_corners=False)
-        batch = normalize_images(batch)
+        batch = normalize_images(self._to_input_size(staged))
         if self.session is not None:
             seg_logits, detections = self.session.run(batch)
         else:
@@ -414,14 +454,7 @@ class Predictor:
         if self.config.mask_mode == "logits":
             logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
             return _class_ids(logits)[:, 0]
-        ids = _class_ids(logits)
-        if tuple(ids.shape[-2:]) == tuple(size):
-            return ids[:, 0]
-        if ids.device.type == "cpu":  # a gather of precomputed rows and columns: 3x faster
-            rows = _nearest_exact_indices(ids.shape[-2], size[0])
-            columns = _nearest_exact_indices(ids.shape[-1], size[1])
-            return torch.from_numpy(ids[:, 0].numpy()[:, rows][:, :, columns])
-        return F.interpolate(ids, size=size, mode="nearest-exact")[:, 0]
+        return _upsample_ids(_class_ids(logits), size)
 
     def _replay(self, staged: torch.Tensor, size: tuple[int, int]) -> dict[str, object]:
         """The device step as a CUDA graph, captured on first use of an input shape."""
@@ -465,8 +498,12 @@ class Predictor:
         torch.cuda.current_stream(self.device).synchronize()
         return {name: tensor.numpy().copy() for name, tensor in host.items()}
 
-    def _finish(self, result: dict[str, object], size: tuple[int, int]) -> list[Prediction]:
-        """Downloads, checks finiteness and builds one :class:`Prediction` per image."""
+    def _finish(
+        self, result: dict[str, object], size: tuple[int, int] | list[tuple[int, int]]
+    ) -> list[Prediction]:
+        """Downloads, checks finiteness and builds one :class:`Prediction` per image. ``size``:
+        the images' (H, W), or one per image (mixed sizes: ``result["mask"]`` is then every
+        image's mask flattened into one tensor, in order)."""
         outputs = self._download(result)
         if not bool(outputs["finite"]):
             raise FloatingPointError("the network produced non-finite outputs (NaN or inf)")
@@ -483,19 +520,39 @@ class Predictor:
                 .numpy()
                 for d in found
             ]
-        height, width = size
+        masks = outputs["mask"]
+        if isinstance(size, list):
+            sizes = size
+            bounds = np.cumsum([h * w for h, w in sizes])[:-1]
+            masks = [m.reshape(s) for m, s in zip(np.split(masks, bounds), sizes, strict=True)]
+        else:
+            sizes = [size] * len(rows)
         in_h, in_w = self.input_size
-        scale = np.array([width / in_w, height / in_h] * 2, np.float32)
-        limits = np.array([width, height] * 2, np.float32)
-        return [
-            Prediction(
-                mask=mask,
-                boxes=np.minimum(np.maximum(table[:, :4] * scale, 0), limits).astype(np.float32),
-                scores=table[:, 4].astype(np.float32),
-                classes=table[:, 5].astype(np.int64),
+        predictions = []
+        for mask, table, (height, width) in zip(masks, rows, sizes, strict=True):
+            scale = np.array([width / in_w, height / in_h] * 2, np.float32)
+            limits = np.array([width, height] * 2, np.float32)
+            boxes = np.minimum(np.maximum(table[:, :4] * scale, 0), limits).astype(np.float32)
+            predictions.append(
+                Prediction(
+                    mask=mask,
+                    boxes=boxes,
+                    scores=table[:, 4].astype(np.float32),
+                    classes=table[:, 5].astype(np.int64),
+                )
             )
-            for mask, table in zip(outputs["mask"], rows, strict=True)
-        ]
+        return predictions
+
+
+def _upsample_ids(ids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 1, h, w) uint8 class ids -> (B, H, W) at ``size`` (nearest-exact)."""
+    if tuple(ids.shape[-2:]) == tuple(size):
+        return ids[:, 0]
+    if ids.device.type == "cpu":  # a gather of precomputed rows and columns: 3x faster
+        rows = _nearest_exact_indices(ids.shape[-2], size[0])
+        columns = _nearest_exact_indices(ids.shape[-1], size[1])
+        return torch.from_numpy(ids[:, 0].numpy()[:, rows][:, :, columns])
+    return F.interpolate(ids, size=size, mode="nearest-exact")[:, 0]
 
 
 @lru_cache(maxsize=32)

@@ -20,6 +20,7 @@ from vision_msgs.msg import (
 )
 
 from ..data.labels import UNLABELED
+from .frame_slot import FrameCounters
 
 
 def detections_message(
@@ -59,14 +60,35 @@ def label_info_message(
     return LabelInfo(header=header, class_map=classes, threshold=float(threshold))
 
 
-def diagnostics_message(
-    header: Header, name: str, level: bytes, message: str, values: dict
-) -> DiagnosticArray:
-    status = DiagnosticStatus(
+def frame_statistics(
+    counters: FrameCounters, latencies_ms: np.ndarray, before: tuple[float, int, int], now: float
+) -> dict[str, str | int]:
+    """Rates since ``before`` = (time.monotonic() seconds, received, processed), latency
+    percentiles (ms) and the frame counts: the values a camera and the node both report."""
+    then, received, processed = before
+    elapsed = max(now - then, 1e-6)
+    return {
+        "input_fps": f"{(counters.received - received) / elapsed:.2f}",
+        "processed_fps": f"{(counters.processed - processed) / elapsed:.2f}",
+        "latency_p50_ms": f"{np.percentile(latencies_ms, 50):.1f}" if latencies_ms.size else "nan",
+        "latency_p95_ms": f"{np.percentile(latencies_ms, 95):.1f}" if latencies_ms.size else "nan",
+        "received": counters.received,
+        "processed": counters.processed,
+        "dropped": counters.dropped,
+        "rejected": counters.rejected,
+        "failed": counters.failed,
+    }
+
+
+def diagnostic_status(name: str, level: bytes, message: str, values: dict) -> DiagnosticStatus:
+    return DiagnosticStatus(
         level=level,
         name=name,
         message=message,
         hardware_id="mtl_perception",
         values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
     )
-    return DiagnosticArray(header=header, status=[status])
+
+
+def diagnostics_message(header: Header, statuses: Sequence[DiagnosticStatus]) -> DiagnosticArray:
+    return DiagnosticArray(header=header, status=list(statuses))

@@ -4,19 +4,25 @@ A managed lifecycle node and a thin shell around the Predictor:
 
 * configure: read and validate parameters, load the model (a bad value or checkpoint fails the
   transition with a message);
-* activate: publishers, the input subscription, the inference thread, diagnostics;
+* activate: publishers, the input subscriptions, the inference thread, diagnostics;
 * deactivate: all of those released, GPU memory freed; cleanup: the model unloaded.
 
 ``autostart`` (default true) configures and activates at start, so ``ros2 run`` just works.
 
-Latest frame wins: the subscription callback checks the frame's geometry (raw) or header
-(compressed: format and declared size, nothing decoded) and parks a frame that passes in a
-one-frame slot (a frame that was still waiting is replaced and counted as dropped); a frame that
-fails is counted as rejected there and never displaces a waiting one. The inference thread always
-takes the newest, converts or decodes it, and runs the model. Latency therefore never grows with
-the input rate.
+Several cameras, one network (``cameras``; topics in ros/cameras.py): each camera has its own
+input, outputs, latest-frame slot and counters; LabelInfo is the node's.
 
-Every frame is accounted for: once idle, received = processed + dropped + rejected. Rejections
+Latest frame wins: a camera's subscription callback checks the frame's geometry (raw) or header
+(compressed: format and declared size, nothing decoded) and parks a frame that passes in the
+camera's one-frame slot (a frame that was still waiting is replaced and counted as dropped); a
+frame that fails is counted as rejected there and never displaces a waiting one. The inference
+thread takes the waiting frames of up to ``max_batch`` cameras, those that have waited longest
+first (no camera starves), converts or decodes each, runs the model once over all of them (any
+mix of sizes) and publishes each result with its own frame's header. Latency therefore never
+grows with the input rate.
+
+Every frame is accounted for, per camera: once idle, received = processed + dropped + rejected.
+Rejections
 are counted per reason (``rejected_<reason>`` in /diagnostics) and logged per reason: the first
 occurrence of each reason always, then at most once per REJECTION_LOG_PERIOD seconds each.
 """
@@ -26,7 +32,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +56,7 @@ from ..inference.fallback import FallbackPredictor
 from ..inference.predictor import Prediction, PredictorConfig
 from ..inference.standin import STANDIN_WARNING, standin_device, standin_factory
 from ..visualization import colorize, draw_overlay
+from .cameras import OUTPUTS, Camera, input_topic, output_topic
 from .conversions import (
     CONVERTER,
     REJECTION_REASONS,
@@ -61,9 +67,15 @@ from .conversions import (
     encode_image,
     image_to_rgb,
 )
-from .frame_slot import FrameCounters, LatestFrameSlot
-from .messages import detections_message, diagnostics_message, label_info_message
-from .parameters import NodeParameters, declare_parameters, read_parameters
+from .frame_slot import CameraSlots, FrameCounters, LatestFrameSlot
+from .messages import (
+    detections_message,
+    diagnostic_status,
+    diagnostics_message,
+    frame_statistics,
+    label_info_message,
+)
+from .parameters import NodeParameters, declare_parameters, read_cameras, read_parameters
 
 LATCHED = QoSProfile(
     depth=1,
@@ -74,9 +86,14 @@ LATCHED = QoSProfile(
 OUTPUT_QOS = QoSProfile(
     depth=2, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE
 )
-LATENCY_WINDOW = 200
 REJECTION_LOG_PERIOD = 1.0  # seconds between two warnings for the same rejection reason
 INTERNAL_ERROR = "internal_error"  # a frame check that raised something else (a bug): rejected
+
+
+def rejections_by_reason(counters: FrameCounters) -> dict[str, int]:
+    """``rejected_<reason>`` for every reason the node knows (0 if none) and any other seen."""
+    reasons = (*REJECTION_REASONS, INTERNAL_ERROR, *counters.rejected_by_reason)
+    return {f"rejected_{r}": counters.rejected_by_reason.get(r, 0) for r in reasons}
 
 
 class ReasonThrottle:
@@ -115,17 +132,31 @@ class PerceptionNode(LifecycleNode):
         self.declare_parameter("autostart", True)
         self.params: NodeParameters | None = None
         self.predictor: FallbackPredictor | None = None
-        self.counters = FrameCounters()
-        self._counter_lock = threading.Lock()
-        self._slot = LatestFrameSlot()
+        self._counter_lock = threading.Lock()  # every camera's counters, latencies, batch sizes
+        self._cameras: list[Camera] = []  # from the cameras parameter, at configure
+        self._slots = CameraSlots(0)
+        self.max_batch = 1
+        self._batch_sizes: dict[int, int] = {}  # frames per forward pass -> passes
         self._rejection_log = ReasonThrottle(REJECTION_LOG_PERIOD)
         self._worker: threading.Thread | None = None
-        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._last_diagnostics = (time.monotonic(), 0, 0)
-        self._outputs: dict[str, Any] = {}
-        self._input = None
+        self._outputs: dict[str, Any] = {}  # the node's own: label infos, diagnostics
         self._diagnostics_timer = None
         self.device = "cpu"
+
+    @property
+    def counters(self) -> FrameCounters:
+        """The node's totals over all cameras (a snapshot)."""
+        total = FrameCounters()
+        with self._counter_lock:
+            for camera in self._cameras:
+                total.add(camera.counters)
+        return total
+
+    @property
+    def _slot(self) -> LatestFrameSlot:
+        """The first camera's slot (the only one with the default single camera)."""
+        return self._slots[0]
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -164,34 +195,47 @@ class PerceptionNode(LifecycleNode):
                 self.predictor = FallbackPredictor.from_onnx(params.onnx_model, config, log)
             else:
                 self.predictor = FallbackPredictor.from_checkpoint(params.checkpoint, config, log)
+            cameras = read_cameras(self, params)
         except (ValueError, FileNotFoundError, RuntimeError) as error:
             self.get_logger().error(f"configure failed: {error}")
             self.predictor = None
             return TransitionCallbackReturn.FAILURE
         self.params, self.device = params, device
+        self._cameras = [Camera(camera) for camera in cameras]
+        self._slots = CameraSlots(len(cameras))
+        self._batch_sizes = {}
+        # Batching pays on a GPU; on the CPU batches measured no faster per image and every
+        # camera waited for the whole batch (docs/benchmarks.md, multi-camera).
+        automatic = len(cameras) if device.startswith("cuda") else 1
+        self.max_batch = min(params.max_batch or automatic, len(cameras))
         model = self.predictor.model_config
         self.get_logger().info(
             f"loaded {params.checkpoint or params.onnx_model} on {device} ({params.precision}, "
             f"{params.backend}), input {params.input_width}x{params.input_height}, "
             f"{model.num_seg_classes} segmentation / {model.num_det_classes} detection classes, "
-            f"image conversion via {CONVERTER}"
+            f"image conversion via {CONVERTER}; {len(cameras)} camera(s), batches of up to "
+            f"{self.max_batch}"
         )
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         params = self.params
         self._outputs = {
-            "semantic": self.create_publisher(Image, "~/semantic", OUTPUT_QOS),
-            "semantic_color": self.create_publisher(Image, "~/semantic_color", OUTPUT_QOS),
-            "detections": self.create_publisher(Detection2DArray, "~/detections", OUTPUT_QOS),
             "label_info": self.create_publisher(LabelInfo, "~/label_info", LATCHED),
             "detection_label_info": self.create_publisher(
                 LabelInfo, "~/detection_label_info", LATCHED
             ),
             "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", 10),
         }
-        if params.publish_overlay:
-            self._outputs["overlay"] = self.create_publisher(Image, "~/overlay", OUTPUT_QOS)
+        kinds = {"detections": Detection2DArray}
+        outputs = [o for o in OUTPUTS if o != "overlay" or params.publish_overlay]
+        for camera in self._cameras:
+            camera.outputs = {
+                output: self.create_publisher(
+                    kinds.get(output, Image), output_topic(camera.name, output), OUTPUT_QOS
+                )
+                for output in outputs
+            }
         self._publish_label_info()
         reliability = (
             ReliabilityPolicy.BEST_EFFORT
@@ -201,20 +245,28 @@ class PerceptionNode(LifecycleNode):
         qos = QoSProfile(
             depth=params.qos_depth, history=HistoryPolicy.KEEP_LAST, reliability=reliability
         )
-        if params.input_transport == "compressed":
-            self._input = self.create_subscription(
-                CompressedImage, "image/compressed", self._on_frame, qos
+        for index, camera in enumerate(self._cameras):
+            transport = camera.config.input_transport
+            camera.subscription = self.create_subscription(
+                CompressedImage if transport == "compressed" else Image,
+                input_topic(camera.name, transport),
+                lambda msg, index=index: self._on_frame(msg, index),
+                qos,
             )
-        else:
-            self._input = self.create_subscription(Image, "image", self._on_frame, qos)
-        self._slot.reopen()
+        self._slots.reopen()
         self._worker = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
         self._worker.start()
-        self._last_diagnostics = (time.monotonic(), self.counters.received, self.counters.processed)
+        now = time.monotonic()
+        totals = self.counters
+        self._last_diagnostics = (now, totals.received, totals.processed)
+        with self._counter_lock:
+            for camera in self._cameras:
+                camera.last_diagnostics = (now, camera.counters.received, camera.counters.processed)
         self._diagnostics_timer = self.create_timer(
             params.diagnostics_period, self._publish_diagnostics
         )
-        self.get_logger().info(f"active: listening on {self._input.topic_name}")
+        topics = ", ".join(camera.topic for camera in self._cameras)
+        self.get_logger().info(f"active: listening on {topics}")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -234,18 +286,26 @@ class PerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _release_io(self) -> None:
-        if self._input is not None:
-            self.destroy_subscription(self._input)
-            self._input = None
-        if self._slot.close():  # the frame waiting at deactivate: dropped, not lost
-            with self._counter_lock:
-                self.counters.dropped += 1
+        """Every camera's subscription and publishers, the inference thread, the timer and the
+        node's publishers; frames waiting in the slots are counted as dropped, not lost."""
+        for camera in self._cameras:
+            if camera.subscription is not None:
+                self.destroy_subscription(camera.subscription)
+                camera.subscription = None
+        discarded = self._slots.close()
+        with self._counter_lock:
+            for camera, dropped in zip(self._cameras, discarded, strict=True):
+                camera.counters.dropped += dropped
         if self._worker is not None:
             self._worker.join()
             self._worker = None
         if self._diagnostics_timer is not None:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = None
+        for camera in self._cameras:
+            outputs, camera.outputs = camera.outputs, {}  # a frame still publishing sees none
+            for publisher in outputs.values():
+                self.destroy_publisher(publisher)
         for publisher in self._outputs.values():
             self.destroy_publisher(publisher)
         self._outputs = {}
@@ -259,100 +319,128 @@ class PerceptionNode(LifecycleNode):
 
     # -- frames ----------------------------------------------------------------------------
 
-    def _on_frame(self, msg: Image | CompressedImage) -> None:
-        """Executor thread: check the frame (O(1): geometry, or the compressed header) and park
-        it; a frame that fails the check is rejected here and never displaces a waiting one.
-        Never blocks on the model."""
+    def _on_frame(self, msg: Image | CompressedImage, camera: int = 0) -> None:
+        """Executor thread: check the frame of camera number ``camera`` (O(1): geometry, or the
+        compressed header) and park it in that camera's slot; a frame that fails the check is
+        rejected here and never displaces a waiting one. Never blocks on the model."""
         received_at = time.monotonic()
+        state = self._cameras[camera]
         try:
             if isinstance(msg, CompressedImage):
                 check_compressed(msg, self.params.max_pixels)
             else:
                 check_image(msg, self.params.max_pixels)
         except ImageRejectedError as error:
-            self._reject(error.reason, str(error), received=True)
+            self._reject(state, error.reason, str(error), received=True)
             return
         except Exception as error:  # a bug in a check must not take the node down
-            self._reject(INTERNAL_ERROR, f"{type(error).__name__}: {error}", received=True)
+            problem = f"{type(error).__name__}: {error}"
+            self._reject(state, INTERNAL_ERROR, problem, received=True)
             return
-        dropped = self._slot.put((msg, received_at))
+        dropped = self._slots[camera].put((msg, received_at))
         with self._counter_lock:
-            self.counters.received += 1
+            state.counters.received += 1
             if dropped:
-                self.counters.dropped += 1
+                state.counters.dropped += 1
 
-    def _reject(self, reason: str, problem: str, received: bool = False) -> None:
-        """Counts a rejected frame (and, from the callback, its arrival) and logs it, throttled
-        per reason."""
+    def _reject(self, camera: Camera, reason: str, problem: str, received: bool = False) -> None:
+        """Counts a rejected frame of ``camera`` (and, from the callback, its arrival) and logs
+        it, throttled per reason."""
         with self._counter_lock:
-            self.counters.received += received
-            self.counters.reject(reason)
+            camera.counters.received += received
+            camera.counters.reject(reason)
         held = self._rejection_log.admit(reason)
         if held is None:
             return
         note = f" ({held} more '{reason}' rejections since the last report)" if held else ""
-        line = f"rejected frame on {self._topic()} ({reason}): {problem}{note}"
+        line = f"rejected frame on {camera.topic} ({reason}): {problem}{note}"
         if reason == INTERNAL_ERROR:
             self.get_logger().error(line)
         else:
             self.get_logger().warning(line)
 
     def _inference_loop(self) -> None:
+        """Takes the waiting frames of up to ``max_batch`` cameras (longest-waiting first), runs
+        them through the network in one forward pass and publishes each camera's results."""
         while True:
-            item = self._slot.take(timeout=0.5)
-            if item is None:
-                if self._slot.closed:
+            batch = self._slots.take_batch(self.max_batch, timeout=0.5)
+            if not batch:
+                if self._slots.closed:
                     return
                 continue
-            msg, received_at = item
-            try:
-                self._process(msg, received_at)
-            except Exception as error:  # publishing, or a bug: this frame is lost, not the node
-                if not self.context.ok():
-                    return  # shutting down (Ctrl-C): the context went away while publishing
-                with self._counter_lock:
-                    self.counters.failed += 1
-                    self.counters.dropped += 1
-                self.get_logger().error(
-                    f"processing failed, frame dropped: {type(error).__name__}: {error}",
-                    throttle_duration_sec=1.0,
-                )
+            if not self._process_batch(batch):
+                return  # shutting down (Ctrl-C): the context went away while publishing
 
-    def _process(self, msg: Image | CompressedImage, received_at: float) -> None:
+    def _failed(self, camera: Camera, what: str, error: Exception) -> None:
+        """One frame of ``camera`` lost to a failure (the model, publishing, a bug): counted as
+        failed and dropped, logged; the node and the other cameras go on."""
+        with self._counter_lock:
+            camera.counters.failed += 1
+            camera.counters.dropped += 1
+        self.get_logger().error(
+            f"{what} failed, frame dropped on {camera.topic}: {type(error).__name__}: {error}",
+            throttle_duration_sec=1.0,
+        )
+
+    def _process_batch(self, batch: list[tuple[int, tuple[Any, float]]]) -> bool:
+        """Converts each camera's frame, runs the network once over all of them and publishes
+        each result with its own frame's header. A frame that fails (decoding, publishing)
+        costs only its own camera that frame. False once the ROS context is gone."""
         params = self.params
+        frames = []  # (camera, message, received_at, rgb (H, W, 3) uint8)
+        for index, (msg, received_at) in batch:
+            camera = self._cameras[index]
+            try:
+                if isinstance(msg, CompressedImage):
+                    rgb = compressed_to_rgb(msg, params.max_pixels)
+                else:
+                    rgb = image_to_rgb(msg, params.max_pixels)
+            except ImageRejectedError as error:  # found only by decoding (e.g. size_mismatch)
+                self._reject(camera, error.reason, str(error))
+                continue
+            except Exception as error:  # a bug in a conversion: this frame only
+                self._failed(camera, "processing", error)
+                continue
+            frames.append((camera, msg, received_at, rgb))
+        if not frames:
+            return True
+        with self._counter_lock:
+            self._batch_sizes[len(frames)] = self._batch_sizes.get(len(frames), 0) + 1
+        images = [rgb for _, _, _, rgb in frames]
         try:
-            if isinstance(msg, CompressedImage):
-                rgb = compressed_to_rgb(msg, params.max_pixels)
-            else:
-                rgb = image_to_rgb(msg, params.max_pixels)
-        except ImageRejectedError as error:  # found only by decoding (e.g. size_mismatch)
-            self._reject(error.reason, str(error))
-            return
-        try:
-            prediction = self.predictor.predict(rgb)[0]
-        except Exception as error:  # CUDA OOM, NaN, anything: drop this frame, keep running
+            predictions = self.predictor.predict(images[0] if len(images) == 1 else images)
+        except Exception as error:  # CUDA OOM, NaN, anything: drop these frames, keep running
             with self._counter_lock:
-                self.counters.failed += 1
-                self.counters.dropped += 1
+                for camera, *_ in frames:
+                    camera.counters.failed += 1
+                    camera.counters.dropped += 1
             self.get_logger().error(
-                f"inference failed, frame dropped: {error}", throttle_duration_sec=1.0
+                f"inference failed, frame dropped on "
+                f"{', '.join(camera.topic for camera, *_ in frames)}: {error}",
+                throttle_duration_sec=1.0,
             )
             self._free_gpu_memory()
-            return
-        self._publish(msg.header, rgb, prediction)
-        with self._counter_lock:
-            self.counters.processed += 1
-            self._latencies.append(time.monotonic() - received_at)
+            return True
+        for (camera, msg, received_at, rgb), prediction in zip(frames, predictions, strict=True):
+            try:
+                self._publish(camera, msg.header, rgb, prediction)
+            except Exception as error:  # publishing, or a bug: this frame is lost, not the node
+                if not self.context.ok():
+                    return False
+                self._failed(camera, "processing", error)
+                continue
+            with self._counter_lock:
+                camera.counters.processed += 1
+                camera.latencies.append(time.monotonic() - received_at)
+        return True
 
-    def _topic(self) -> str:
-        subscription = self._input
-        return subscription.topic_name if subscription is not None else "image"
-
-    def _publish(self, header: Header, rgb: np.ndarray, prediction: Prediction) -> None:
+    def _publish(
+        self, camera: Camera, header: Header, rgb: np.ndarray, prediction: Prediction
+    ) -> None:
         """Publishes one frame's outputs. The colour mask is computed once, and only when
         ``semantic_color`` or ``overlay`` has subscribers; the overlay goes out as rgb8 (the
         Predictor's colour order: no conversion)."""
-        publishers = self._outputs
+        publishers = camera.outputs
         if not publishers:
             return  # deactivated while this frame was in the model
         semantics = class_semantics(self.predictor.model_config)
@@ -395,27 +483,49 @@ class PerceptionNode(LifecycleNode):
         )
 
     def _publish_diagnostics(self) -> None:
+        """One DiagnosticArray: the node's status (totals over all cameras, the batch size
+        histogram ``batch_size_<n>`` = forward passes over n frames, device and fast path) first,
+        then, with named cameras, one status per camera (``<node>: camera <name>``)."""
         now = time.monotonic()
         with self._counter_lock:
-            counters = self.counters.copy()
-            latencies = np.array(self._latencies) * 1e3
-        then, received_before, processed_before = self._last_diagnostics
+            cameras = [
+                (camera, camera.counters.copy(), np.array(camera.latencies) * 1e3)
+                for camera in self._cameras
+            ]
+            batch_sizes = dict(sorted(self._batch_sizes.items()))
+        counters = FrameCounters()
+        for _, camera_counters, _ in cameras:
+            counters.add(camera_counters)
+        latencies = np.concatenate([[], *(latency for _, _, latency in cameras)])
+        statuses = []
+        for camera, camera_counters, latency in cameras if self.params.cameras != ("",) else ():
+            then, camera.last_diagnostics = (
+                camera.last_diagnostics,
+                (
+                    now,
+                    camera_counters.received,
+                    camera_counters.processed,
+                ),
+            )
+            statuses.append(
+                diagnostic_status(
+                    f"{self.get_name()}: camera {camera.name}",
+                    DiagnosticStatus.WARN if camera_counters.failed else DiagnosticStatus.OK,
+                    camera.topic,
+                    {
+                        **frame_statistics(camera_counters, latency, then, now),
+                        **rejections_by_reason(camera_counters),
+                    },
+                )
+            )
+        then = self._last_diagnostics
         self._last_diagnostics = (now, counters.received, counters.processed)
-        elapsed = max(now - then, 1e-6)
         values = {
-            "input_fps": f"{(counters.received - received_before) / elapsed:.2f}",
-            "processed_fps": f"{(counters.processed - processed_before) / elapsed:.2f}",
-            "latency_p50_ms": f"{np.percentile(latencies, 50):.1f}" if latencies.size else "nan",
-            "latency_p95_ms": f"{np.percentile(latencies, 95):.1f}" if latencies.size else "nan",
-            "received": counters.received,
-            "processed": counters.processed,
-            "dropped": counters.dropped,
-            "rejected": counters.rejected,
-            "failed": counters.failed,
-            **{
-                f"rejected_{reason}": counters.rejected_by_reason.get(reason, 0)
-                for reason in (*REJECTION_REASONS, INTERNAL_ERROR, *counters.rejected_by_reason)
-            },
+            **frame_statistics(counters, latencies, then, now),
+            **rejections_by_reason(counters),
+            "cameras": len(cameras),
+            "max_batch": self.max_batch,
+            **{f"batch_size_{size}": passes for size, passes in batch_sizes.items()},
             "device": self.device,
             "precision": self.params.precision,
             "backend": self.params.backend,
@@ -431,11 +541,8 @@ class PerceptionNode(LifecycleNode):
         header.stamp = self.get_clock().now().to_msg()
         publisher = self._outputs.get("diagnostics")
         if publisher is not None:
-            publisher.publish(
-                diagnostics_message(
-                    header, f"{self.get_name()}: perception", level, message, values
-                )
-            )
+            node = diagnostic_status(f"{self.get_name()}: perception", level, message, values)
+            publisher.publish(diagnostics_message(header, [node, *statuses]))
 
 
 def main(args: list[str] | None = None) -> int:

@@ -31,6 +31,8 @@ class NodeParameters:
     nms_iou: float = 0.55
     max_detections: int = 100
     input_transport: str = "raw"
+    cameras: tuple[str, ...] = ("",)  # ("",): one unnamed camera on image, outputs ~/semantic
+    max_batch: int = 0  # 0: every camera on CUDA, 1 on the CPU
     qos_reliability: str = "best_effort"
     qos_depth: int = 1
     publish_overlay: bool = True
@@ -53,7 +55,7 @@ class NodeParameters:
             "backend": ("torch", "onnxruntime"),
             "compile": ("none", "default", "max-autotune", "reduce-overhead"),
             "resize": ("device", "host"),
-            "input_transport": ("raw", "compressed"),
+            "input_transport": TRANSPORTS,
             "qos_reliability": ("best_effort", "reliable"),
         }
         for name, allowed in choices.items():
@@ -61,11 +63,74 @@ class NodeParameters:
                 raise ValueError(
                     f"parameter '{name}' must be one of {allowed}, got '{getattr(self, name)}'"
                 )
+        check_camera_names(self.cameras)
         for name in ("input_width", "input_height"):
             if getattr(self, name) % 16:
                 raise ValueError(
                     f"parameter '{name}' must be a multiple of 16, got {getattr(self, name)}"
                 )
+
+
+CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+TRANSPORTS = ("raw", "compressed")
+
+
+def check_camera_names(cameras: tuple[str, ...]) -> None:
+    """Raises ValueError unless ``cameras`` is the one unnamed camera ("") or distinct names,
+    each one topic token (a letter, then letters, digits or _)."""
+    if tuple(cameras) == ("",):
+        return
+    if not cameras:
+        raise ValueError(
+            "parameter 'cameras' is empty: name the cameras, or leave it unset for one camera "
+            "on 'image'"
+        )
+    for name in cameras:
+        if not CAMERA_NAME.fullmatch(name):
+            raise ValueError(
+                f"parameter 'cameras': '{name}' is not a camera name (a letter, then letters, "
+                "digits or _; it becomes a topic namespace)"
+            )
+    repeated = sorted({name for name in cameras if cameras.count(name) > 1})
+    if repeated:
+        raise ValueError(f"parameter 'cameras' names {', '.join(repeated)} more than once")
+
+
+@dataclass(frozen=True)
+class CameraParameters:
+    """One camera of the node: ``name`` ("" for the unnamed default camera) and its input."""
+
+    name: str
+    input_transport: str
+
+
+def read_cameras(node: Node, params: NodeParameters) -> list[CameraParameters]:
+    """The node's cameras. A named camera's input transport is the parameter
+    ``<name>.input_transport`` (declared here, on first use; default: the node's
+    ``input_transport``), so one node can mix raw and compressed cameras.
+
+    Raises:
+        ValueError: a transport other than raw or compressed, naming the parameter.
+    """
+    cameras = []
+    for name in params.cameras:
+        transport = params.input_transport
+        if name:
+            key = f"{name}.input_transport"
+            if not node.has_parameter(key):
+                description = (
+                    f"camera {name}: raw ({name}/image) or compressed ({name}/image/compressed)"
+                )
+                node.declare_parameter(
+                    key, params.input_transport, ParameterDescriptor(description=description)
+                )
+            transport = node.get_parameter(key).value
+            if transport not in TRANSPORTS:
+                raise ValueError(
+                    f"parameter '{key}' must be one of {TRANSPORTS}, got '{transport}'"
+                )
+        cameras.append(CameraParameters(name, transport))
+    return cameras
 
 
 _INT_RANGES = {
@@ -74,6 +139,7 @@ _INT_RANGES = {
     "max_detections": (1, 10000, 1),
     "qos_depth": (1, 1000, 1),
     "max_pixels": (1, 2**31 - 1, 1),
+    "max_batch": (0, 64, 1),
 }
 _FLOAT_RANGES = {
     "score_threshold": (0.0, 1.0),
@@ -97,6 +163,9 @@ _DESCRIPTIONS = {
     "nms_iou": "per-class NMS IoU threshold (paper: 0.55)",
     "max_detections": "most detections published per image",
     "input_transport": "raw (image) or compressed (image/compressed)",
+    "cameras": "camera names; each reads <name>/image (or <name>/image/compressed, "
+    "<name>.input_transport) and publishes ~/<name>/semantic, ... [''] : one camera on image",
+    "max_batch": "most cameras' frames in one forward pass; 0: all cameras on CUDA, 1 on the CPU",
     "qos_reliability": "input subscription reliability: best_effort (sensor data) or reliable",
     "qos_depth": "input subscription queue depth (keep last)",
     "publish_overlay": "publish ~/overlay (only computed while it has subscribers)",
@@ -115,9 +184,11 @@ def declare_parameters(node: Node) -> None:
         if spec.name in _FLOAT_RANGES:
             low, high = _FLOAT_RANGES[spec.name]
             descriptor.floating_point_range = [FloatingPointRange(from_value=low, to_value=high)]
-        node.declare_parameter(spec.name, spec.default, descriptor)
+        default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+        node.declare_parameter(spec.name, default, descriptor)
 
 
 def read_parameters(node: Node) -> NodeParameters:
     values = {spec.name: node.get_parameter(spec.name).value for spec in fields(NodeParameters)}
+    values["cameras"] = tuple(values["cameras"])
     return NodeParameters(**values)
