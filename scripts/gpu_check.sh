@@ -12,7 +12,8 @@
 # (seconds for all steps; a step that would start after it is reported 'not run (budget)'),
 # GPU_CHECK_DEVICE (default cuda; `cpu` is the dry run for machines without CUDA),
 # GPU_CHECK_LATENCY_PATHS (default all of benchmarks/latency.py's), GPU_CHECK_TIME_SCALE (multiplies
-# each step's time limit; e.g. 5 for the CPU dry run).
+# each step's time limit; e.g. 5 for the CPU dry run), GPU_CHECK_CEILING_ARGS and
+# GPU_CHECK_MULTI_CAMERA_ARGS (extra arguments, e.g. '--cameras 1,6' to fit a time budget).
 # STEPs (default all, in this order): tests (the CUDA tests but max-autotune) latency
 # node_overhead overload single_vs_multi train_step pipeline_ceiling multi_camera autotune
 # (the max-autotune test).
@@ -130,10 +131,10 @@ for step in "${steps[@]}"; do
     overload)
       [ -f "$checkpoint" ] || "$py" "$root/benchmarks/untrained_checkpoint.py" "$checkpoint" >>"$work/logs/checkpoint.log" 2>&1
       ros overload && run_step overload 150 "$py" benchmarks/overload.py --checkpoint "$checkpoint" --device "$device" --seconds 30 --write ;;
-    pipeline_ceiling) ros pipeline_ceiling && have pipeline_ceiling && run_step pipeline_ceiling 300 "$py" benchmarks/pipeline_ceiling.py --device "$device" --write ;;
+    pipeline_ceiling) ros pipeline_ceiling && have pipeline_ceiling && run_step pipeline_ceiling 300 "$py" benchmarks/pipeline_ceiling.py --device "$device" --write ${GPU_CHECK_CEILING_ARGS:-} ;;
     multi_camera)
       [ -f "$checkpoint" ] || "$py" "$root/benchmarks/untrained_checkpoint.py" "$checkpoint" >>"$work/logs/checkpoint.log" 2>&1
-      ros multi_camera && have multi_camera && run_step multi_camera 300 "$py" benchmarks/multi_camera.py --checkpoint "$checkpoint" --device "$device" --write ;;
+      ros multi_camera && have multi_camera && run_step multi_camera 420 "$py" benchmarks/multi_camera.py --checkpoint "$checkpoint" --device "$device" --write ${GPU_CHECK_MULTI_CAMERA_ARGS:-} ;;
     single_vs_multi) run_step single_vs_multi 120 "$py" benchmarks/single_vs_multi.py --device "$device" --write ;;
     train_step) run_step train_step 180 "$py" benchmarks/train_step.py --device "$device" --write ;;
   esac
