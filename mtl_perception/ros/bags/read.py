@@ -35,6 +35,7 @@ from std_msgs.msg import String
 from vision_msgs.msg import Detection2DArray
 
 from ...cli import one_line
+from ...data.labels import UNLABELED
 from ..conversions import ImageRejectedError, compressed_to_rgb, image_to_rgb
 from ..parameters import NodeParameters
 from .record import CAMERA_TOPIC, GT_DETECTIONS_TOPIC, GT_SEMANTIC_TOPIC
@@ -46,7 +47,7 @@ DIAGNOSTICS_TYPE = "diagnostic_msgs/msg/DiagnosticArray"
 STRING_TYPE = "std_msgs/msg/String"
 CAMERA_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 MASK_ENCODINGS = ("mono8", "8UC1")
-VOID = 255  # the ground-truth masks' and the node's unlabelled value
+VOID = UNLABELED  # the ground-truth masks' and the node's unlabelled value
 RUN_TOPIC = "/mtl_bag/run"  # the run's settings and frames, one std_msgs/String of JSON
 DIAGNOSTICS_TOPIC = "/diagnostics"
 RUN_FORMAT = 1

@@ -207,9 +207,7 @@ def record_dataset(
                 else:
                     message = image_msg(store, header, sample.image, "rgb8")
                 writer.write(camera, stamp, store.serialize_cdr(message, camera_type))
-                mask = np.where(
-                    sample.segmentation == class_map.void_id, 255, sample.segmentation
-                ).astype(np.uint8)
+                mask = class_map.to_published(sample.segmentation)  # void: 255
                 writer.write(
                     semantic,
                     stamp,
