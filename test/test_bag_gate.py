@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +293,223 @@ def test_every_frame_without_outputs_has_its_reason():
     assert records[0]["latency_ms"] == pytest.approx(2000 / MS)
     assert figures["coverage"] == 0.25 and figures["frames_without_output"] == 3
     assert len(figures["skipped_frames"]) == 3 and sum(figures["skipped"].values()) == 3
+
+
+# -- where the model got worse (item 5) and several bags at once (item 8) ----------------------
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_report_shows_where_the_model_got_worse_from_the_scored_data(evaluated, tmp_path):
+    """AP by size, TP/FP/FN, both confusion matrices, precision-recall curves and the worst
+    frames, from the output bag alone; scoring twice writes the same bytes, pictures included."""
+    _, out = evaluated["worse"]
+    first = _score(out / "outputs_bag", tmp_path / "first")
+    second = _score(out / "outputs_bag", tmp_path / "second")
+    assert first.code == second.code == 0, first.stderr + second.stderr
+    files = _files(tmp_path / "first")
+    assert files == _files(tmp_path / "second")
+    for name in ("confusion_segmentation.png", "confusion_detection.png", "precision_recall.png"):
+        assert files[name].startswith(b"\x89PNG") and files[name] == (out / name).read_bytes()
+    report = _report(tmp_path / "first")
+    records = [json.loads(line) for line in (tmp_path / "first/frames.jsonl").open()]
+    counts = report["detection_counts"]
+    ground_truth = sum(c["tp"] + c["fn"] for c in counts.values())
+    kept = sum(c["tp"] + c["fp"] for c in counts.values())
+    # every counted object has one size; sizes bounded at 512 px wide (COCO's x 512/640)
+    by_size = report["ap_by_size"]
+    assert sum(by_size[s]["ground_truth"] for s in ("small", "medium", "large")) == ground_truth
+    assert report["size_rule"]["bounds_px2"] == {"512": [25.6**2, 76.8**2]}
+    assert "640 px wide" in report["size_rule"]["rule"]
+    # the detection confusion matrix: every object in one row, every kept detection in a column
+    detection = np.array(report["detection_confusion"]["counts"])
+    assert report["detection_confusion"]["labels"][-1] == "background"
+    assert detection[:-1].sum() == ground_truth and detection[:, :-1].sum() == kept
+    assert np.trace(detection[:-1, :-1]) >= sum(c["tp"] for c in counts.values())
+    assert detection[:-1, -1].sum() <= sum(c["fn"] for c in counts.values())
+    # the pixel confusion matrix gives the report's IoU
+    pixels = np.array(report["segmentation_confusion"]["counts"], float)
+    names = report["segmentation_confusion"]["labels"]
+    for c, name in enumerate(names):
+        union = pixels[c].sum() + pixels[:, c].sum() - pixels[c, c]
+        if name in report["iou"] and report["iou"][name] is not None:
+            assert report["iou"][name] == pytest.approx(pixels[c, c] / union)
+    # the worst frames are those of frames.jsonl, lowest mIoU / most misses first, drawn
+    lowest = sorted((r["miou"], r["position"]) for r in records if r["status"] == "scored")
+    worst = report["worst_frames"]
+    assert [(w["miou"], w["position"]) for w in worst["by_miou"]] == lowest[:3]
+    misses = sorted(
+        ((-sum(c["fn"] for c in r["detections"].values()), r["position"]) for r in records),
+    )
+    assert [(-w["missed"], w["position"]) for w in worst["by_missed"]] == [
+        m for m in misses if m[0] < 0
+    ][:3]
+    for kind, entries in (("miou", worst["by_miou"]), ("missed", worst["by_missed"])):
+        for entry in entries:
+            assert f"worst_{kind}_{entry['position']}.png" in files
+    markdown = files["report.md"].decode()
+    assert "AP@0.5 by object size" in markdown and "| small |" in markdown
+    assert "![confusion_detection](confusion_detection.png)" in markdown
+
+
+def _subset_bag(source: Path, target: Path, frames: int) -> None:
+    """A copy of ``source`` holding the first ``frames`` stamps of every topic."""
+    with Reader(source) as reader:
+        stamps = sorted({t for _, t, _ in reader.messages()})[:frames]
+    with (
+        Reader(source) as reader,
+        Writer(target, version=9, storage_plugin=StoragePlugin.MCAP) as writer,
+    ):
+        copies = {
+            c.id: writer.add_connection(c.topic, c.msgtype, typestore=typestore())
+            for c in reader.connections
+        }
+        for connection, timestamp, raw in reader.messages():
+            if timestamp in stamps:
+                writer.write(copies[connection.id], timestamp, raw)
+
+
+# what a bag's report must repeat exactly from a single run (timing figures cannot)
+ACCURACY_KEYS = (
+    "frames_sent",
+    "frames_with_output",
+    "frames_scored",
+    "coverage",
+    "iou",
+    "miou",
+    "ap",
+    "map",
+    "ap_by_size",
+    "detection_counts",
+    "detection_confusion",
+    "segmentation_confusion",
+    "worst_frames",
+)
+
+
+def _accuracy_records(folder: Path) -> list[dict]:
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "latency_ms"}
+        for line in (folder / "frames.jsonl").open()
+    ]
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_jobs_2_over_two_bags_repeats_the_single_runs_and_adds_them_up(
+    evaluated, gate_inputs, tmp_path
+):
+    """Two bags evaluated at once, each in its own namespace and domain, report what each
+    reports alone (accuracy figures exactly; latencies differ by nature and are not compared);
+    the overall figures add the bags' frames up and the criteria judge them."""
+    _, better, _, bag = gate_inputs
+    bags = tmp_path / "bags"
+    bags.mkdir()
+    shutil.copytree(bag, bags / "all_four")
+    _subset_bag(bag, bags / "first_two", 2)
+    alone = tmp_path / "alone"
+    single = run_module(
+        "mtl_perception.ros.bags.cli",
+        "evaluate",
+        "--bag",
+        bags / "first_two",
+        "--checkpoint",
+        better,
+        "--out",
+        alone,
+        "--as-fast-as-possible",
+    )
+    assert single.code == 0, single.stdout + single.stderr
+    out = tmp_path / "both"
+    both = run_module(
+        "mtl_perception.ros.bags.cli",
+        "evaluate",
+        "--bag",
+        bags,
+        "--jobs",
+        "2",
+        "--checkpoint",
+        better,
+        "--out",
+        out,
+        "--as-fast-as-possible",
+        *EVALUATE_GATE,
+        "--fail-under",
+        "coverage=1.0,miou=1",
+    )
+    assert both.code == 0, both.stdout + both.stderr
+    assert "gate: PASS (2 criteria)" in both.stdout
+    singles = {"all_four": evaluated["better"][1], "first_two": alone}
+    overall = _report(out)
+    assert [b["name"] for b in overall["bags"]] == ["all_four", "first_two"]
+    assert len({b["ros_domain_id"] for b in overall["bags"]}) == 2
+    for name, reference in singles.items():
+        mine, theirs = _report(out / "bags" / name), _report(reference)
+        for key in ACCURACY_KEYS:
+            assert mine[key] == theirs[key], (name, key)
+        assert _accuracy_records(out / "bags" / name) == _accuracy_records(reference)
+        assert mine["reproducibility"]["bag_hash"] == theirs["reproducibility"]["bag_hash"]
+    parts = [_report(folder) for folder in singles.values()]
+    assert overall["frames_scored"] == 6 and overall["coverage"] == 1.0
+    for name in overall["detection_counts"]:
+        for key in ("tp", "fp", "fn"):
+            assert overall["detection_counts"][name][key] == sum(
+                p["detection_counts"][name][key] for p in parts
+            )
+    pixels = sum(np.array(p["segmentation_confusion"]["counts"]) for p in parts)
+    assert overall["segmentation_confusion"]["counts"] == pixels.tolist()
+    tp = np.diag(pixels).astype(float)
+    union = pixels.sum(0) + pixels.sum(1) - tp
+    present = [c for c in range(1, len(tp)) if union[c] > 0]  # 0: void
+    assert overall["miou"] == pytest.approx(np.mean(tp[present] / union[present]))
+    records = [json.loads(line) for line in (out / "frames.jsonl").open()]
+    assert [r["bag"] for r in records] == ["all_four"] * 4 + ["first_two"] * 2
+    assert {"report.md", "confusion_detection.png", "latency_histogram.png"} <= set(_files(out))
+    # criteria judge the overall figures
+    failing = run_module(
+        "mtl_perception.ros.bags.cli",
+        "evaluate",
+        "--bag",
+        f"{bags}/*",
+        "--jobs",
+        "2",
+        "--checkpoint",
+        better,
+        "--out",
+        tmp_path / "strict",
+        "--as-fast-as-possible",
+        "--fail-under",
+        f"miou={100 * overall['miou'] + 1:.2f}",
+    )
+    assert failing.code == 1 and "gate: FAIL" in failing.stdout, failing.stdout + failing.stderr
+
+
+@pytest.mark.parametrize(
+    ("bag", "options", "mentions"),
+    [
+        ("nothing_*", [], ["'", "nothing_*", "matches", "--bag"]),
+        ("empty_folder", [], ["holds no bag", "--bag"]),
+        ("folder/*", [], ["no bag", "--bag"]),
+        ("folder", ["--jobs", "0"], ["--jobs", "must be >= 1"]),
+    ],
+)
+def test_bad_bag_sets_are_one_line_and_exit_2(tmp_path, bag, options, mentions):
+    (tmp_path / "empty_folder").mkdir()
+    (tmp_path / "folder" / "not_a_bag").mkdir(parents=True)
+    outcome = invoke(
+        bag_cli.main,
+        "evaluate",
+        "--bag",
+        tmp_path / bag,
+        "--checkpoint",
+        tmp_path / "x.pt",
+        "--out",
+        tmp_path / "out",
+        *options,
+    )
+    assert_refused(outcome, *mentions)
+    assert not (tmp_path / "out").exists()

@@ -149,6 +149,32 @@ def detection_counts(
     return counts
 
 
+def missed_ground_truth(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_classes: np.ndarray,
+    min_score: float,
+    iou_threshold: float = AP_IOU,
+) -> np.ndarray:
+    """(M,) bool: the ground-truth objects of one image that :func:`detection_counts` counts as
+    false negatives (no detection of their class scored >= ``min_score`` matched them)."""
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    keep = scores >= min_score
+    boxes = torch.as_tensor(np.asarray(boxes, np.float64).reshape(-1, 4)[keep])
+    scores, classes = scores[keep], np.asarray(classes).reshape(-1)[keep]
+    gt = torch.as_tensor(np.asarray(gt_boxes, np.float64).reshape(-1, 4))
+    gt_classes = np.asarray(gt_classes).reshape(-1)
+    missed = np.ones(len(gt_classes), bool)
+    for c in np.unique(gt_classes):
+        dets, gts = np.flatnonzero(classes == c), np.flatnonzero(gt_classes == c)
+        dets = dets[np.argsort(-scores[dets], kind="stable")]
+        assigned = greedy_assignment(boxes[dets], gt[gts], iou_threshold)
+        missed[gts[assigned[assigned >= 0]]] = False
+    return missed
+
+
 class DetectionAP:
     """Streaming per-class average precision at one IoU threshold.
 

@@ -7,6 +7,9 @@ mtl-bag run --bag BAG --checkpoint CKPT --out OUTPUT_BAG [--rate-factor F | --as
 mtl-bag score --run OUTPUT_BAG --out DIR [--ground-truth BAG] [--classes YAML]
     [--semantic-topic T] [--detections-topic T] [SCORING OPTIONS]
 mtl-bag evaluate --bag BAG --checkpoint CKPT --out DIR [run's and score's options]   (run + score)
+mtl-bag evaluate --bag DIR_OR_GLOB [--jobs N] ...   (every bag in a folder or matching a quoted
+    glob, N at a time, each in its own network namespace and ROS domain; one report per bag and
+    an overall one, which the criteria judge)
 
 SCORING OPTIONS: [--frames first:N,last:N,A-B] [--match-tolerance-ms MS] [--overlays N]
     [--fail-under miou=65,map50=40,coverage=0.95,latency_p95_ms=300]
@@ -25,7 +28,7 @@ import re
 import sys
 from pathlib import Path
 
-from ...cli import ToolParser, non_negative_int, positive_float, tool_main
+from ...cli import ToolParser, non_negative_int, positive_float, positive_int, tool_main
 from ...data.labels import DEFAULT_CLASSES_FILE
 from ...resources import resolve_config_path
 from .record import CAMERA_TOPIC, GT_DETECTIONS_TOPIC, GT_SEMANTIC_TOPIC
@@ -195,6 +198,12 @@ def build_parser() -> ToolParser:
         help="(kept for old scripts: the output bag is always written to OUT/outputs_bag)",
     )
     _add_scoring(evaluate)
+    evaluate.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="with --bag naming a folder of bags or a quoted glob: bags evaluated at once",
+    )
     for sub in (record, run, score, evaluate):
         # `mtl-bag --debug evaluate ...` must survive the subcommand's own --debug default.
         for action in sub._actions:
@@ -318,6 +327,12 @@ def main(args: argparse.Namespace) -> int:
         sent = sum(f["sent"] is not None for f in info["frames"])
         print(f"sent {sent} frames; output bag: {args.out} (score it with mtl-bag score --run)")
         return 0
+    from .multi import evaluate_bags, find_bags
+
+    bags = find_bags(args.bag)
+    if bags is not None:
+        scored, out = evaluate_bags(args, bags)
+        return _print_scored(scored, out)
     from .pipeline import evaluate_bag
 
     scored = evaluate_bag(

@@ -23,7 +23,7 @@ from .provenance import content_hash
 from .read import DEFAULT_TOPICS, BagTopics, GroundTruth, RunOutputs, read_ground_truth, read_run
 from .report import build_report, write_report
 from .run import PreparedRun, execute_run, load_model_config, prepare_run
-from .score import check_ground_truth, match_ground_truth, parse_frames, score_run
+from .score import check_ground_truth, match_ground_truth, parse_frames, score_frames
 
 
 @dataclass(frozen=True)
@@ -95,14 +95,15 @@ def _score_into(
     criteria: list[Criterion],
     baseline: dict[str, Any] | None,
 ) -> Scored:
-    figures, records = score_run(
+    scoring = score_frames(
         run, truth, class_map, frames_spec=options.frames, tolerance_ns=options.tolerance_ns
     )
+    figures = scoring.figures
     report = build_report(run, truth, truth_hash, figures, None, options.frames)
     verdicts = judge(report, criteria, baseline) if criteria else None
     if verdicts is not None:
         report = build_report(run, truth, truth_hash, figures, verdicts, options.frames)
-    write_report(work, run, report, records, verdicts, options.overlays)
+    write_report(work, run, report, scoring.records, verdicts, options.overlays, scoring)
     return Scored(report, verdicts)
 
 

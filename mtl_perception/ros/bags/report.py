@@ -1,7 +1,10 @@
-"""The report stage: report.json, frames.jsonl, report.md, overlays and the latency histogram.
+"""The report stage: report.json, frames.jsonl, report.md, overlays and pictures.
 
-Everything in report.json and frames.jsonl comes from the output bag, the ground truth and the
-scoring options, so scoring the same output bag again writes the same bytes.
+Pictures: the latency histogram; with ground truth, the segmentation and detection confusion
+matrices, precision-recall curves, and the worst frames by mIoU (prediction beside ground truth)
+and by missed objects (missed ground truth boxed in white), drawn from the input bag's camera
+frames. Everything comes from the output bag, the ground truth and the scoring options, so
+scoring the same output bag again writes the same bytes (PNGs included).
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import cv2
 import numpy as np
 
 from ...evaluation.evaluate import format_table
+from ...evaluation.plots import confusion_matrix_png, precision_recall_png, save_figure
 from ...visualization import draw_overlay
 from .criteria import Verdict, format_verdicts, verdict_dicts
-from .read import GroundTruth, RunOutputs, camera_rgb
+from .read import VOID, GroundTruth, RunOutputs, camera_rgb
+from .score import Scoring, Tally
 
 # Report overlays draw at most this many detections, from this score up (the node runs at 0.001
 # for AP, so its outputs hold many weak boxes a picture should not show).
@@ -83,44 +88,137 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
         raise OSError(f"cannot write {path}")
 
 
-def _overlays(out: Path, run: RunOutputs, report: dict[str, Any], count: int) -> list[str]:
-    """Overlay PNGs of the first ``count`` frames with outputs (from the input bag's camera
-    frames, as the node saw them); returns their names."""
+def _prediction_picture(run: RunOutputs, rgb: np.ndarray, stamp: int) -> np.ndarray:
+    """(H, W, 3) RGB: the node's mask and its strongest detections over the camera frame."""
+    config = run.info["model_config"]
+    names = config.get("det_class_names") or [str(i) for i in range(config["num_det_classes"])]
+    boxes, scores, classes = run.detections[stamp]
+    keep = np.argsort(-scores)[:OVERLAY_MAX_BOXES]
+    keep = keep[scores[keep] >= OVERLAY_SCORE]
+    return draw_overlay(
+        rgb,
+        run.masks[stamp],
+        boxes[keep],
+        classes[keep],
+        scores[keep],
+        names,
+        config["num_seg_classes"],
+    )
+
+
+def _pictures(run: RunOutputs, frames: list[dict[str, Any]]) -> dict[int, np.ndarray]:
+    """index -> the camera frame (RGB, as the node saw it) of ``frames`` whose mask fits it."""
     info = run.info
-    chosen = [f for f in info["frames"] if run.arrived(f["stamp"]) is not None][:count]
-    if not chosen:
-        return []
     bag = Path(info["bag_absolute"])
-    if not bag.exists():
-        return []
+    if not frames or not bag.exists():
+        return {}
     pictures = camera_rgb(
         bag,
         info["camera_topic"],
         info["camera_type"],
-        {f["index"] for f in chosen},
+        {f["index"] for f in frames},
         info["node"]["parameters"]["max_pixels"],
     )
-    config = info["model_config"]
-    names = config.get("det_class_names") or [str(i) for i in range(config["num_det_classes"])]
+    return {
+        f["index"]: pictures[f["index"]]
+        for f in frames
+        if f["index"] in pictures and run.masks[f["stamp"]].shape == pictures[f["index"]].shape[:2]
+    }
+
+
+def _overlays(out: Path, run: RunOutputs, report: dict[str, Any], count: int) -> list[str]:
+    """Overlay PNGs of the first ``count`` frames with outputs (from the input bag's camera
+    frames, as the node saw them); returns their names."""
+    chosen = [f for f in run.info["frames"] if run.arrived(f["stamp"]) is not None][:count]
+    pictures = _pictures(run, chosen)
     written = []
     for frame in chosen:
-        rgb = pictures.get(frame["index"])
-        mask = run.masks[frame["stamp"]]
-        if rgb is None or mask.shape != rgb.shape[:2]:
-            continue
-        boxes, scores, classes = run.detections[frame["stamp"]]
-        keep = np.argsort(-scores)[:OVERLAY_MAX_BOXES]
-        keep = keep[scores[keep] >= OVERLAY_SCORE]
-        picture = draw_overlay(
-            rgb, mask, boxes[keep], classes[keep], scores[keep], names, config["num_seg_classes"]
-        )
-        name = f"overlay_{frame['stamp']}.png"
-        _write_png(out / name, picture)
-        written.append(name)
+        if frame["index"] in pictures:
+            name = f"overlay_{frame['stamp']}.png"
+            _write_png(
+                out / name, _prediction_picture(run, pictures[frame["index"]], frame["stamp"])
+            )
+            written.append(name)
     return written
 
 
-def _histogram(out: Path, records: list[dict[str, Any]], title: str) -> None:
+def _worst_overlays(out: Path, run: RunOutputs, report: dict[str, Any], scoring: Scoring):
+    """worst_miou_<position>.png (prediction | ground truth) and worst_missed_<position>.png
+    (prediction, missed ground truth boxed in white); returns [(caption, name)]."""
+    worst = report["worst_frames"]
+    frames = run.info["frames"]
+    positions = [e["position"] for e in worst["by_miou"] + worst["by_missed"]]
+    pictures = _pictures(run, [frames[p] for p in dict.fromkeys(positions)])
+    num_seg = run.info["model_config"]["num_seg_classes"]
+    written = []
+    for kind, entry in [("miou", e) for e in worst["by_miou"]] + [
+        ("missed", e) for e in worst["by_missed"]
+    ]:
+        frame = frames[entry["position"]]
+        rgb = pictures.get(frame["index"])
+        if rgb is None:
+            continue
+        picture = _prediction_picture(run, rgb, frame["stamp"])
+        truth = scoring.worst_truth[entry["position"]]
+        if kind == "miou":
+            mask = np.where(truth["mask"] == VOID, 0, truth["mask"]).astype(np.uint8)
+            empty = np.zeros((0, 4))
+            truth_picture = draw_overlay(
+                rgb, mask, empty, np.zeros(0, int), np.zeros(0), [], num_seg
+            )
+            picture = np.concatenate([picture, truth_picture], axis=1)
+            caption = (
+                f"frame {entry['position']}: mIoU {100 * entry['miou']:.1f} "
+                "(left: node, right: ground truth)"
+            )
+        else:
+            thickness = max(2, round(rgb.shape[0] / 200))
+            for x1, y1, x2, y2 in np.round(truth["missed"]).astype(int):
+                cv2.rectangle(picture, (x1, y1), (x2, y2), (255, 255, 255), thickness)
+            caption = f"frame {entry['position']}: {entry['missed']} objects missed (white)"
+        name = f"worst_{kind}_{entry['position']}.png"
+        _write_png(out / name, picture)
+        written.append((caption, name))
+    return written
+
+
+def figure_pictures(out: Path, report: dict[str, Any], tally: Tally, title: str) -> list[str]:
+    """Confusion matrices and precision-recall curves; returns the names written."""
+    written = []
+    confusion = report["segmentation_confusion"]
+    if confusion is not None:
+        counts = np.asarray(confusion["counts"])
+        void = [i for i in range(len(counts)) if counts[i].sum() == 0 and counts[:, i].sum() == 0]
+        rows = [i for i in range(len(counts)) if i not in void]
+        confusion_matrix_png(
+            out / "confusion_segmentation.png",
+            counts[np.ix_(rows, rows)],
+            [confusion["labels"][i] for i in rows],
+            [confusion["labels"][i] for i in rows],
+            f"{title}: pixels (classes present in ground truth or prediction)",
+        )
+        written.append("confusion_segmentation.png")
+    detection = report["detection_confusion"]
+    if detection is not None:
+        confusion_matrix_png(
+            out / "confusion_detection.png",
+            np.asarray(detection["counts"]),
+            detection["labels"],
+            detection["labels"],
+            f"{title}: detections scored >= {report['detection_count_score']} "
+            "(background row: false alarms, column: missed)",
+        )
+        precision_recall_png(
+            out / "precision_recall.png",
+            tally.average_precision,
+            detection["labels"][:-1],
+            f"{title}: precision-recall at IoU 0.5",
+        )
+        written += ["confusion_detection.png", "precision_recall.png"]
+    return written
+
+
+def latency_histogram(out: Path, records: list[dict[str, Any]], title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,8 +231,7 @@ def _histogram(out: Path, records: list[dict[str, Any]], title: str) -> None:
     axis.set_ylabel("frames")
     axis.set_title(f"{title}: {len(latencies)} frames")
     figure.tight_layout()
-    figure.savefig(out / "latency_histogram.png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, out / "latency_histogram.png")
 
 
 def metrics_table(report: dict[str, Any]) -> str | None:
@@ -155,6 +252,56 @@ def speed_line(report: dict[str, Any]) -> str | None:
     )
 
 
+def _by_size_lines(report: dict[str, Any]) -> list[str]:
+    """report.md's AP@0.5 by object size table and how the sizes are bounded."""
+    by_size = report["ap_by_size"]
+    if not by_size:
+        return []
+
+    def percent(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}"
+
+    names = list(report["ap"])
+    lines = [
+        "AP@0.5 by object size ("
+        + report["size_rule"]["rule"]
+        + "; bounds here: "
+        + "; ".join(
+            f"{w} px wide: {a:g} and {b:g} px^2"
+            for w, (a, b) in report["size_rule"]["bounds_px2"].items()
+        )
+        + "):",
+        "",
+        "| size | objects | mAP@0.5 | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 3) + "|",
+    ]
+    for size, entry in by_size.items():
+        lines.append(
+            f"| {size} | {entry['ground_truth']} | {percent(entry['map'])} | "
+            + " | ".join(percent(entry["ap"][n]) for n in names)
+            + " |"
+        )
+    return [*lines, ""]
+
+
+def _worst_lines(report: dict[str, Any]) -> list[str]:
+    worst = report["worst_frames"]
+    lines = []
+    if worst["by_miou"]:
+        lines.append(
+            "Lowest mIoU: "
+            + ", ".join(f"frame {e['position']} ({100 * e['miou']:.1f})" for e in worst["by_miou"])
+            + "."
+        )
+    if worst["by_missed"]:
+        lines.append(
+            "Most missed objects: "
+            + ", ".join(f"frame {e['position']} ({e['missed']})" for e in worst["by_missed"])
+            + "."
+        )
+    return [*lines, ""] if lines else []
+
+
 def write_report(
     out: Path,
     run: RunOutputs,
@@ -162,9 +309,10 @@ def write_report(
     records: list[dict[str, Any]],
     verdicts: list[Verdict] | None,
     overlays: int,
+    scoring: Scoring,
 ) -> None:
-    """Writes report.json, frames.jsonl, report.md, overlays and latency_histogram.png into
-    ``out`` (an existing folder that becomes the report when complete)."""
+    """Writes report.json, frames.jsonl, report.md, overlays and the pictures (module doc)
+    into ``out`` (an existing folder that becomes the report when complete)."""
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     with (out / "frames.jsonl").open("w") as stream:
         for record in records:
@@ -209,6 +357,8 @@ def write_report(
                 + ".",
                 "",
             ]
+            lines += _by_size_lines(report)
+        lines += _worst_lines(report)
     elif report["ground_truth"]["semantic_topic"] is None and (
         report["ground_truth"]["detections_topic"] is None
     ):
@@ -245,6 +395,13 @@ def write_report(
         "![latency](latency_histogram.png)",
         "",
     ]
+    pictures = figure_pictures(out, report, scoring.tally, name)
+    if pictures:
+        lines += [f"![{Path(p).stem}]({p})" for p in pictures] + [""]
+    worst = _worst_overlays(out, run, report, scoring)
+    if worst:
+        lines += ["Worst frames:", ""]
+        lines += [f"![{caption}]({n})" for caption, n in worst] + [""]
     lines += [f"![overlay]({n})" for n in _overlays(out, run, report, overlays)]
-    _histogram(out, records, name)
+    latency_histogram(out, records, name)
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -26,7 +26,16 @@ import numpy as np
 from ...data.labels import ClassMap
 from ...evaluation.evaluate import summarize
 from ...evaluation.ground_truth import counted_boxes
-from ...evaluation.metrics import ConfusionMatrix, DetectionAP, detection_counts
+from ...evaluation.metrics import (
+    SIZES,
+    ConfusionMatrix,
+    DetectionAP,
+    SizedDetectionAP,
+    detection_confusion,
+    detection_counts,
+    missed_ground_truth,
+    size_area_bounds,
+)
 from .read import VOID, GroundTruth, RunOutputs
 
 # TP/FP/FN count detections from this score up (AP uses every detection the node sends).
@@ -34,6 +43,12 @@ COUNT_SCORE = 0.5
 LEFT_OUT = "left out (--frames)"
 DROPPED = "dropped (latest frame wins)"
 NO_OUTPUT = "no output"
+WORST_FRAMES = 3  # the report names (and draws) this many worst frames by mIoU and by misses
+SIZE_RULE = (
+    "COCO's object-size bounds (area 32^2 and 96^2 px^2 in its images, typically 640 px wide) "
+    "scaled to each camera image: small below (32 W/640)^2, large from (96 W/640)^2 px^2, "
+    "W = the image width in px"
+)
 
 
 def parse_frames(spec: str | None, count: int) -> set[int]:
@@ -216,6 +231,157 @@ def _without_output_reasons(run: RunOutputs, frames: list[dict[str, Any]]) -> di
     return reasons
 
 
+@dataclass
+class Tally:
+    """What scoring adds up over frames, of one run or (:meth:`add`) of several: the pixel
+    confusion matrix, AP overall and by size, the detection confusion matrix and TP/FP/FN
+    counts (detections scored >= :data:`COUNT_SCORE`), latencies and frame counts."""
+
+    confusion: ConfusionMatrix
+    average_precision: DetectionAP
+    by_size: SizedDetectionAP
+    detection_confusion: np.ndarray  # (K + 1, K + 1), rows ground truth, last = background
+    counts: np.ndarray  # (K, 3) TP, FP, FN per detection class
+    latencies: list[float] = field(default_factory=list)  # ms, frames with outputs
+    frames_sent: int = 0
+    frames_with_output: int = 0
+    frames_scored: int = 0
+    frames_left_out: int = 0
+    duration_s: float = 0.0  # first send to last output, summed over runs
+    image_widths: set[int] = field(default_factory=set)  # of frames with scored boxes
+    has_masks: bool = False
+    has_boxes: bool = False
+
+    @classmethod
+    def empty(cls, class_map: ClassMap) -> Tally:
+        k = class_map.num_det_classes
+        return cls(
+            ConfusionMatrix(class_map.num_seg_classes, class_map.void_id),
+            DetectionAP(k),
+            SizedDetectionAP(k),
+            np.zeros((k + 1, k + 1), np.int64),
+            np.zeros((k, 3), np.int64),
+        )
+
+    def add(self, other: Tally) -> None:
+        """Adds another tally (another bag's): the figures become those of all frames."""
+        self.confusion.counts += other.confusion.counts
+        for mine, theirs in [(self.average_precision, other.average_precision)] + [
+            (self.by_size.by_size[s], other.by_size.by_size[s]) for s in SIZES
+        ]:
+            for record, added in zip(mine.records, theirs.records, strict=True):
+                record.scores += added.scores
+                record.true_positive += added.true_positive
+                record.num_ground_truth += added.num_ground_truth
+        self.detection_confusion += other.detection_confusion
+        self.counts += other.counts
+        self.latencies += other.latencies
+        for name in (
+            "frames_sent",
+            "frames_with_output",
+            "frames_scored",
+            "frames_left_out",
+            "duration_s",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.image_widths |= other.image_widths
+        self.has_masks |= other.has_masks
+        self.has_boxes |= other.has_boxes
+
+    def figures(self, class_map: ClassMap) -> dict[str, Any]:
+        """The report's figures of everything added (see :func:`score_run`)."""
+        summary = summarize(self.confusion, self.average_precision, class_map)
+        sent, with_output = self.frames_sent, self.frames_with_output
+        boxes = self.has_boxes
+        return {
+            "frames_left_out": self.frames_left_out,
+            "frames_sent": sent,
+            "frames_with_output": with_output,
+            "frames_without_output": sent - with_output,
+            "coverage": with_output / sent if sent else None,
+            "latency_ms": _latency_summary(np.array(self.latencies)),
+            "throughput_fps": with_output / self.duration_s if self.duration_s > 0 else None,
+            "frames_scored": self.frames_scored,
+            "iou": summary["iou"] if self.has_masks else {},
+            "miou": summary["miou"] if self.has_masks else None,
+            "ap": summary["ap"] if boxes else {},
+            "map": summary["map"] if boxes else None,
+            "ap_by_size": self._by_size(class_map) if boxes else {},
+            "size_rule": {
+                "rule": SIZE_RULE,
+                "bounds_px2": {
+                    str(w): [round(b, 3) for b in size_area_bounds(w)]
+                    for w in sorted(self.image_widths)
+                },
+            }
+            if boxes
+            else None,
+            "detection_counts": _counts_by_name(self.counts, class_map) if boxes else {},
+            "detection_count_score": COUNT_SCORE,
+            "detection_confusion": {
+                "labels": [*class_map.det_names, "background"],
+                "counts": self.detection_confusion.tolist(),
+            }
+            if boxes
+            else None,
+            "segmentation_confusion": {
+                "labels": list(class_map.seg_names),
+                "counts": self.confusion.counts.tolist(),
+            }
+            if self.has_masks
+            else None,
+        }
+
+    def _by_size(self, class_map: ClassMap) -> dict[str, Any]:
+        """size -> AP per class, their mean and the ground-truth objects of that size."""
+        ground_truth = self.by_size.ground_truth_counts()
+        result = {}
+        for size, metric in self.by_size.by_size.items():
+            values = metric.average_precision()
+            finite = values[np.isfinite(values)]
+            result[size] = {
+                "ap": {n: _number(v) for n, v in zip(class_map.det_names, values, strict=True)},
+                "map": float(finite.mean()) if finite.size else None,
+                "ground_truth": ground_truth[size],
+            }
+        return result
+
+
+@dataclass
+class Scoring:
+    """A scored run: the report's figures, one record per frame, the tally behind them, and the
+    ground truth of the worst frames (position -> ``mask`` (H, W) class ids or None, ``missed``
+    (F, 4) xyxy boxes nothing found, image pixels) for their pictures."""
+
+    figures: dict[str, Any]
+    records: list[dict[str, Any]]
+    tally: Tally
+    worst_truth: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def worst_frames(records: list[dict[str, Any]], count: int = WORST_FRAMES) -> dict[str, Any]:
+    """The ``count`` scored frames of lowest mIoU and of most missed objects (false negatives
+    at :data:`COUNT_SCORE`; frames that missed none are not listed), ties by position."""
+    scored = [r for r in records if r["status"] == "scored"]
+    by_miou = sorted(
+        (r for r in scored if r.get("miou") is not None), key=lambda r: (r["miou"], r["position"])
+    )
+    missed = [
+        (sum(c["fn"] for c in r["detections"].values()), r) for r in scored if r.get("detections")
+    ]
+    by_missed = sorted((m for m in missed if m[0] > 0), key=lambda m: (-m[0], m[1]["position"]))
+    return {
+        "by_miou": [
+            {"position": r["position"], "stamp": r["stamp"], "miou": r["miou"]}
+            for r in by_miou[:count]
+        ],
+        "by_missed": [
+            {"position": r["position"], "stamp": r["stamp"], "missed": n}
+            for n, r in by_missed[:count]
+        ],
+    }
+
+
 def score_run(
     run: RunOutputs,
     truth: GroundTruth | None,
@@ -229,20 +395,35 @@ def score_run(
     Raises:
         ValueError: a bad ``frames_spec`` or ground truth the class map cannot score.
     """
+    scoring = score_frames(
+        run, truth, class_map, frames_spec=frames_spec, tolerance_ns=tolerance_ns
+    )
+    return scoring.figures, scoring.records
+
+
+def score_frames(
+    run: RunOutputs,
+    truth: GroundTruth | None,
+    class_map: ClassMap,
+    *,
+    frames_spec: str | None = None,
+    tolerance_ns: int = 0,
+) -> Scoring:
+    """:func:`score_run` with the tally behind the figures (for pictures and for adding up
+    several runs)."""
     frames = run.info["frames"]
     input_width = run.info["node"]["parameters"]["input_width"]
     left_out = parse_frames(frames_spec, len(frames))
     matching = match_ground_truth(frames, truth, tolerance_ns) if truth is not None else Matching()
     if truth is not None:
         check_ground_truth(frames, matching, truth, class_map)
-    has_masks = truth is not None and truth.semantic_topic is not None
-    has_boxes = truth is not None and truth.detections_topic is not None
-    confusion = ConfusionMatrix(class_map.num_seg_classes, class_map.void_id)
-    average_precision = DetectionAP(class_map.num_det_classes)
-    counts = np.zeros((class_map.num_det_classes, 3), np.int64)
+    tally = Tally.empty(class_map)
+    tally.has_masks = truth is not None and truth.semantic_topic is not None
+    tally.has_boxes = truth is not None and truth.detections_topic is not None
+    num_det = class_map.num_det_classes
     reasons = _without_output_reasons(run, frames)
-    records, latencies, problems = [], [], []
-    scored = sent = with_output = 0
+    records, problems = [], []
+    scored_truth: dict[int, tuple[Any, ...]] = {}  # position -> (mask, detections, boxes)
     first_sent, last_arrival = None, None
     for i, frame in enumerate(frames):
         stamp = frame["stamp"]
@@ -252,15 +433,15 @@ def score_run(
             records.append({**record, "status": "left out", "skip_reason": LEFT_OUT})
             continue
         arrived = run.arrived(stamp)
-        sent += frame["sent"] is not None
+        tally.frames_sent += frame["sent"] is not None
         if frame["sent"] is not None:
             first_sent = min(first_sent or frame["sent"], frame["sent"])
         record["latency_ms"] = (arrived - frame["sent"]) / 1e6 if arrived is not None else None
         if arrived is None:
             records.append({**record, "status": "skipped", "skip_reason": reasons[i]})
             continue
-        with_output += 1
-        latencies.append(record["latency_ms"])
+        tally.frames_with_output += 1
+        tally.latencies.append(record["latency_ms"])
         last_arrival = max(last_arrival or arrived, arrived)
         mask, boxes = matching.masks.get(i), matching.boxes.get(i)
         if mask is None and boxes is None:
@@ -283,7 +464,7 @@ def score_run(
                 np.where(mask == VOID, class_map.void_id, mask),
             )
             single.update(*pair)
-            confusion.counts += single.counts
+            tally.confusion.counts += single.counts
             iou = single.iou()
             record["iou"] = {
                 n: _number(iou[c])
@@ -291,55 +472,51 @@ def score_run(
                 if c != class_map.void_id
             }
             record["miou"] = _number(single.mean_iou())
+        truth_pair = None
         if boxes is not None:
-            det_boxes, det_scores, det_classes = run.detections[stamp]
-            gt_boxes, gt_classes = counted_boxes(
-                *boxes, prediction.shape[1], input_width, class_map.min_box_size
+            width = prediction.shape[1]
+            detections = run.detections[stamp]
+            gt_boxes, gt_classes = counted_boxes(*boxes, width, input_width, class_map.min_box_size)
+            truth_pair = (gt_boxes, gt_classes)
+            tally.average_precision.update(*detections, *truth_pair)
+            tally.by_size.update(*detections, *truth_pair, image_width=width)
+            tally.image_widths.add(int(width))
+            tally.detection_confusion += detection_confusion(
+                *detections, *truth_pair, num_det, COUNT_SCORE
             )
-            average_precision.update(det_boxes, det_scores, det_classes, gt_boxes, gt_classes)
-            frame_counts = detection_counts(
-                det_boxes,
-                det_scores,
-                det_classes,
-                gt_boxes,
-                gt_classes,
-                class_map.num_det_classes,
-                COUNT_SCORE,
-            )
-            counts += frame_counts
+            frame_counts = detection_counts(*detections, *truth_pair, num_det, COUNT_SCORE)
+            tally.counts += frame_counts
             record["detections"] = _counts_by_name(frame_counts, class_map)
-        scored += 1
+        scored_truth[i] = (mask, detections if boxes is not None else None, truth_pair)
+        tally.frames_scored += 1
         records.append({**record, "status": "scored", "skip_reason": None})
-    summary = summarize(confusion, average_precision, class_map)
+    tally.frames_left_out = len(left_out & set(range(len(frames))))
+    tally.duration_s = (last_arrival - first_sent) / 1e9 if last_arrival and first_sent else 0.0
     skipped = [r for r in records if r["status"] in ("skipped",)]
-    duration = (last_arrival - first_sent) / 1e9 if last_arrival and first_sent else 0.0
-    figures = {
-        "frames_left_out": len(left_out & set(range(len(frames)))),
-        "frames_sent": sent,
-        "frames_with_output": with_output,
-        "frames_without_output": sent - with_output,
-        "coverage": with_output / sent if sent else None,
-        "skipped": dict(sorted(Counter(r["skip_reason"] for r in skipped).items())),
-        "skipped_frames": [
+    figures = tally.figures(class_map)
+    figures.update(
+        skipped=dict(sorted(Counter(r["skip_reason"] for r in skipped).items())),
+        skipped_frames=[
             {"position": r["position"], "stamp": r["stamp"], "reason": r["skip_reason"]}
             for r in skipped
         ],
-        "ground_truth_left_out": matching.left_out,
-        "ground_truth_unmatched": matching.unmatched,
-        "ground_truth_warnings": matching.warnings,
-        "match_tolerance_ms": tolerance_ns / 1e6,
-        "latency_ms": _latency_summary(np.array(latencies)),
-        "throughput_fps": with_output / duration if duration > 0 else None,
-        "scoring_problems": problems,
-        "frames_scored": scored,
-        "iou": summary["iou"] if has_masks else {},
-        "miou": summary["miou"] if has_masks else None,
-        "ap": summary["ap"] if has_boxes else {},
-        "map": summary["map"] if has_boxes else None,
-        "detection_counts": _counts_by_name(counts, class_map) if has_boxes else {},
-        "detection_count_score": COUNT_SCORE,
-    }
-    return figures, records
+        ground_truth_left_out=matching.left_out,
+        ground_truth_unmatched=matching.unmatched,
+        ground_truth_warnings=matching.warnings,
+        match_tolerance_ms=tolerance_ns / 1e6,
+        scoring_problems=problems,
+        worst_frames=worst_frames(records),
+    )
+    worst = figures["worst_frames"]
+    worst_truth = {}
+    for entry in worst["by_miou"] + worst["by_missed"]:
+        mask, detections, truth_pair = scored_truth[entry["position"]]
+        missed = np.zeros((0, 4))
+        if truth_pair is not None:
+            gone = missed_ground_truth(*detections, *truth_pair, COUNT_SCORE)
+            missed = truth_pair[0][gone]
+        worst_truth[entry["position"]] = {"mask": mask, "missed": missed}
+    return Scoring(figures, records, tally, worst_truth)
 
 
 def _counts_by_name(counts: np.ndarray, class_map: ClassMap) -> dict[str, dict[str, int]]:
