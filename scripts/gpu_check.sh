@@ -13,7 +13,8 @@
 # GPU_CHECK_DEVICE (default cuda; `cpu` is the dry run for machines without CUDA),
 # GPU_CHECK_LATENCY_PATHS (default all of benchmarks/latency.py's), GPU_CHECK_TIME_SCALE (multiplies
 # each step's time limit; e.g. 5 for the CPU dry run), GPU_CHECK_CEILING_ARGS and
-# GPU_CHECK_MULTI_CAMERA_ARGS (extra arguments, e.g. '--cameras 1,6' to fit a time budget).
+# GPU_CHECK_MULTI_CAMERA_ARGS (extra arguments, e.g. '--cameras 1,6' to fit a time budget),
+# GPU_CHECK_TESTS_K (pytest -k expression of the tests step; default: all but max-autotune).
 # STEPs (default all, in this order): tests (the CUDA tests but max-autotune) latency
 # node_overhead overload single_vs_multi train_step pipeline_ceiling multi_camera autotune
 # (the max-autotune test).
@@ -121,7 +122,7 @@ ros() {  # the step needs ROS 2
 for step in "${steps[@]}"; do
   case $step in
     tests) run_step tests 300 "$py" -m pytest -q -p no:cacheprovider --timeout 150 --durations 0 \
-      -k "not max_autotune" test/test_fast_paths.py test/test_fast_path_fallback.py ;;
+      -k "${GPU_CHECK_TESTS_K:-not max_autotune}" test/test_fast_paths.py test/test_fast_path_fallback.py ;;
     autotune)  # last: max-autotune tries many kernels per convolution and takes minutes
       run_step autotune 300 "$py" -m pytest -q -p no:cacheprovider --timeout 280 --durations 0 \
         -k "max_autotune" test/test_fast_paths.py ;;
