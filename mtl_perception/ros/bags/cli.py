@@ -51,6 +51,15 @@ def non_negative_float(text: str) -> float:
     """argparse type: a finite number >= 0."""
     try:
         value = float(text)
+def namespace_name(text: str) -> str:
+    """A ROS 2 namespace: ``/`` or an absolute topic-like name."""
+    if text != "/" and not _TOPIC.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an absolute ROS 2 namespace (like / or /robot)"
+        )
+    return text
+
+
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not (0 <= value < float("inf")):
@@ -187,6 +196,19 @@ def build_parser() -> ToolParser:
         help="bag with the ground truth (default: the bag the run replayed)",
     )
     _add_scoring(score)
+    run.add_argument(
+        "--attach",
+        metavar="NAMESPACE",
+        type=namespace_name,
+        help="replay into a node already running in NAMESPACE (e.g. on the robot, started by "
+        "ros2 launch) instead of starting one; it must subscribe to the bag's camera topic and "
+        "publish NAMESPACE/NODE_NAME/semantic and .../detections; --node-params is ignored",
+    )
+    run.add_argument(
+        "--node-name",
+        default="perception_node",
+        help="with --attach: the running node's name (its outputs and /diagnostics entries)",
+    )
     evaluate = commands.add_parser(
         "evaluate", help="run + score: replay a bag through the node and report"
     )
@@ -310,7 +332,8 @@ def main(args: argparse.Namespace) -> int:
         return _print_scored(scored, args.out)
     from ..isolation import ensure_private_network
 
-    ensure_private_network()
+    if getattr(args, "attach", None) is None:  # a node of our own: no traffic leaves the machine
+        ensure_private_network()
     rate_factor = None if args.as_fast_as_possible else args.rate_factor
     if args.command == "run":
         from .pipeline import run_bag
@@ -332,6 +355,7 @@ def main(args: argparse.Namespace) -> int:
     bags = find_bags(args.bag)
     if bags is not None:
         scored, out = evaluate_bags(args, bags)
+        from .replay import NodeTopics
         return _print_scored(scored, out)
     from .pipeline import evaluate_bag
 
@@ -341,6 +365,7 @@ def main(args: argparse.Namespace) -> int:
         args.out,
         rate_factor=rate_factor,
         params_file=args.node_params,
+            attach=NodeTopics.of(args.node_name, args.attach) if args.attach else None,
         classes_file=args.classes,
         topics=_topics(args),
         options=_score_options(args),

@@ -60,12 +60,16 @@ def start_node(
     log: Path,
     defaults: dict[str, Any],
     forced: dict[str, Any],
+    namespace: str | None = None,
 ) -> NodeProcess:
-    """The perception node named :data:`NODE_NAME`: ``defaults`` (overridable by
-    ``params_file``), then the file, then ``forced``; its output goes to ``log``."""
+    """The perception node named :data:`NODE_NAME` (in ``namespace``, default the root):
+    ``defaults`` (overridable by ``params_file``), then the file, then ``forced``; its output
+    goes to ``log``."""
     remap = f"image/compressed:={camera_topic}" if compressed else f"image:={camera_topic}"
     args = [sys.executable, "-m", "mtl_perception.ros.node", "--ros-args"]
     args += ["-r", f"__node:={NODE_NAME}", "-r", remap]
+    if namespace:
+        args += ["-r", f"__ns:={namespace}"]
     for name, value in defaults.items():
         args += ["-p", f"{name}:={parameter_text(value)}"]
     if params_file:

@@ -21,6 +21,7 @@ from .criteria import Criterion, Verdict, check_gate_options, judge
 from .node_process import keep_node_log
 from .provenance import content_hash
 from .read import DEFAULT_TOPICS, BagTopics, GroundTruth, RunOutputs, read_ground_truth, read_run
+from .replay import NodeTopics
 from .report import build_report, write_report
 from .run import PreparedRun, execute_run, load_model_config, prepare_run
 from .score import check_ground_truth, match_ground_truth, parse_frames, score_frames
@@ -131,9 +132,11 @@ def run_bag(
     topics: BagTopics = DEFAULT_TOPICS,
     progress: bool = True,
     warn: Callable[[str], None] = lambda message: None,
+    attach: NodeTopics | None = None,
 ) -> dict[str, Any]:
     """``mtl-bag run``: the output bag in the new folder ``out`` (with the node's log,
-    ``node.log``); returns the run's settings."""
+    ``node.log``, unless ``attach`` names a running node to replay into); returns the run's
+    settings."""
     bag_path, checkpoint = Path(bag_path), Path(checkpoint)
     out = _check_out(Path(out), bag_path)
     prepared = prepare_run(
@@ -147,7 +150,7 @@ def run_bag(
         inner = work / out.name
         log = work / "node.log"
         try:
-            info = execute_run(prepared, inner, log, progress=progress)
+            info = execute_run(prepared, inner, log, progress=progress, attach=attach)
         except BaseException as error:
             _fail(error, log, out)
         for child in inner.iterdir():

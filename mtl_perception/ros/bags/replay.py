@@ -12,10 +12,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.srv import GetParameters
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import parameter_value_to_python
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage, Image
@@ -37,16 +40,18 @@ RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 @dataclass(frozen=True)
 class NodeTopics:
-    """Where the node under test listens and publishes, and its name in /diagnostics."""
+    """Where the node under test publishes, its name in /diagnostics, and its fully qualified
+    name (``/namespace/name``, for its parameter services)."""
 
     name: str
     semantic: str
     detections: str
+    qualified: str = ""
 
     @classmethod
     def of(cls, name: str, namespace: str = "/") -> NodeTopics:
         base = f"{namespace.rstrip('/')}/{name}"
-        return cls(name, f"{base}/semantic", f"{base}/detections")
+        return cls(name, f"{base}/semantic", f"{base}/detections", base)
 
 
 @dataclass
@@ -58,6 +63,7 @@ class Collected:
     detection_stamps: set[int] = field(default_factory=set)
     messages: list[tuple[str, int, bytes, str]] = field(default_factory=list)  # topic, t, CDR, type
     node_counters: dict[str, str] = field(default_factory=dict)  # the node's last /diagnostics
+    node_parameters: dict[str, Any] = field(default_factory=dict)  # what the node reported
 
     def has_outputs(self, stamp: int) -> bool:
         return stamp in self.mask_stamps and stamp in self.detection_stamps
@@ -70,6 +76,21 @@ def _counts(counters: dict[str, str]) -> dict[str, int] | None:
         return None
 
 
+def _ask_parameters(player, qualified: str, names: tuple[str, ...], spin_until) -> dict[str, Any]:
+    """The values the node at ``qualified`` reports for ``names`` (unset ones left out)."""
+    client = player.create_client(GetParameters, f"{qualified}/get_parameters")
+    try:
+        if not spin_until(client.service_is_ready, 10.0):
+            return {}
+        future = client.call_async(GetParameters.Request(names=list(names)))
+        if not spin_until(future.done, 10.0) or future.result() is None:
+            return {}
+        values = [parameter_value_to_python(v) for v in future.result().values]
+        return {n: v for n, v in zip(names, values, strict=False) if v is not None}
+    finally:
+        player.destroy_client(client)
+
+
 def replay(
     bag: BagFrames,
     node: NodeTopics,
@@ -79,12 +100,15 @@ def replay(
     node_failure: Callable[[], str | None] = lambda: None,
     progress: bool = True,
     discovery_timeout: float = 120.0,
+    parameter_names: tuple[str, ...] = (),
 ) -> Collected:
     """Publishes the bag's camera frames on its camera topic and collects the node's outputs.
 
     Args:
         rate_factor: replay at the bag's receive timing x this, or None to pace by the node.
         node_failure: returns why the node is gone (a started process that exited), else None.
+        parameter_names: parameters to ask the node for (its get_parameters service; a node
+            without the service or a parameter is recorded without it).
 
     Raises:
         ToolError: the node did not appear within ``discovery_timeout`` s, or it failed.
@@ -162,6 +186,10 @@ def replay(
                 f"the node did not subscribe to {bag.camera_topic} within {discovery_timeout:g} s"
             )
         spin_until(lambda: collected.node_counters != {}, 2.0)  # discovery settles both ways
+        if parameter_names:
+            collected.node_parameters = _ask_parameters(
+                player, node.qualified, parameter_names, spin_until
+            )
         start = time.monotonic()
         first = bag.frames[0].received
         for frame in tqdm(bag.frames, desc="replaying", unit="frame", disable=not progress):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,7 @@ def run_info(prepared: PreparedRun, collected: Collected, node: NodeTopics) -> d
             "name": node.name,
             "outputs": {"semantic": node.semantic, "detections": node.detections},
             "params_file": str(prepared.params_file) if prepared.params_file else None,
+            "attached": False,
             "parameters": asdict(prepared.params),
         },
         "replay": {
@@ -163,10 +164,37 @@ def write_output_bag(path: Path, collected: Collected, info: dict[str, Any]) -> 
 
 
 def execute_run(
-    prepared: PreparedRun, bag_out: Path, log: Path, *, progress: bool = True
+    prepared: PreparedRun,
+    bag_out: Path,
+    log: Path,
+    *,
+    progress: bool = True,
+    attach: NodeTopics | None = None,
 ) -> dict[str, Any]:
     """Starts the node (its output in ``log``), replays, stops it and writes the output bag to
-    ``bag_out`` (a path that must not exist); returns the run's settings."""
+    ``bag_out`` (a path that must not exist); returns the run's settings.
+
+    With ``attach``, no node is started: the frames go to the node already running there (on a
+    robot, from ``ros2 launch``; any node publishing the same message types), and the parameters
+    it reports replace the run's own in the settings (what it actually ran with).
+    """
+    if attach is not None:
+        collected = replay(
+            prepared.bag,
+            attach,
+            rate_factor=prepared.rate_factor,
+            progress=progress,
+            parameter_names=tuple(asdict(prepared.params)),
+        )
+        reported = collected.node_parameters
+        prepared.params = replace(
+            prepared.params, **{k: v for k, v in reported.items() if k in asdict(prepared.params)}
+        )
+        info = run_info(prepared, collected, attach)
+        info["node"]["attached"] = True
+        info["node"]["reported_parameters"] = sorted(reported)
+        write_output_bag(bag_out, collected, info)
+        return info
     node = NodeTopics.of(NODE_NAME)
     process = start_node(
         prepared.bag.camera_topic,
