@@ -47,10 +47,6 @@ def topic_name(text: str) -> str:
     return text
 
 
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0."""
-    try:
-        value = float(text)
 def namespace_name(text: str) -> str:
     """A ROS 2 namespace: ``/`` or an absolute topic-like name."""
     if text != "/" and not _TOPIC.fullmatch(text):
@@ -60,6 +56,10 @@ def namespace_name(text: str) -> str:
     return text
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not (0 <= value < float("inf")):
