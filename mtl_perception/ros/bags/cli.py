@@ -185,17 +185,6 @@ def build_parser() -> ToolParser:
     )
     _add_run(run)
     run.add_argument("--out", type=Path, required=True, help="new output bag folder")
-    score = commands.add_parser(
-        "score", help="score an output bag of `run` against ground truth (no model, no node)"
-    )
-    score.add_argument("--run", type=Path, required=True, help="an output bag of mtl-bag run")
-    score.add_argument("--out", type=Path, required=True, help="new report folder")
-    score.add_argument(
-        "--ground-truth",
-        type=Path,
-        help="bag with the ground truth (default: the bag the run replayed)",
-    )
-    _add_scoring(score)
     run.add_argument(
         "--attach",
         metavar="NAMESPACE",
@@ -209,6 +198,17 @@ def build_parser() -> ToolParser:
         default="perception_node",
         help="with --attach: the running node's name (its outputs and /diagnostics entries)",
     )
+    score = commands.add_parser(
+        "score", help="score an output bag of `run` against ground truth (no model, no node)"
+    )
+    score.add_argument("--run", type=Path, required=True, help="an output bag of mtl-bag run")
+    score.add_argument("--out", type=Path, required=True, help="new report folder")
+    score.add_argument(
+        "--ground-truth",
+        type=Path,
+        help="bag with the ground truth (default: the bag the run replayed)",
+    )
+    _add_scoring(score)
     evaluate = commands.add_parser(
         "evaluate", help="run + score: replay a bag through the node and report"
     )
@@ -337,6 +337,7 @@ def main(args: argparse.Namespace) -> int:
     rate_factor = None if args.as_fast_as_possible else args.rate_factor
     if args.command == "run":
         from .pipeline import run_bag
+        from .replay import NodeTopics
 
         info = run_bag(
             args.bag,
@@ -346,6 +347,7 @@ def main(args: argparse.Namespace) -> int:
             params_file=args.node_params,
             topics=_topics(args),
             warn=_warn,
+            attach=NodeTopics.of(args.node_name, args.attach) if args.attach else None,
         )
         sent = sum(f["sent"] is not None for f in info["frames"])
         print(f"sent {sent} frames; output bag: {args.out} (score it with mtl-bag score --run)")
@@ -355,7 +357,6 @@ def main(args: argparse.Namespace) -> int:
     bags = find_bags(args.bag)
     if bags is not None:
         scored, out = evaluate_bags(args, bags)
-        from .replay import NodeTopics
         return _print_scored(scored, out)
     from .pipeline import evaluate_bag
 
@@ -365,7 +366,6 @@ def main(args: argparse.Namespace) -> int:
         args.out,
         rate_factor=rate_factor,
         params_file=args.node_params,
-            attach=NodeTopics.of(args.node_name, args.attach) if args.attach else None,
         classes_file=args.classes,
         topics=_topics(args),
         options=_score_options(args),
