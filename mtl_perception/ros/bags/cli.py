@@ -2,11 +2,14 @@
 
 mtl-bag record-dataset --data DIR --split val --out BAG [--storage mcap|sqlite3] [--rate HZ]
     [--compressed] [--classes YAML] [--camera-topic T] [--semantic-topic T] [--detections-topic T]
+    [--cameras N|NAME,NAME...]   (a synthetic camera rig: each camera on /NAME/image, see rig.py)
 mtl-bag run --bag BAG --checkpoint CKPT --out OUTPUT_BAG [--rate-factor F | --as-fast-as-possible]
     [--node-params FILE] [--camera-topic T]
 mtl-bag score --run OUTPUT_BAG --out DIR [--ground-truth BAG] [--classes YAML]
     [--semantic-topic T] [--detections-topic T] [SCORING OPTIONS]
 mtl-bag evaluate --bag BAG --checkpoint CKPT --out DIR [run's and score's options]   (run + score)
+    (a rig bag of record-dataset --cameras: one node with every camera, a report per camera and
+    the total, which the criteria judge)
 mtl-bag evaluate --bag DIR_OR_GLOB [--jobs N] ...   (every bag in a folder or matching a quoted
     glob, N at a time, each in its own network namespace and ROS domain; one report per bag and
     an overall one, which the criteria judge)
@@ -32,6 +35,7 @@ from ...cli import ToolParser, non_negative_int, positive_float, positive_int, t
 from ...data.labels import DEFAULT_CLASSES_FILE
 from ...resources import resolve_config_path
 from .record import CAMERA_TOPIC, GT_DETECTIONS_TOPIC, GT_SEMANTIC_TOPIC
+from .rig import camera_names
 
 _TOPIC = re.compile(r"(/[A-Za-z_][A-Za-z0-9_]*)+")
 EXIT_GATE_FAILED = 1
@@ -179,6 +183,13 @@ def build_parser() -> ToolParser:
     )
     _add_classes(record)
     _add_camera(record, record=True)
+    record.add_argument(
+        "--cameras",
+        type=camera_names,
+        help="a synthetic rig of N cameras (camera0...) or of these comma-separated names: the "
+        "same scenes, camera k k scenes later and mirrored when k is odd, each on /NAME/image "
+        "with its ground truth on /NAME/ground_truth/...",
+    )
     _add_ground_truth(record)
     run = commands.add_parser(
         "run", help="replay a bag through the node and record its outputs to an output bag"
@@ -266,6 +277,12 @@ def _record(args: argparse.Namespace) -> int:
     from .record import Topics, record_dataset
 
     defaults = Topics()
+    given = [args.camera_topic, args.semantic_topic, args.detections_topic]
+    if args.cameras and any(given):
+        raise ValueError(
+            "a rig names its topics after its cameras (/NAME/image, ...): leave out "
+            "--camera-topic, --semantic-topic and --detections-topic (--cameras)"
+        )
     count = record_dataset(
         args.data,
         args.split,
@@ -279,6 +296,7 @@ def _record(args: argparse.Namespace) -> int:
             semantic=args.semantic_topic or defaults.semantic,
             detections=args.detections_topic or defaults.detections,
         ),
+        cameras=args.cameras or (),
     )
     print(f"wrote {count} frames to {args.out} ({args.storage})")
     return 0
@@ -358,8 +376,24 @@ def main(args: argparse.Namespace) -> int:
     if bags is not None:
         scored, out = evaluate_bags(args, bags)
         return _print_scored(scored, out)
+    from .cameras import bag_rig, camera_table, evaluate_rig
     from .pipeline import evaluate_bag
 
+    cameras = bag_rig(args.bag, _topics(args))
+    if cameras:
+        scored = evaluate_rig(
+            args.bag,
+            cameras,
+            args.checkpoint,
+            args.out,
+            rate_factor=rate_factor,
+            params_file=args.node_params,
+            classes_file=args.classes,
+            options=_score_options(args),
+            warn=_warn,
+        )
+        print(camera_table(scored.report))
+        return _print_scored(scored, args.out)
     scored = evaluate_bag(
         args.bag,
         args.checkpoint,

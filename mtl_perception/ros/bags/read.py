@@ -461,6 +461,7 @@ def read_run(path: Path, option: str = "--run") -> RunOutputs:
     run = RunOutputs(path, info)
     outputs = info["node"]["outputs"]
     prefix = f"{info['node']['name']}:"
+    own = info["node"].get("status")  # a camera of a several-camera node: its own status
     for topic, received, data in raw:
         if topic == outputs["semantic"]:
             msg = deserialize_message(data, Image)
@@ -474,7 +475,7 @@ def read_run(path: Path, option: str = "--run") -> RunOutputs:
             run.detections_received[stamp] = received
         elif topic == DIAGNOSTICS_TOPIC:
             for status in deserialize_message(data, DiagnosticArray).status:
-                if status.name.startswith(prefix):
+                if status.name == own if own else status.name.startswith(prefix):
                     run.node_counters = {kv.key: kv.value for kv in status.values}
     return run
 

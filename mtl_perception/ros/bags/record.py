@@ -4,6 +4,9 @@ Written with the ``rosbags`` library (pure Python): camera images (rgb8 Image, o
 CompressedImage), ground-truth semantic masks (mono8 class ids, 255 = void) and ground-truth
 vision_msgs/Detection2DArray, all stamped at the given rate, with the message definitions embedded.
 
+With ``cameras``, the bag is a synthetic camera rig (:mod:`.rig`): each camera's frames and
+ground truth on its own topics (``/<camera>/image``, ``/<camera>/ground_truth/...``).
+
 The bag holds EVERY ground-truth box: which boxes an evaluation counts depends on the model it
 scores (its input width), so the scorer decides (:func:`..evaluation.ground_truth.counted_boxes`).
 The bag is written into a temporary folder beside ``out`` and renamed when complete, so a failed
@@ -29,6 +32,7 @@ from ...data.cityscapes import CityscapesDataset
 from ...data.labels import DEFAULT_CLASSES_FILE, ClassMap
 from ...outputs import atomic_directory, check_new_directory
 from ...resources import vision_msgs_definitions as packaged_vision_msgs_definitions
+from .rig import RigCamera, mirror_view, mirrored, scene_index
 
 CAMERA_TOPIC = "/camera/image_raw"
 GT_SEMANTIC_TOPIC = "/ground_truth/semantic"
@@ -66,11 +70,11 @@ def typestore() -> Typestore:
     return store
 
 
-def _header(store: Typestore, stamp_ns: int):
+def _header(store: Typestore, stamp_ns: int, frame_id: str = FRAME_ID):
     time_type = store.types["builtin_interfaces/msg/Time"]
     header_type = store.types["std_msgs/msg/Header"]
     return header_type(
-        stamp=time_type(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id=FRAME_ID
+        stamp=time_type(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id=frame_id
     )
 
 
@@ -151,8 +155,12 @@ def record_dataset(
     classes_file: Path | None = None,
     topics: Topics = Topics(),
     progress: bool = True,
+    cameras: tuple[str, ...] = (),
 ) -> int:
-    """Writes the split to ``out`` (a new folder); returns the number of frames.
+    """Writes the split to ``out`` (a new folder); returns the number of frames (per camera).
+
+    ``cameras`` (names): a synthetic rig of these cameras (:mod:`.rig`) instead of one camera on
+    ``topics``.
 
     ``out`` is checked before the dataset is read, and the bag is written to a temporary
     folder beside it that is renamed to ``out`` only when complete.
@@ -171,54 +179,77 @@ def record_dataset(
     store = typestore()
     plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
     camera_type = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
-    camera_topic = f"{topics.camera}/compressed" if compressed else topics.camera
+    views = (
+        [(FRAME_ID, topics)]
+        if not cameras
+        else [
+            (name, Topics(rig.camera, rig.semantic, rig.detections))
+            for name, rig in ((name, RigCamera.of(name)) for name in cameras)
+        ]
+    )
     with atomic_directory(out) as temporary:
         # rosbags writes a folder that must not exist and names its storage file after it:
         # write it inside the temporary folder under the final name, then lift its files up.
         inner = temporary / out.name
         with Writer(inner, version=9, storage_plugin=plugin) as writer:
-            camera = writer.add_connection(camera_topic, camera_type, typestore=store)
-            semantic = writer.add_connection(
-                topics.semantic, "sensor_msgs/msg/Image", typestore=store
-            )
-            detections = writer.add_connection(
-                topics.detections, "vision_msgs/msg/Detection2DArray", typestore=store
-            )
+            connections = [
+                (
+                    frame_id,
+                    writer.add_connection(
+                        f"{view.camera}/compressed" if compressed else view.camera,
+                        camera_type,
+                        typestore=store,
+                    ),
+                    writer.add_connection(view.semantic, "sensor_msgs/msg/Image", typestore=store),
+                    writer.add_connection(
+                        view.detections, "vision_msgs/msg/Detection2DArray", typestore=store
+                    ),
+                )
+                for frame_id, view in views
+            ]
             for index in tqdm(
                 range(len(dataset)),
                 desc=f"recording {out.name}",
                 unit="frame",
                 disable=not progress,
             ):
-                sample = dataset.load(index)
                 stamp = START_NS + round(index * 1e9 / rate)
-                header = _header(store, stamp)
-                if compressed:
-                    ok, jpeg = cv2.imencode(
-                        ".jpg",
-                        cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR),
-                        [cv2.IMWRITE_JPEG_QUALITY, 95],
+                for k, (frame_id, camera, semantic, detections) in enumerate(connections):
+                    sample = dataset.load(scene_index(index, k, len(dataset)))
+                    image, mask = sample.image, class_map.to_published(sample.segmentation)
+                    boxes = sample.boxes
+                    if mirrored(k):
+                        image, mask, boxes = mirror_view(image, mask, boxes)
+                    header = _header(store, stamp, frame_id)
+                    if compressed:
+                        ok, jpeg = cv2.imencode(
+                            ".jpg",
+                            cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_JPEG_QUALITY, 95],
+                        )
+                        if not ok:
+                            raise ValueError(
+                                f"cannot JPEG-encode frame {sample.name} (--compressed)"
+                            )
+                        message = store.types["sensor_msgs/msg/CompressedImage"](
+                            header=header, format="jpeg", data=jpeg.reshape(-1)
+                        )
+                    else:
+                        message = image_msg(store, header, image, "rgb8")
+                    writer.write(camera, stamp, store.serialize_cdr(message, camera_type))
+                    writer.write(  # void: 255
+                        semantic,
+                        stamp,
+                        store.serialize_cdr(
+                            image_msg(store, header, mask, "mono8"), "sensor_msgs/msg/Image"
+                        ),
                     )
-                    if not ok:
-                        raise ValueError(f"cannot JPEG-encode frame {sample.name} (--compressed)")
-                    message = store.types["sensor_msgs/msg/CompressedImage"](
-                        header=header, format="jpeg", data=jpeg.reshape(-1)
+                    gt = detections_msg(store, header, boxes, sample.classes)
+                    writer.write(
+                        detections,
+                        stamp,
+                        store.serialize_cdr(gt, "vision_msgs/msg/Detection2DArray"),
                     )
-                else:
-                    message = image_msg(store, header, sample.image, "rgb8")
-                writer.write(camera, stamp, store.serialize_cdr(message, camera_type))
-                mask = class_map.to_published(sample.segmentation)  # void: 255
-                writer.write(
-                    semantic,
-                    stamp,
-                    store.serialize_cdr(
-                        image_msg(store, header, mask, "mono8"), "sensor_msgs/msg/Image"
-                    ),
-                )
-                gt = detections_msg(store, header, sample.boxes, sample.classes)
-                writer.write(
-                    detections, stamp, store.serialize_cdr(gt, "vision_msgs/msg/Detection2DArray")
-                )
         for child in inner.iterdir():
             child.rename(temporary / child.name)
         inner.rmdir()

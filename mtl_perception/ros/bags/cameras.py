@@ -1,0 +1,385 @@
+"""``mtl-bag evaluate`` of a rig bag (:mod:`.rig`): one node, every camera, a report per camera
+and in total.
+
+One node is started with ``cameras:=[<the bag's cameras>]`` (each camera's transport from its
+topic's type), and every camera's topic is replayed to it at the same time, each by its own
+player (:func:`.replay.replay`), paced as asked (the bag's timing x F, or each camera by its own
+outputs). Each camera is then written and scored exactly as a single-camera evaluation of its
+topics (its ground truth, its node counters: the node's ``<node>: camera <name>`` status) into
+``OUT/cameras/<name>/`` (report, output bag). The total adds the cameras' scored data up
+(:class:`.score.Tally`: pixel and detection counts, AP over every camera's detections,
+latencies, frames) in ``OUT/report.json`` / ``report.md`` with a per-camera table; the gate's
+criteria judge the total.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ...cli import ToolError
+from ...outputs import atomic_directory
+from .criteria import format_verdicts, judge, verdict_dicts
+from .multi import _node_counters
+from .node_process import start_node
+from .pipeline import (
+    Scored,
+    ScoreOptions,
+    _check_out,
+    _class_map,
+    _fail,
+    _frame_records,
+    _score_into,
+)
+from .read import COMPRESSED_TYPE, BagTopics, read_ground_truth, read_messages, read_run
+from .replay import Collected, NodeTopics, replay
+from .report import figure_pictures, latency_histogram, metrics_table, speed_line
+from .rig import RigCamera, rig_cameras
+from .run import PreparedRun, load_model_config, prepare_run, run_info, write_output_bag
+from .score import Tally, check_ground_truth, match_ground_truth, score_frames
+from .settings import NODE_NAME
+
+SUMMARY_KEYS = (
+    "frames_sent",
+    "frames_with_output",
+    "coverage",
+    "frames_scored",
+    "miou",
+    "map",
+    "latency_ms",
+    "throughput_fps",
+)
+
+
+def bag_rig(bag: Path, topics: BagTopics) -> list[RigCamera]:
+    """The rig cameras of ``bag`` when it is a rig bag evaluated without topic options, else
+    [] (a single-camera evaluation, as before)."""
+    if topics != BagTopics() or not Path(bag).is_dir():
+        return []
+    found: dict[str, Any] = {}
+
+    def choose(types):
+        found["topics"] = set(types)
+        return None, set()
+
+    read_messages(bag, choose)
+    return rig_cameras(found["topics"])
+
+
+def camera_topics(camera: RigCamera) -> BagTopics:
+    return BagTopics(camera.camera, camera.semantic, camera.detections)
+
+
+def node_topics(camera: RigCamera) -> NodeTopics:
+    """Where the node publishes this camera's outputs; its /diagnostics name is the node's
+    (the camera's own status is picked when reading: :func:`camera_status`)."""
+    base = f"/{NODE_NAME}/{camera.name}"
+    return NodeTopics(NODE_NAME, f"{base}/semantic", f"{base}/detections")
+
+
+def camera_status(camera: RigCamera) -> str:
+    """The name of the node's /diagnostics status of this camera (see ros/node.py)."""
+    return f"{NODE_NAME}: camera {camera.name}"
+
+
+def node_overrides(cameras: list[RigCamera], prepared: list[PreparedRun]) -> dict[str, Any]:
+    """What the rig's node is given on top of a single-camera run's settings: the cameras and
+    each camera's transport."""
+    overrides: dict[str, Any] = {"cameras": [c.name for c in cameras]}
+    for camera, run in zip(cameras, prepared, strict=True):
+        compressed = run.bag.camera_type == COMPRESSED_TYPE
+        overrides[f"{camera.name}.input_transport"] = "compressed" if compressed else "raw"
+    return overrides
+
+
+def replay_rig(cameras: list[RigCamera], prepared: list[PreparedRun], log: Path) -> list[Collected]:
+    """Starts one node for every camera, replays the cameras at once (a player thread each),
+    stops the node; returns what each camera's player collected.
+
+    Raises:
+        ToolError: the node failed or a camera's replay failed (the first error).
+    """
+    first = prepared[0]
+    process = start_node(
+        first.bag.camera_topic,
+        first.bag.camera_type == COMPRESSED_TYPE,
+        first.params_file,
+        log,
+        first.defaults,
+        {**first.forced, **node_overrides(cameras, prepared)},
+    )
+    results: list[Collected | None] = [None] * len(cameras)
+    errors: list[BaseException] = []
+
+    def play(index: int) -> None:
+        try:
+            results[index] = replay(
+                prepared[index].bag,
+                node_topics(cameras[index]),
+                rate_factor=first.rate_factor,
+                node_failure=process.failure,
+                progress=False,
+            )
+        except BaseException as error:  # re-raised in the caller's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=play, args=(i,)) for i in range(len(cameras))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        collected = [c for c in results if c is not None]
+        final_diagnostics(cameras, collected, process.failure)
+    finally:
+        process.stop()
+    return collected
+
+
+def _settled(counters: dict[str, str], sent: int) -> bool:
+    try:
+        counts = {k: int(counters[k]) for k in ("received", "processed", "dropped", "rejected")}
+    except (KeyError, ValueError):
+        return False
+    done = counts["processed"] + counts["dropped"] + counts["rejected"]
+    return counts["received"] >= sent and done >= sent
+
+
+def final_diagnostics(
+    cameras: list[RigCamera],
+    collected: list[Collected],
+    node_failure: Callable[[], str | None],
+    timeout: float = 10.0,
+) -> None:
+    """Adds the node's /diagnostics once every camera's own status accounts for every frame
+    sent to it (or after ``timeout`` s: the last one seen) to each camera's messages, so each
+    camera's report has its final counters (a player stops once its own frames are answered,
+    perhaps before the node's next status).
+
+    Raises:
+        ToolError: the node failed meanwhile.
+    """
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.serialization import serialize_message
+
+    from .read import DIAGNOSTICS_TOPIC, DIAGNOSTICS_TYPE
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    listener = rclpy.create_node("mtl_bag_rig_listener", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(listener)
+    last: list[DiagnosticArray] = []
+    names = [camera_status(camera) for camera in cameras]
+
+    def settled() -> bool:
+        if not last:
+            return False
+        statuses = {s.name: {kv.key: kv.value for kv in s.values} for s in last[-1].status}
+        return all(
+            _settled(statuses.get(name, {}), len(got.sent))
+            for name, got in zip(names, collected, strict=True)
+        )
+
+    listener.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, last.append, 10)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not settled():
+            failure = node_failure()
+            if failure is not None:
+                raise ToolError(failure)
+            executor.spin_once(timeout_sec=0.05)
+    finally:
+        listener.destroy_node()
+        rclpy.try_shutdown(context=context)
+    if last:
+        raw, now = serialize_message(last[-1]), time.time_ns()
+        for got in collected:
+            got.messages.append((DIAGNOSTICS_TOPIC, now, raw, DIAGNOSTICS_TYPE))
+
+
+def evaluate_rig(
+    bag_path: Path,
+    cameras: list[RigCamera],
+    checkpoint: Path,
+    out: Path,
+    *,
+    rate_factor: float | None = 1.0,
+    params_file: Path | None = None,
+    classes_file: Path | None = None,
+    options: ScoreOptions | None = None,
+    warn: Callable[[str], None] = lambda message: None,
+    say: Callable[[str], None] = print,
+) -> Scored:
+    """``mtl-bag evaluate`` of a rig bag (module doc) into the new folder ``out``; returns the
+    total's scored report (its ``cameras``: each camera's figures)."""
+    bag_path, checkpoint = Path(bag_path), Path(checkpoint)
+    out = _check_out(Path(out), bag_path)
+    options = options or ScoreOptions()
+    criteria, baseline = options.check()
+    model_config = load_model_config(checkpoint)
+    class_map = _class_map(classes_file, model_config, str(checkpoint))
+    prepared, truths = [], []
+    for camera in cameras:
+        topics = camera_topics(camera)
+        run = prepare_run(
+            bag_path,
+            checkpoint,
+            rate_factor=rate_factor,
+            params_file=params_file,
+            topics=topics,
+            model_config=model_config,
+        )
+        truth = read_ground_truth(bag_path, topics)
+        frames = _frame_records(run)
+        matching = match_ground_truth(frames, truth, options.tolerance_ns)
+        check_ground_truth(frames, matching, truth, class_map)
+        for message in run.bag.warnings + matching.warnings:
+            warn(f"camera {camera.name}: {message}")
+        prepared.append(run)
+        truths.append(truth)
+    names = tuple(c.name for c in cameras)
+    say(f"replaying {len(cameras)} cameras ({', '.join(names)}) into one node")
+    with atomic_directory(out) as work:
+        log = work / "node.log"
+        try:
+            collected = replay_rig(cameras, prepared, log)
+        except BaseException as error:
+            _fail(error, log, out)
+        total = Tally.empty(class_map)
+        summaries, reports, records, spans = [], [], [], []
+        for camera, run, truth, got in zip(cameras, prepared, truths, collected, strict=True):
+            folder = work / "cameras" / camera.name
+            folder.mkdir(parents=True)
+            run.params = replace(run.params, cameras=names)
+            info = run_info(run, got, node_topics(camera))
+            info["node"]["status"] = camera_status(camera)
+            info["node"]["cameras"] = list(names)
+            write_output_bag(folder / "outputs_bag", got, info)
+            outputs = read_run(folder / "outputs_bag")
+            scored = _score_into(
+                folder, outputs, truth, info["bag_hash"], class_map, options, [], None
+            )
+            scoring = score_frames(
+                outputs,
+                truth,
+                class_map,
+                frames_spec=options.frames,
+                tolerance_ns=options.tolerance_ns,
+            )
+            total.add(scoring.tally)
+            sent = [f["sent"] for f in info["frames"] if f["sent"] is not None]
+            if sent and scoring.tally.duration_s > 0:
+                spans.append((min(sent), min(sent) + round(scoring.tally.duration_s * 1e9)))
+            reports.append(scored.report)
+            summaries.append(
+                {
+                    "name": camera.name,
+                    "camera_topic": info["camera_topic"],
+                    "report": f"cameras/{camera.name}/report.json",
+                    **{key: scored.report[key] for key in SUMMARY_KEYS},
+                }
+            )
+            records += [{"camera": camera.name, **record} for record in scoring.records]
+        total.duration_s = rig_duration_s(spans)
+        report = total_report(bag_path, total, class_map, summaries, reports, options)
+        verdicts = judge(report, criteria, baseline) if criteria else None
+        if verdicts is not None:
+            report["gate"] = "pass" if all(v.passed for v in verdicts) else "fail"
+            report["criteria"] = verdict_dicts(verdicts)
+        write_total(work, report, records, total, verdicts)
+    return Scored(report, verdicts)
+
+
+def rig_duration_s(spans: list[tuple[int, int]]) -> float:
+    """Seconds from the first frame sent on any camera to the last output of any camera (the
+    cameras play at once: the total's throughput is over this wall time, not summed spans);
+    ``spans``: (first sent, last output) ns of each camera, one clock."""
+    if not spans:
+        return 0.0
+    return (max(end for _, end in spans) - min(start for start, _ in spans)) / 1e9
+
+
+def total_report(
+    bag: Path,
+    total: Tally,
+    class_map,
+    summaries: list[dict[str, Any]],
+    reports: list[dict[str, Any]],
+    options: ScoreOptions,
+) -> dict[str, Any]:
+    """report.json of the total: every camera's frames added up, and each camera's summary."""
+    first = reports[0]
+    return {
+        "bag": str(bag),
+        "cameras": summaries,
+        "note": "total = all cameras' frames added up (one node, cameras replayed at once)",
+        "node_counters": _node_counters(reports),
+        "frames_spec": options.frames,
+        **total.figures(class_map),
+        "gate": None,
+        "criteria": [],
+        "reproducibility": first["reproducibility"],
+    }
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def camera_table(report: dict[str, Any]) -> str:
+    """The per-camera table (markdown) of a total report, with the total's row last."""
+    lines = [
+        "| camera | frames sent | coverage | mIoU | mAP@0.5 | p95 latency (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in [*report["cameras"], {"name": "total", **report}]:
+        p95 = row["latency_ms"]["p95"]
+        lines.append(
+            f"| {row['name']} | {row['frames_sent']} | "
+            + (f"{row['coverage']:.3f}" if row["coverage"] is not None else "n/a")
+            + f" | {_percent(row['miou'])} | {_percent(row['map'])} | "
+            + (f"{p95:.1f}" if p95 is not None else "n/a")
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def write_total(
+    work: Path, report: dict[str, Any], records: list[dict[str, Any]], total: Tally, verdicts
+) -> None:
+    (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with (work / "frames.jsonl").open("w") as stream:
+        for record in records:
+            stream.write(json.dumps(record) + "\n")
+    title = f"{len(report['cameras'])} cameras"
+    lines = [f"# Evaluation of {report['bag']}: {title}", "", camera_table(report), ""]
+    lines += [
+        "Each camera's full report: `cameras/<name>/report.md`.",
+        "",
+        f"Total ({report['note']}):",
+        "",
+    ]
+    table = metrics_table(report)
+    if table is not None:
+        lines += ["```", table, "```", ""]
+    speed = speed_line(report)
+    if speed is not None:
+        lines += [f"End-to-end latency: {speed}.", ""]
+    if verdicts is not None:
+        lines += [f"Gate: **{report['gate'].upper()}**", "", "```", format_verdicts(verdicts)]
+        lines += ["```", ""]
+    pictures = figure_pictures(work, report, total, title)
+    lines += [f"![{Path(p).stem}]({p})" for p in pictures]
+    lines += ["![latency](latency_histogram.png)", ""]
+    latency_histogram(work, records, title)
+    (work / "report.md").write_text("\n".join(lines) + "\n")

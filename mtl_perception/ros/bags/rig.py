@@ -1,0 +1,104 @@
+"""A camera rig in one bag: several cameras' topics and ground truth, and a synthetic rig.
+
+Camera ``c`` of a rig bag is recorded on ``/c/image`` (``/c/image/compressed`` when JPEG) with
+its ground truth on ``/c/ground_truth/semantic`` and ``/c/ground_truth/detections``: the topics a
+node started with ``cameras:=[c, ...]`` reads without remapping (``<camera>/image``, see
+:mod:`..cameras`). A bag is a rig bag when it has no default camera topic
+(:data:`.record.CAMERA_TOPIC`) and has cameras of that layout (:func:`rig_cameras`).
+
+The synthetic rig of ``mtl-bag record-dataset --cameras``: every camera sees the same held-out
+scenes at the same stamps (a synchronised rig), camera ``k`` (from 0) starting ``k`` scenes
+later (frame ``i`` shows scene ``(i + k) mod n``) and mirrored left-right when ``k`` is odd, its
+ground truth transformed alike; so the cameras differ at every instant, and each camera is a
+valid single-camera evaluation of its own (``--camera-topic /c/image --semantic-topic
+/c/ground_truth/semantic --detections-topic /c/ground_truth/detections``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+CAMERA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # one topic token, as the node's cameras
+DEFAULT_NAME = "camera{}"  # --cameras N: camera0, camera1, ...
+MAX_CAMERAS = 64
+
+
+def camera_names(text: str) -> tuple[str, ...]:
+    """argparse type of ``--cameras``: a count N (cameras ``camera0`` ... ``camera{N-1}``) or
+    comma-separated names (distinct topic tokens)."""
+    text = text.strip()
+    if text.lstrip("+-").isdigit():
+        count = int(text)
+        if not 1 <= count <= MAX_CAMERAS:
+            raise argparse.ArgumentTypeError(
+                f"the number of cameras must be 1 to {MAX_CAMERAS}, got {count}"
+            )
+        return tuple(DEFAULT_NAME.format(k) for k in range(count))
+    names = tuple(name.strip() for name in text.split(","))
+    for name in names:
+        if not CAMERA_NAME.fullmatch(name):
+            raise argparse.ArgumentTypeError(
+                f"{name!r} is not a camera name (a letter, then letters, digits or _; it becomes "
+                "a topic namespace), in {text!r}"
+            )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"camera {', '.join(repeated)} named more than once")
+    return names
+
+
+@dataclass(frozen=True)
+class RigCamera:
+    """One camera of a rig bag: its name and topics (absolute)."""
+
+    name: str
+    camera: str  # /<name>/image (the reader accepts its /compressed sibling)
+    semantic: str
+    detections: str
+
+    @classmethod
+    def of(cls, name: str) -> RigCamera:
+        return cls(
+            name,
+            f"/{name}/image",
+            f"/{name}/ground_truth/semantic",
+            f"/{name}/ground_truth/detections",
+        )
+
+
+def rig_cameras(topics: set[str]) -> list[RigCamera]:
+    """The rig cameras of a bag with these topics, in name order: every ``/c/image`` (or
+    ``/c/image/compressed``) with ``c`` one token; none when the bag has the default camera
+    topic (a single-camera bag, evaluated as before)."""
+    from .record import CAMERA_TOPIC
+
+    if CAMERA_TOPIC in topics or f"{CAMERA_TOPIC}/compressed" in topics:
+        return []
+    pattern = re.compile(rf"/({CAMERA_NAME.pattern})/image(/compressed)?")
+    names = {m.group(1) for t in topics if (m := pattern.fullmatch(t))}
+    return [RigCamera.of(name) for name in sorted(names)]
+
+
+def scene_index(frame: int, camera: int, scenes: int) -> int:
+    """The scene camera ``camera`` (from 0) shows at frame ``frame`` of the synthetic rig."""
+    return (frame + camera) % scenes
+
+
+def mirrored(camera: int) -> bool:
+    """Whether camera ``camera`` (from 0) of the synthetic rig is mirrored left-right."""
+    return camera % 2 == 1
+
+
+def mirror_view(
+    image: np.ndarray, mask: np.ndarray, boxes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A scene mirrored left-right: image (H, W, 3), mask (H, W), boxes (N, 4) xyxy in pixel
+    edges (x -> W - x)."""
+    width = image.shape[1]
+    flipped = boxes.copy()
+    flipped[:, 0], flipped[:, 2] = width - boxes[:, 2], width - boxes[:, 0]
+    return image[:, ::-1].copy(), mask[:, ::-1].copy(), flipped
