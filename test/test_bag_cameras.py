@@ -4,6 +4,7 @@ by one node serving every camera, reported per camera and in total."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -182,7 +183,16 @@ def test_rig_evaluation_repeats_each_camera_alone_and_adds_them_up(rig):
     assert [r["camera"] for r in records] == ["front"] * FRAMES + ["rear"] * FRAMES
     markdown = (out / "report.md").read_text()
     assert "| front |" in markdown and "| total |" in markdown
-    assert (out / "cameras" / "rear" / "outputs_bag" / "metadata.yaml").is_file()
+    # a stored rig run (mtl-bag run's layout: one output bag per camera) scores to the same
+    # report without a node
+    stored = root / "stored_run"
+    for name in CAMERAS:
+        shutil.copytree(out / "cameras" / name / "outputs_bag", stored / name)
+    rescored = invoke(bag_cli.main, "score", "--run", stored, "--out", root / "rescored")
+    assert rescored.code == 0, rescored.stdout + rescored.stderr
+    again = _report(root / "rescored")
+    for key in (*ACCURACY_KEYS, "cameras", "node_counters", "latency_ms"):
+        assert again[key] == total[key], key
 
 
 @pytest.mark.parametrize(

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ...cli import ToolError
+from ...data.labels import ClassMap
+from ...model.config import ModelConfig
 from ...outputs import atomic_directory
-from .criteria import format_verdicts, judge, verdict_dicts
+from .criteria import Criterion, format_verdicts, judge, verdict_dicts
 from .multi import _node_counters
 from .node_process import start_node
 from .pipeline import (
@@ -36,7 +38,15 @@ from .pipeline import (
     _frame_records,
     _score_into,
 )
-from .read import COMPRESSED_TYPE, BagTopics, read_ground_truth, read_messages, read_run
+from .read import (
+    COMPRESSED_TYPE,
+    BagTopics,
+    GroundTruth,
+    RunOutputs,
+    read_ground_truth,
+    read_messages,
+    read_run,
+)
 from .replay import Collected, NodeTopics, replay
 from .report import figure_pictures, latency_histogram, metrics_table, speed_line
 from .rig import RigCamera, rig_cameras
@@ -207,6 +217,84 @@ def final_diagnostics(
             got.messages.append((DIAGNOSTICS_TOPIC, now, raw, DIAGNOSTICS_TYPE))
 
 
+def prepare_rig(
+    bag_path: Path,
+    cameras: list[RigCamera],
+    checkpoint: Path,
+    *,
+    rate_factor: float | None,
+    params_file: Path | None,
+    model_config,
+) -> list[PreparedRun]:
+    """Each camera's run, checked as a single-camera run of its topic is (before any node)."""
+    return [
+        prepare_run(
+            bag_path,
+            checkpoint,
+            rate_factor=rate_factor,
+            params_file=params_file,
+            topics=camera_topics(camera),
+            model_config=model_config,
+        )
+        for camera in cameras
+    ]
+
+
+def write_camera_bag(
+    path: Path, camera: RigCamera, names: tuple[str, ...], run: PreparedRun, got: Collected
+) -> dict[str, Any]:
+    """A camera's output bag at ``path``: a single-camera run's, whose settings also say the
+    node's cameras, this camera's name and its /diagnostics status; returns the settings."""
+    run.params = replace(run.params, cameras=names)
+    info = run_info(run, got, node_topics(camera))
+    info["node"]["status"] = camera_status(camera)
+    info["node"]["cameras"] = list(names)
+    info["rig_camera"] = camera.name
+    write_output_bag(path, got, info)
+    return info
+
+
+def run_rig(
+    bag_path: Path,
+    cameras: list[RigCamera],
+    checkpoint: Path,
+    out: Path,
+    *,
+    rate_factor: float | None = 1.0,
+    params_file: Path | None = None,
+    warn: Callable[[str], None] = lambda message: None,
+    say: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """``mtl-bag run`` of a rig bag: ``out/<camera>/`` is each camera's output bag (score them
+    all with ``mtl-bag score --run out``), ``out/node.log`` the node's log; returns each
+    camera's run settings."""
+    bag_path, checkpoint = Path(bag_path), Path(checkpoint)
+    out = _check_out(Path(out), bag_path)
+    prepared = prepare_rig(
+        bag_path,
+        cameras,
+        checkpoint,
+        rate_factor=rate_factor,
+        params_file=params_file,
+        model_config=load_model_config(checkpoint),
+    )
+    for camera, run in zip(cameras, prepared, strict=True):
+        for message in run.bag.warnings:
+            warn(f"camera {camera.name}: {message}")
+    names = tuple(c.name for c in cameras)
+    say(f"replaying {len(cameras)} cameras ({', '.join(names)}) into one node")
+    with atomic_directory(out) as work:
+        log = work / "node.log"
+        try:
+            collected = replay_rig(cameras, prepared, log)
+        except BaseException as error:
+            _fail(error, log, out)
+        return [
+            write_camera_bag(work / camera.name, camera, names, run, got)
+            for camera, run, got in zip(cameras, prepared, collected, strict=True)
+        ]
+
+
 def evaluate_rig(
     bag_path: Path,
     cameras: list[RigCamera],
@@ -228,24 +316,22 @@ def evaluate_rig(
     criteria, baseline = options.check()
     model_config = load_model_config(checkpoint)
     class_map = _class_map(classes_file, model_config, str(checkpoint))
-    prepared, truths = [], []
-    for camera in cameras:
-        topics = camera_topics(camera)
-        run = prepare_run(
-            bag_path,
-            checkpoint,
-            rate_factor=rate_factor,
-            params_file=params_file,
-            topics=topics,
-            model_config=model_config,
-        )
-        truth = read_ground_truth(bag_path, topics)
+    prepared = prepare_rig(
+        bag_path,
+        cameras,
+        checkpoint,
+        rate_factor=rate_factor,
+        params_file=params_file,
+        model_config=model_config,
+    )
+    truths = []
+    for camera, run in zip(cameras, prepared, strict=True):
+        truth = read_ground_truth(bag_path, camera_topics(camera))
         frames = _frame_records(run)
         matching = match_ground_truth(frames, truth, options.tolerance_ns)
         check_ground_truth(frames, matching, truth, class_map)
         for message in run.bag.warnings + matching.warnings:
             warn(f"camera {camera.name}: {message}")
-        prepared.append(run)
         truths.append(truth)
     names = tuple(c.name for c in cameras)
     say(f"replaying {len(cameras)} cameras ({', '.join(names)}) into one node")
@@ -255,48 +341,111 @@ def evaluate_rig(
             collected = replay_rig(cameras, prepared, log)
         except BaseException as error:
             _fail(error, log, out)
-        total = Tally.empty(class_map)
-        summaries, reports, records, spans = [], [], [], []
-        for camera, run, truth, got in zip(cameras, prepared, truths, collected, strict=True):
+        outputs = []
+        for camera, run, got in zip(cameras, prepared, collected, strict=True):
             folder = work / "cameras" / camera.name
             folder.mkdir(parents=True)
-            run.params = replace(run.params, cameras=names)
-            info = run_info(run, got, node_topics(camera))
-            info["node"]["status"] = camera_status(camera)
-            info["node"]["cameras"] = list(names)
-            write_output_bag(folder / "outputs_bag", got, info)
-            outputs = read_run(folder / "outputs_bag")
-            scored = _score_into(
-                folder, outputs, truth, info["bag_hash"], class_map, options, [], None
-            )
-            scoring = score_frames(
-                outputs,
-                truth,
-                class_map,
-                frames_spec=options.frames,
-                tolerance_ns=options.tolerance_ns,
-            )
-            total.add(scoring.tally)
-            sent = [f["sent"] for f in info["frames"] if f["sent"] is not None]
-            if sent and scoring.tally.duration_s > 0:
-                spans.append((min(sent), min(sent) + round(scoring.tally.duration_s * 1e9)))
-            reports.append(scored.report)
-            summaries.append(
-                {
-                    "name": camera.name,
-                    "camera_topic": info["camera_topic"],
-                    "report": f"cameras/{camera.name}/report.json",
-                    **{key: scored.report[key] for key in SUMMARY_KEYS},
-                }
-            )
-            records += [{"camera": camera.name, **record} for record in scoring.records]
-        total.duration_s = rig_duration_s(spans)
-        report = total_report(bag_path, total, class_map, summaries, reports, options)
-        verdicts = judge(report, criteria, baseline) if criteria else None
-        if verdicts is not None:
-            report["gate"] = "pass" if all(v.passed for v in verdicts) else "fail"
-            report["criteria"] = verdict_dicts(verdicts)
-        write_total(work, report, records, total, verdicts)
+            write_camera_bag(folder / "outputs_bag", camera, names, run, got)
+            outputs.append(read_run(folder / "outputs_bag"))
+        hashes = [run.info["bag_hash"] for run in outputs]
+        return score_rig(
+            work, bag_path, outputs, truths, hashes, class_map, options, criteria, baseline
+        )
+
+
+def rig_runs(path: Path) -> list[Path]:
+    """The camera output bags of a rig run folder (``mtl-bag run`` of a rig bag), in name
+    order; [] when ``path`` is not one."""
+    path = Path(path)
+    if not path.is_dir() or (path / "metadata.yaml").is_file():
+        return []
+    return sorted(c for c in path.iterdir() if (c / "metadata.yaml").is_file())
+
+
+def score_rig_run(
+    run_folder: Path,
+    bags: list[Path],
+    out: Path,
+    *,
+    classes_file: Path | None = None,
+    options: ScoreOptions | None = None,
+    warn: Callable[[str], None] = lambda message: None,
+) -> Scored:
+    """``mtl-bag score --run RIG_RUN``: every camera's output bag scored against its camera's
+    ground truth in the bag the run replayed; the same report as ``evaluate`` of that bag."""
+    out = _check_out(Path(out), Path(run_folder))
+    options = options or ScoreOptions()
+    criteria, baseline = options.check()
+    runs = [read_run(bag) for bag in bags]
+    first = runs[0].info
+    if any("rig_camera" not in run.info for run in runs):
+        raise ValueError(
+            f"{run_folder} holds output bags that are not cameras of one rig run (--run)"
+        )
+    class_map = _class_map(
+        classes_file, ModelConfig.from_dict(first["model_config"]), first["checkpoint"]
+    )
+    truths = []
+    for run in runs:
+        info = run.info
+        topics = camera_topics(RigCamera.of(info["rig_camera"]))
+        truth = read_ground_truth(Path(info["bag_absolute"]), topics, "--run (the run's bag)")
+        matching = match_ground_truth(info["frames"], truth, options.tolerance_ns)
+        check_ground_truth(info["frames"], matching, truth, class_map)
+        for message in info["warnings"] + matching.warnings:
+            warn(f"camera {info['rig_camera']}: {message}")
+        truths.append(truth)
+    hashes = [run.info["bag_hash"] for run in runs]
+    with atomic_directory(out) as work:
+        return score_rig(
+            work, Path(first["bag"]), runs, truths, hashes, class_map, options, criteria, baseline
+        )
+
+
+def score_rig(
+    work: Path,
+    bag_path: Path,
+    runs: list[RunOutputs],
+    truths: list[GroundTruth],
+    truth_hashes: list[str],
+    class_map: ClassMap,
+    options: ScoreOptions,
+    criteria: list[Criterion],
+    baseline: dict[str, Any] | None,
+) -> Scored:
+    """Each camera's report in ``work/cameras/<name>/`` (not judged), the total in ``work``
+    (judged by ``criteria``)."""
+    total = Tally.empty(class_map)
+    summaries, reports, records, spans = [], [], [], []
+    for run, truth, truth_hash in zip(runs, truths, truth_hashes, strict=True):
+        name = run.info["rig_camera"]
+        folder = work / "cameras" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        scored = _score_into(folder, run, truth, truth_hash, class_map, options, [], None)
+        scoring = score_frames(
+            run, truth, class_map, frames_spec=options.frames, tolerance_ns=options.tolerance_ns
+        )
+        total.add(scoring.tally)
+        sent = [f["sent"] for f in run.info["frames"] if f["sent"] is not None]
+        if sent and scoring.tally.duration_s > 0:
+            spans.append((min(sent), min(sent) + round(scoring.tally.duration_s * 1e9)))
+        reports.append(scored.report)
+        summaries.append(
+            {
+                "name": name,
+                "camera_topic": run.info["camera_topic"],
+                "report": f"cameras/{name}/report.json",
+                **{key: scored.report[key] for key in SUMMARY_KEYS},
+            }
+        )
+        records += [{"camera": name, **record} for record in scoring.records]
+    total.duration_s = rig_duration_s(spans)
+    report = total_report(bag_path, total, class_map, summaries, reports, options)
+    verdicts = judge(report, criteria, baseline) if criteria else None
+    if verdicts is not None:
+        report["gate"] = "pass" if all(v.passed for v in verdicts) else "fail"
+        report["criteria"] = verdict_dicts(verdicts)
+    write_total(work, report, records, total, verdicts)
     return Scored(report, verdicts)
 
 

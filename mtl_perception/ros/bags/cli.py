@@ -336,8 +336,21 @@ def main(args: argparse.Namespace) -> int:
     if args.command == "record-dataset":
         return _record(args)
     if args.command == "score":
+        from .cameras import camera_table, rig_runs, score_rig_run
         from .pipeline import score_bag
 
+        camera_runs = rig_runs(args.run) if args.ground_truth is None else []
+        if camera_runs and _topics(args) == _topics(argparse.Namespace()):
+            scored = score_rig_run(
+                args.run,
+                camera_runs,
+                args.out,
+                classes_file=args.classes,
+                options=_score_options(args),
+                warn=_warn,
+            )
+            print(camera_table(scored.report))
+            return _print_scored(scored, args.out)
         scored = score_bag(
             args.run,
             args.out,
@@ -354,9 +367,27 @@ def main(args: argparse.Namespace) -> int:
         ensure_private_network()
     rate_factor = None if args.as_fast_as_possible else args.rate_factor
     if args.command == "run":
+        from .cameras import bag_rig, run_rig
         from .pipeline import run_bag
         from .replay import NodeTopics
 
+        cameras = [] if args.attach else bag_rig(args.bag, _topics(args))
+        if cameras:
+            infos = run_rig(
+                args.bag,
+                cameras,
+                args.checkpoint,
+                args.out,
+                rate_factor=rate_factor,
+                params_file=args.node_params,
+                warn=_warn,
+            )
+            sent = sum(f["sent"] is not None for info in infos for f in info["frames"])
+            print(
+                f"sent {sent} frames on {len(cameras)} cameras; output bags: {args.out}/<camera> "
+                "(score them with mtl-bag score --run)"
+            )
+            return 0
         info = run_bag(
             args.bag,
             args.checkpoint,
