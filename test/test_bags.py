@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.models import SMALL_NAMED, calibrated_small_model, save_model
-from helpers.refusal import invoke
+from helpers.refusal import assert_refused, invoke
 from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from vision_msgs.msg import Detection2DArray
@@ -261,3 +261,25 @@ def test_debug_shows_the_traceback_of_a_refusal(tmp_path, where):
     assert outcome.error_lines == [
         f"error: checkpoint not found: {tmp_path / 'x.pt'} (--checkpoint)"
     ]
+
+
+def test_a_bag_of_several_that_fails_names_itself_and_keeps_its_log(data, tmp_path):
+    """mtl-bag evaluate over a folder of bags: a bag whose evaluation fails stops the run with
+    one line naming that bag and its error; --out is not written, the bags' logs are kept."""
+    checkpoint = save_model(tmp_path / "model.pt", calibrated_small_model(config=SMALL_NAMED))
+    broken = tmp_path / "bags" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "metadata.yaml").write_text("rosbag2_bagfile_information: {}\n")
+    outcome = invoke(
+        bag_cli.main,
+        "evaluate",
+        "--bag",
+        tmp_path / "bags",
+        "--checkpoint",
+        checkpoint,
+        "--out",
+        tmp_path / "out",
+    )
+    assert_refused(outcome, f"bag {broken} failed (exit 2)", "cannot read bag", "broken.log")
+    assert not (tmp_path / "out").exists()
+    assert "cannot read bag" in (tmp_path / "out.logs" / "broken.log").read_text()

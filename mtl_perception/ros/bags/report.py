@@ -195,7 +195,7 @@ def figure_pictures(out: Path, report: dict[str, Any], tally: Tally, title: str)
             counts[np.ix_(rows, rows)],
             [confusion["labels"][i] for i in rows],
             [confusion["labels"][i] for i in rows],
-            f"{title}: pixels (classes present in ground truth or prediction)",
+            f"{title}: pixels\n(classes present in ground truth or prediction)",
         )
         written.append("confusion_segmentation.png")
     detection = report["detection_confusion"]
@@ -205,8 +205,8 @@ def figure_pictures(out: Path, report: dict[str, Any], tally: Tally, title: str)
             np.asarray(detection["counts"]),
             detection["labels"],
             detection["labels"],
-            f"{title}: detections scored >= {report['detection_count_score']} "
-            "(background row: false alarms, column: missed)",
+            f"{title}: detections scored >= {report['detection_count_score']}\n"
+            "(background row: false alarms; background column: missed objects)",
         )
         precision_recall_png(
             out / "precision_recall.png",
