@@ -8,8 +8,16 @@ outputs). Each camera is then written and scored exactly as a single-camera eval
 topics (its ground truth, its node counters: the node's ``<node>: camera <name>`` status) into
 ``OUT/cameras/<name>/`` (report, output bag). The total adds the cameras' scored data up
 (:class:`.score.Tally`: pixel and detection counts, AP over every camera's detections,
-latencies, frames) in ``OUT/report.json`` / ``report.md`` with a per-camera table; the gate's
-criteria judge the total.
+latencies, frames; throughput over the common wall time) in ``OUT/report.json`` / ``report.md``
+with a per-camera table; the gate's criteria judge the total. ``mtl-bag run`` of a rig bag writes
+one output bag per camera (``OUT/<name>/``), and ``mtl-bag score --run OUT`` scores them as
+``evaluate`` does.
+
+Known limit: each player's own pacing (:func:`.replay.replay`) reads the node's LAST
+/diagnostics status (the last camera's) to see a frame dropped or rejected, so with
+``--as-fast-as-possible`` a camera's frame the node discards waits out the player's timeout
+instead; the counters in each camera's report are its own (:func:`final_diagnostics`,
+``info["node"]["status"]``).
 """
 
 from __future__ import annotations
