@@ -12,25 +12,17 @@ latencies, frames; throughput over the common wall time) in ``OUT/report.json`` 
 with a per-camera table; the gate's criteria judge the total. ``mtl-bag run`` of a rig bag writes
 one output bag per camera (``OUT/<name>/``), and ``mtl-bag score --run OUT`` scores them as
 ``evaluate`` does.
-
-Known limit: each player's own pacing (:func:`.replay.replay`) reads the node's LAST
-/diagnostics status (the last camera's) to see a frame dropped or rejected, so with
-``--as-fast-as-possible`` a camera's frame the node discards waits out the player's timeout
-instead; the counters in each camera's report are its own (:func:`final_diagnostics`,
-``info["node"]["status"]``).
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ...cli import ToolError
 from ...data.labels import ClassMap
 from ...model.config import ModelConfig
 from ...outputs import atomic_directory
@@ -94,10 +86,10 @@ def camera_topics(camera: RigCamera) -> BagTopics:
 
 
 def node_topics(camera: RigCamera) -> NodeTopics:
-    """Where the node publishes this camera's outputs; its /diagnostics name is the node's
-    (the camera's own status is picked when reading: :func:`camera_status`)."""
+    """Where the node publishes this camera's outputs, and the camera's own /diagnostics
+    status (its counters pace and settle the camera's player)."""
     base = f"/{NODE_NAME}/{camera.name}"
-    return NodeTopics(NODE_NAME, f"{base}/semantic", f"{base}/detections")
+    return NodeTopics(camera_status(camera), f"{base}/semantic", f"{base}/detections")
 
 
 def camera_status(camera: RigCamera) -> str:
@@ -155,74 +147,9 @@ def replay_rig(cameras: list[RigCamera], prepared: list[PreparedRun], log: Path)
         if errors:
             raise errors[0]
         collected = [c for c in results if c is not None]
-        final_diagnostics(cameras, collected, process.failure)
     finally:
         process.stop()
     return collected
-
-
-def _settled(counters: dict[str, str], sent: int) -> bool:
-    try:
-        counts = {k: int(counters[k]) for k in ("received", "processed", "dropped", "rejected")}
-    except (KeyError, ValueError):
-        return False
-    done = counts["processed"] + counts["dropped"] + counts["rejected"]
-    return counts["received"] >= sent and done >= sent
-
-
-def final_diagnostics(
-    cameras: list[RigCamera],
-    collected: list[Collected],
-    node_failure: Callable[[], str | None],
-    timeout: float = 10.0,
-) -> None:
-    """Adds the node's /diagnostics once every camera's own status accounts for every frame
-    sent to it (or after ``timeout`` s: the last one seen) to each camera's messages, so each
-    camera's report has its final counters (a player stops once its own frames are answered,
-    perhaps before the node's next status).
-
-    Raises:
-        ToolError: the node failed meanwhile.
-    """
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.serialization import serialize_message
-
-    from .read import DIAGNOSTICS_TOPIC, DIAGNOSTICS_TYPE
-
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    listener = rclpy.create_node("mtl_bag_rig_listener", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(listener)
-    last: list[DiagnosticArray] = []
-    names = [camera_status(camera) for camera in cameras]
-
-    def settled() -> bool:
-        if not last:
-            return False
-        statuses = {s.name: {kv.key: kv.value for kv in s.values} for s in last[-1].status}
-        return all(
-            _settled(statuses.get(name, {}), len(got.sent))
-            for name, got in zip(names, collected, strict=True)
-        )
-
-    listener.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, last.append, 10)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not settled():
-            failure = node_failure()
-            if failure is not None:
-                raise ToolError(failure)
-            executor.spin_once(timeout_sec=0.05)
-    finally:
-        listener.destroy_node()
-        rclpy.try_shutdown(context=context)
-    if last:
-        raw, now = serialize_message(last[-1]), time.time_ns()
-        for got in collected:
-            got.messages.append((DIAGNOSTICS_TOPIC, now, raw, DIAGNOSTICS_TYPE))
 
 
 def prepare_rig(
@@ -251,11 +178,11 @@ def prepare_rig(
 def write_camera_bag(
     path: Path, camera: RigCamera, names: tuple[str, ...], run: PreparedRun, got: Collected
 ) -> dict[str, Any]:
-    """A camera's output bag at ``path``: a single-camera run's, whose settings also say the
-    node's cameras, this camera's name and its /diagnostics status; returns the settings."""
+    """A camera's output bag at ``path``: a single-camera run's (its node name: the camera's
+    /diagnostics status), whose settings also say the node's cameras and this camera's name;
+    returns the settings."""
     run.params = replace(run.params, cameras=names)
     info = run_info(run, got, node_topics(camera))
-    info["node"]["status"] = camera_status(camera)
     info["node"]["cameras"] = list(names)
     info["rig_camera"] = camera.name
     write_output_bag(path, got, info)

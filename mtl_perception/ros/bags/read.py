@@ -460,8 +460,7 @@ def read_run(path: Path, option: str = "--run") -> RunOutputs:
         )
     run = RunOutputs(path, info)
     outputs = info["node"]["outputs"]
-    prefix = f"{info['node']['name']}:"
-    own = info["node"].get("status")  # a camera of a several-camera node: its own status
+    name = info["node"]["name"]
     for topic, received, data in raw:
         if topic == outputs["semantic"]:
             msg = deserialize_message(data, Image)
@@ -475,9 +474,16 @@ def read_run(path: Path, option: str = "--run") -> RunOutputs:
             run.detections_received[stamp] = received
         elif topic == DIAGNOSTICS_TOPIC:
             for status in deserialize_message(data, DiagnosticArray).status:
-                if status.name == own if own else status.name.startswith(prefix):
+                if is_status_of(status.name, name):
                     run.node_counters = {kv.key: kv.value for kv in status.values}
     return run
+
+
+def is_status_of(status: str, name: str) -> bool:
+    """Whether the /diagnostics status ``status`` is the node's: ``<name>: ...`` (a node's
+    statuses), or exactly ``name`` (one camera's status of a several-camera node, ``<node>:
+    camera <camera>``)."""
+    return status == name or status.startswith(f"{name}:")
 
 
 def mask_array(msg: Image) -> np.ndarray:

@@ -32,6 +32,7 @@ from .read import (
     DIAGNOSTICS_TYPE,
     IMAGE_TYPE,
     BagFrames,
+    is_status_of,
     stamp_ns,
 )
 
@@ -133,7 +134,7 @@ def replay(
         collected.messages.append((node.detections, now(), serialize_message(msg), DETECTIONS_TYPE))
 
     def on_diagnostics(msg: DiagnosticArray) -> None:
-        mine = [s for s in msg.status if s.name.startswith(f"{node.name}:")]
+        mine = [s for s in msg.status if is_status_of(s.name, node.name)]
         if not mine:
             return
         collected.node_counters = {kv.key: kv.value for kv in mine[-1].values}
