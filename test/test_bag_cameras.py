@@ -217,3 +217,21 @@ def test_bad_cameras_are_one_line_and_exit_2(rig, tmp_path, options, mentions):
     )
     assert_refused(outcome, *mentions)
     assert not (tmp_path / "bag").exists()
+
+
+def test_a_rig_bag_among_several_is_refused_in_one_line(rig, tmp_path):
+    _, checkpoint, _, bag = rig
+    (tmp_path / "bags").mkdir()
+    shutil.copytree(bag, tmp_path / "bags" / "rig")
+    outcome = invoke(
+        bag_cli.main,
+        "evaluate",
+        "--bag",
+        tmp_path / "bags",
+        "--checkpoint",
+        checkpoint,
+        "--out",
+        tmp_path / "out",
+    )
+    assert_refused(outcome, "rig", "--bag")
+    assert not (tmp_path / "out").exists()

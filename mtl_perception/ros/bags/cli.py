@@ -405,6 +405,14 @@ def main(args: argparse.Namespace) -> int:
 
     bags = find_bags(args.bag)
     if bags is not None:
+        from .cameras import bag_rig
+
+        rigs = [bag.name for bag in bags if bag_rig(bag, _topics(args))]
+        if rigs:  # each bag's figures would be in OUT/bags/<bag>/cameras/<camera>/
+            raise ValueError(
+                f"{', '.join(rigs)}: camera rig bags are evaluated one at a time, not among "
+                "several (--bag)"
+            )
         scored, out = evaluate_bags(args, bags)
         return _print_scored(scored, out)
     from .cameras import bag_rig, camera_table, evaluate_rig
