@@ -30,16 +30,28 @@ if [ "$with_jazzy" = 1 ]; then
   jazzy_setup=$!
 fi
 
+# Two pytest workers (pytest-xdist), whole files per worker: much of the suite waits on node
+# start-ups and DDS, so two files at a time use the 2 cores better. One torch thread per process
+# (two workers x two threads on two cores slowed torch). Each worker has ROS domains of its own
+# (test/conftest.py). MTL_TEST_WORKERS=1 runs serially.
+workers=${MTL_TEST_WORKERS:-2}
+parallel=()
+if [ "$workers" -gt 1 ]; then
+  parallel=(-n "$workers" --dist loadfile)
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+fi
+
 failed=()
-echo "== ROS 2 $main_distro: the whole suite =="
-"$venv/bin/python" -m pytest --junitxml="$results/$main_distro.xml" || failed+=("pytest ($main_distro)")
+echo "== ROS 2 $main_distro: the whole suite${parallel[*]:+ (${workers} workers)} =="
+"$venv/bin/python" -m pytest "${parallel[@]}" --junitxml="$results/$main_distro.xml" \
+  || failed+=("pytest ($main_distro)")
 echo "== the robot path: colcon build, installed executables, colcon test =="
 scripts/check_robot_path.sh "$venv" || failed+=("robot path")
 if [ "$with_jazzy" = 1 ]; then
   echo "== ROS 2 jazzy: node, bag and package tests (${jazzy_tests[*]}) =="
   if wait "$jazzy_setup"; then
-    ROS_DISTRO=jazzy "$jazzy_venv/bin/python" -m pytest --junitxml="$results/jazzy.xml" \
-      "${jazzy_tests[@]}" || failed+=("pytest (jazzy)")
+    ROS_DISTRO=jazzy "$jazzy_venv/bin/python" -m pytest "${parallel[@]}" \
+      --junitxml="$results/jazzy.xml" "${jazzy_tests[@]}" || failed+=("pytest (jazzy)")
   else
     tail -30 "$results/setup-jazzy.log"
     echo "error: the Jazzy set-up failed (log: $results/setup-jazzy.log)"

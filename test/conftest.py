@@ -100,3 +100,38 @@ def ros_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
         if key in env:
             monkeypatch.setenv(key, env[key])
     yield dict(os.environ)
+
+
+# -- the robustness suite's summary line ---------------------------------------------------------
+# Counts the cases marked bad_input (test/robustness) and how many passed. The reports carry the
+# markers as keywords, so this works in pytest-xdist's controller too, which collects nothing.
+_bad_input_cases: dict[str, str] = {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    for item in session.items:  # after -k / -m deselection; cases that never report count too
+        if item.get_closest_marker("bad_input") is not None:
+            _bad_input_cases[item.nodeid] = "collected"
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "bad_input" not in report.keywords:
+        return
+    if report.when == "call" or report.outcome != "passed":  # a failed set-up counts too
+        _bad_input_cases[report.nodeid] = report.outcome
+    else:
+        _bad_input_cases.setdefault(report.nodeid, "collected")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not _bad_input_cases:
+        return
+    passed = sum(outcome == "passed" for outcome in _bad_input_cases.values())
+    by_file: dict[str, int] = {}
+    for nodeid in _bad_input_cases:
+        name = nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+        by_file[name] = by_file.get(name, 0) + 1
+    parts = ", ".join(f"{name} {count}" for name, count in sorted(by_file.items()))
+    terminalreporter.write_line(
+        f"robustness suite: {len(_bad_input_cases)} bad-input cases, {passed} passed ({parts})"
+    )
