@@ -11,8 +11,7 @@ from pathlib import Path
 
 # Inside the new namespace: loopback up (iproute2, else ros/loopback.py), then the command.
 ENTER = (
-    '{ ip link set lo up 2>/dev/null || "$MTL_NETNS_PYTHON" "$MTL_NETNS_LOOPBACK"; } '
-    '&& exec "$@"'
+    '{ ip link set lo up 2>/dev/null || "$MTL_NETNS_PYTHON" "$MTL_NETNS_LOOPBACK"; } && exec "$@"'
 )
 
 

@@ -443,7 +443,7 @@ def _gt_class_range(case: Case) -> Path:
 BAD_BAGS = {
     "bag-missing": (lambda case: case.tmp / "nowhere", [], ["bag not found", "nowhere"]),
     "bag-is-a-file": (_file_not_bag, [], ["is a file, not a rosbag2 folder", "--bag"]),
-    "empty-folder": (_empty_folder, [], ["is not a bag and holds no bag (no metadata.yaml", "--bag"]),
+    "empty-folder": (_empty_folder, [], ["holds no bag (no metadata.yaml", "--bag"]),
     "metadata-without-storage": (_metadata_only, [], ["cannot read bag", "missing", ".mcap"]),
     "metadata-not-yaml": (_metadata_not_yaml, [], ["cannot read bag", "metadata.yaml"]),
     "truncated-mcap": (_truncated_mcap, [], ["cannot read bag", "truncated", "--bag"]),
