@@ -263,9 +263,10 @@ def test_debug_shows_the_traceback_of_a_refusal(tmp_path, where):
     ]
 
 
-def test_a_bag_of_several_that_fails_names_itself_and_keeps_its_log(data, tmp_path):
-    """mtl-bag evaluate over a folder of bags: a bag whose evaluation fails stops the run with
-    one line naming that bag and its error; --out is not written, the bags' logs are kept."""
+def test_an_unreadable_bag_among_several_is_refused_before_any_run(data, tmp_path):
+    """mtl-bag evaluate over a folder of bags reads every bag's metadata before it starts a run
+    (a camera rig among them is refused there too): an unreadable bag is one line naming that
+    bag and the problem, exit 2, and --out is not written."""
     checkpoint = save_model(tmp_path / "model.pt", calibrated_small_model(config=SMALL_NAMED))
     broken = tmp_path / "bags" / "broken"
     broken.mkdir(parents=True)
@@ -280,6 +281,5 @@ def test_a_bag_of_several_that_fails_names_itself_and_keeps_its_log(data, tmp_pa
         "--out",
         tmp_path / "out",
     )
-    assert_refused(outcome, f"bag {broken} failed (exit 2)", "cannot read bag", "broken.log")
-    assert not (tmp_path / "out").exists()
-    assert "cannot read bag" in (tmp_path / "out.logs" / "broken.log").read_text()
+    assert_refused(outcome, "cannot read bag", str(broken), "--bag")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.logs").exists()
