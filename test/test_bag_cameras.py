@@ -200,7 +200,7 @@ def test_rig_evaluation_repeats_each_camera_alone_and_adds_them_up(rig):
     [
         (["--cameras", "0"], ["--cameras", "1 to"]),
         (["--cameras", "front,rear,front"], ["--cameras", "front", "more than once"]),
-        (["--cameras", "front,2x"], ["--cameras", "'2x'"]),
+        (["--cameras", "front,2x"], ["--cameras", "'2x' is not a camera name", "in 'front,2x'"]),
         (["--cameras", "2", "--camera-topic", "/cam"], ["--cameras", "--camera-topic"]),
     ],
 )

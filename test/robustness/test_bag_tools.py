@@ -520,7 +520,25 @@ NODE_PARAMS = {
         "/**:\n  ros__parameters:\n    precision: fp64\n",
         ["parameter 'precision' must be one of", "--node-params"],
     ),
+    "named-cameras": (
+        "/**:\n  ros__parameters:\n    cameras: [front]\n",
+        ["parameter 'cameras'", "the bag decides the cameras", "--node-params"],
+    ),
+    "cameras-not-a-list": (
+        "/**:\n  ros__parameters:\n    cameras: front\n",
+        ["parameter 'cameras' must be a list of strings", "--node-params"],
+    ),
 }
+
+
+def test_the_packaged_parameter_file_is_accepted_as_node_params():
+    """config/perception.yaml holds every node parameter, the cameras list included (an
+    outside tester found it refused: 'cameras' was checked as a string)."""
+    from mtl_perception.resources import config_file
+    from mtl_perception.ros.bags.settings import read_node_params
+
+    parameters = read_node_params(config_file("perception.yaml"))
+    assert parameters["cameras"] == [""]
 
 
 @bad_input

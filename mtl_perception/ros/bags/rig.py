@@ -43,7 +43,7 @@ def camera_names(text: str) -> tuple[str, ...]:
         if not CAMERA_NAME.fullmatch(name):
             raise argparse.ArgumentTypeError(
                 f"{name!r} is not a camera name (a letter, then letters, digits or _; it becomes "
-                "a topic namespace), in {text!r}"
+                f"a topic namespace), in {text!r}"
             )
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:

@@ -81,16 +81,28 @@ def _check_parameter(name: str, value: Any, where: str) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif expected is float:
         ok = isinstance(value, float)
+    elif expected is tuple:  # a string array (cameras)
+        ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
     else:
         ok = isinstance(value, str)
     if not ok:
-        kind = {bool: "true or false", int: "an integer", float: "a float (e.g. 1.0)"}
+        kind = {
+            bool: "true or false",
+            int: "an integer",
+            float: "a float (e.g. 1.0)",
+            tuple: "a list of strings",
+        }
         raise ValueError(
             f"parameter '{name}' must be {kind.get(expected, 'a string')}, got "
             f"{type(value).__name__} {value!r} ({where})"
         )
     if expected is float and not math.isfinite(value):
         raise ValueError(f"parameter '{name}' must be finite, got {value!r} ({where})")
+    if name == "cameras" and value != [""]:
+        raise ValueError(
+            f"parameter 'cameras' is {value!r} ({where}): the bag decides the cameras (a rig "
+            "bag from record-dataset --cameras starts the node with its own); leave it out or ['']"
+        )
     return value
 
 
