@@ -37,7 +37,9 @@ PROVIDED = {
     "idna", "charset-normalizer", "pillow", "matplotlib", "kiwisolver", "fonttools", "cycler",
     "contourpy", "typing",  # typing: a Python 2 backport cityscapesscripts still names
 }  # fmt: skip
-EXTRA_ROOTS = ["rosbags", "cityscapesscripts", "pytest-repeat"]
+# Not in ros-kilted.txt: the bag tools' readers, the node process's resource sampling (psutil;
+# NVML for the GPU), the test plugins.
+EXTRA_ROOTS = ["rosbags", "cityscapesscripts", "psutil", "nvidia-ml-py", "pytest-repeat"]
 PLATFORMS = [
     "manylinux_2_39_x86_64", "manylinux_2_35_x86_64", "manylinux_2_34_x86_64",
     "manylinux_2_31_x86_64", "manylinux_2_28_x86_64", "manylinux_2_27_x86_64",

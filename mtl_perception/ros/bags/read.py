@@ -121,7 +121,7 @@ class RunOutputs:
     detections: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     mask_received: dict[int, int] = field(default_factory=dict)  # stamp -> receive time, ns
     detections_received: dict[int, int] = field(default_factory=dict)
-    node_counters: dict[str, str] = field(default_factory=dict)  # the node's last /diagnostics
+    node_counters: dict[str, str] = field(default_factory=dict)  # over the run (/diagnostics)
 
     def arrived(self, stamp: int) -> int | None:
         """When both outputs of ``stamp`` were in (ns), None when one is missing."""
@@ -476,7 +476,22 @@ def read_run(path: Path, option: str = "--run") -> RunOutputs:
             for status in deserialize_message(data, DiagnosticArray).status:
                 if is_status_of(status.name, name):
                     run.node_counters = {kv.key: kv.value for kv in status.values}
+    # the node's counts since the run began (a node that ran before: other trials, a robot's)
+    before = info.get("node_counters_at_start", {})
+    run.node_counters = counter_difference(run.node_counters, before)
     return run
+
+
+def counter_difference(counters: dict[str, str], before: dict[str, str]) -> dict[str, str]:
+    """/diagnostics counters less ``before`` where both are whole numbers (the rest as they
+    are): the node's counts are cumulative, a run's are those since it began."""
+    result = dict(counters)
+    for key, value in counters.items():
+        try:
+            result[key] = str(int(value) - int(before[key]))
+        except (KeyError, ValueError):
+            continue
+    return result
 
 
 def is_status_of(status: str, name: str) -> bool:

@@ -1,10 +1,17 @@
 """The replay stage: publish a bag's camera frames to a node and record what it sends back.
 
 The camera messages are replayed byte for byte (the bag's CDR is what rclpy sends) at the bag's
-receive timing scaled by a factor, or paced by the node's outputs (each frame once the last one's
-outcome is known). Everything the node publishes on its two output topics and its /diagnostics is
-kept as CDR with its receive time, for the output bag; times are nanoseconds of one clock (the wall
-clock at the start of the replay, advanced by the monotonic clock), so latencies never jump.
+receive timing scaled by a factor, at a fixed rate (frames per second, the bag's timing ignored),
+or paced by the node's outputs (each frame once the last one's outcome is known). Everything the
+node publishes on its two output topics and its /diagnostics is kept as CDR with its receive time,
+for the output bag; times are nanoseconds of one clock (the wall clock at the start of the replay,
+advanced by the monotonic clock), so latencies never jump.
+
+The node's /diagnostics counters are cumulative: a replay notes them before its first frame
+(:attr:`Collected.counters_at_start`) and judges its own frames by the differences, so several
+replays into one node (``--find-peak-rate``'s trials, a running node on a robot) each count only
+theirs. Outputs for stamps this replay has not sent (a late answer to an earlier replay) are
+ignored.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from .read import (
     DIAGNOSTICS_TYPE,
     IMAGE_TYPE,
     BagFrames,
+    counter_difference,
     is_status_of,
     stamp_ns,
 )
@@ -65,6 +73,9 @@ class Collected:
     messages: list[tuple[str, int, bytes, str]] = field(default_factory=list)  # topic, t, CDR, type
     node_counters: dict[str, str] = field(default_factory=dict)  # the node's last /diagnostics
     node_parameters: dict[str, Any] = field(default_factory=dict)  # what the node reported
+    counters_at_start: dict[str, str] = field(default_factory=dict)  # before the first frame
+    arrived: dict[int, int] = field(default_factory=dict)  # stamp -> both outputs in
+    window_ns: tuple[int, int] | None = None  # monotonic ns: first frame sent, replay done
 
     def has_outputs(self, stamp: int) -> bool:
         return stamp in self.mask_stamps and stamp in self.detection_stamps
@@ -97,23 +108,30 @@ def replay(
     node: NodeTopics,
     *,
     rate_factor: float | None,
+    rate_hz: float | None = None,
     frame_timeout: float = 10.0,
     node_failure: Callable[[], str | None] = lambda: None,
     progress: bool = True,
     discovery_timeout: float = 120.0,
     parameter_names: tuple[str, ...] = (),
+    idle_timeout: float = 0.0,
 ) -> Collected:
     """Publishes the bag's camera frames on its camera topic and collects the node's outputs.
 
     Args:
         rate_factor: replay at the bag's receive timing x this, or None to pace by the node.
+        rate_hz: instead, send frame i at i / rate_hz s (the bag's timing ignored).
         node_failure: returns why the node is gone (a started process that exited), else None.
         parameter_names: parameters to ask the node for (its get_parameters service; a node
             without the service or a parameter is recorded without it).
+        idle_timeout: first wait up to this many seconds for the node to be idle (every frame
+            it received accounted for: an earlier replay's frames done).
 
     Raises:
         ToolError: the node did not appear within ``discovery_timeout`` s, or it failed.
     """
+    if rate_hz is not None and rate_factor is not None:
+        raise ValueError("replay: give rate_factor or rate_hz, not both")
     context = rclpy.Context()
     rclpy.init(context=context)
     player = rclpy.create_node("mtl_bag_player", context=context)
@@ -125,13 +143,20 @@ def replay(
     def now() -> int:
         return wall0 + time.monotonic_ns() - mono0
 
+    def on_output(stamps: set[int], topic: str, msg: Any, msgtype: str) -> None:
+        stamp, received = stamp_ns(msg.header), now()
+        if stamp not in collected.sent:
+            return  # not (yet) sent by this replay: an earlier replay's late answer
+        stamps.add(stamp)
+        collected.messages.append((topic, received, serialize_message(msg), msgtype))
+        if collected.has_outputs(stamp) and stamp not in collected.arrived:
+            collected.arrived[stamp] = received
+
     def on_mask(msg: Image) -> None:
-        collected.mask_stamps.add(stamp_ns(msg.header))
-        collected.messages.append((node.semantic, now(), serialize_message(msg), IMAGE_TYPE))
+        on_output(collected.mask_stamps, node.semantic, msg, IMAGE_TYPE)
 
     def on_detections(msg: Detection2DArray) -> None:
-        collected.detection_stamps.add(stamp_ns(msg.header))
-        collected.messages.append((node.detections, now(), serialize_message(msg), DETECTIONS_TYPE))
+        on_output(collected.detection_stamps, node.detections, msg, DETECTIONS_TYPE)
 
     def on_diagnostics(msg: DiagnosticArray) -> None:
         mine = [s for s in msg.status if is_status_of(s.name, node.name)]
@@ -167,12 +192,27 @@ def replay(
         dropped = now_counts["rejected"] + now_counts["dropped"]
         return dropped > before["rejected"] + before["dropped"]
 
+    def own_counts() -> dict[str, int] | None:
+        """The node's counters since this replay began."""
+        return _counts(counter_difference(collected.node_counters, collected.counters_at_start))
+
     def settled() -> bool:
-        counts = _counts(collected.node_counters)
+        counts = own_counts()
         sent = len(collected.sent)
         return counts is not None and (
             counts["received"] >= sent
             and counts["processed"] + counts["rejected"] + counts["dropped"] >= sent
+        )
+
+    def accounted() -> bool:
+        """Settled, and every frame the node processed has both outputs here."""
+        counts = own_counts()
+        return settled() and counts is not None and len(collected.arrived) >= counts["processed"]
+
+    def idle() -> bool:
+        counts = _counts(collected.node_counters)
+        return counts is not None and (
+            counts["processed"] + counts["rejected"] + counts["dropped"] >= counts["received"]
         )
 
     try:
@@ -187,22 +227,31 @@ def replay(
                 f"the node did not subscribe to {bag.camera_topic} within {discovery_timeout:g} s"
             )
         spin_until(lambda: collected.node_counters != {}, 2.0)  # discovery settles both ways
+        if idle_timeout > 0:
+            spin_until(idle, idle_timeout)
+        collected.counters_at_start = dict(collected.node_counters)
         if parameter_names:
             collected.node_parameters = _ask_parameters(
                 player, node.qualified, parameter_names, spin_until
             )
         start = time.monotonic()
+        started_ns = time.monotonic_ns()
         first = bag.frames[0].received
-        for frame in tqdm(bag.frames, desc="replaying", unit="frame", disable=not progress):
-            if rate_factor:
+        frames = tqdm(bag.frames, desc="replaying", unit="frame", disable=not progress)
+        for position, frame in enumerate(frames):
+            due = None
+            if rate_hz:
+                due = start + position / rate_hz
+            elif rate_factor:
                 due = start + (frame.received - first) / 1e9 / rate_factor
+            if due is not None:
                 spin_until(
                     lambda due=due: time.monotonic() >= due, max(0.0, due - time.monotonic()) + 1
                 )
             before = _counts(collected.node_counters)
             collected.sent[frame.stamp] = now()
             publisher.publish(frame.raw)
-            if not rate_factor:  # paced by the node: wait for this frame's outcome
+            if due is None:  # paced by the node: wait for this frame's outcome
                 spin_until(
                     lambda stamp=frame.stamp, before=before: (
                         collected.has_outputs(stamp) or node_discarded(before)
@@ -210,8 +259,9 @@ def replay(
                     2.0 if frame.rejected else frame_timeout,
                 )
         expected = [f.stamp for f in bag.frames if f.rejected is None]
-        spin_until(lambda: all(collected.has_outputs(s) for s in expected), 5.0)
+        spin_until(lambda: all(collected.has_outputs(s) for s in expected) or accounted(), 5.0)
         spin_until(settled, 3.0)  # the node's final counters
+        collected.window_ns = (started_ns, time.monotonic_ns())
     finally:
         player.destroy_node()
         rclpy.try_shutdown(context=context)

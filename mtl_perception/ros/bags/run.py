@@ -5,14 +5,17 @@ Everything that can be checked is checked BEFORE the node starts: the output fol
 weights fit) and the bag (readable, a camera topic with an image type). The output bag (MCAP)
 holds the node's masks and detections and its /diagnostics, each logged at its receive time, and
 one :data:`.read.RUN_TOPIC` message: the run's settings (bag, checkpoint, node parameters, replay
-pace), provenance (hashes, versions, host) and every frame sent (stamps, send time, size, why the
-node will reject it). Scoring needs nothing else (:mod:`.score`).
+pace), provenance (hashes, versions, host), every frame sent (stamps, send time, size, why the
+node will reject it), the node process's CPU, memory and GPU use over the replay
+(:mod:`.resources`) and, with ``--find-peak-rate``, every trial of the search (:mod:`.peak`; the
+frames and outputs are those of the peak's trial). Scoring needs nothing else (:mod:`.score`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from ...model.checkpoint import load_model
 from ...model.config import ModelConfig
 from ..parameters import NodeParameters
 from .node_process import start_node
+from .peak import PeakSearch, find_peak_rate
 from .provenance import content_hash, software_and_host
 from .read import (
     COMPRESSED_TYPE,
@@ -39,6 +43,7 @@ from .read import (
 )
 from .record import typestore
 from .replay import Collected, NodeTopics, replay
+from .resources import ResourceSampler, not_sampled
 from .settings import NODE_NAME, node_settings, read_node_params
 
 
@@ -54,6 +59,7 @@ class PreparedRun:
     forced: dict[str, Any]
     params: NodeParameters
     rate_factor: float | None
+    peak: PeakSearch | None = None  # --find-peak-rate: the search replaces rate_factor
 
 
 def check_rate_factor(rate_factor: float | None) -> None:
@@ -79,13 +85,18 @@ def prepare_run(
     params_file: Path | None = None,
     topics: BagTopics = DEFAULT_TOPICS,
     model_config: ModelConfig | None = None,
+    peak: PeakSearch | None = None,
 ) -> PreparedRun:
-    """Checks the pace, the parameter file, the checkpoint and the bag's camera topic.
+    """Checks the pace (or the peak-rate search), the parameter file, the checkpoint and the
+    bag's camera topic.
 
     Raises:
         ValueError: a bad input, naming the option, file or topic.
     """
     check_rate_factor(rate_factor)
+    if peak is not None:
+        peak.check()
+        rate_factor = None
     overrides = read_node_params(params_file)
     if model_config is None:
         model_config = load_model_config(checkpoint)
@@ -98,12 +109,25 @@ def prepare_run(
     compressed = bag.camera_type == COMPRESSED_TYPE
     _, forced, params = node_settings(model_input, overrides, checkpoint, compressed)
     return PreparedRun(
-        bag, checkpoint, model_config, params_file, defaults, forced, params, rate_factor
+        bag, checkpoint, model_config, params_file, defaults, forced, params, rate_factor, peak
     )
 
 
-def run_info(prepared: PreparedRun, collected: Collected, node: NodeTopics) -> dict[str, Any]:
-    """The run's settings, provenance and frames: the output bag's :data:`RUN_TOPIC` message."""
+def run_info(
+    prepared: PreparedRun,
+    collected: Collected,
+    node: NodeTopics,
+    *,
+    resources: dict[str, Any] | None = None,
+    peak: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The run's settings, provenance and frames: the output bag's :data:`RUN_TOPIC` message.
+
+    Args:
+        resources: the node process's use over the replay (:mod:`.resources`).
+        peak: the peak-rate search's record (:func:`.peak.find_peak_rate`); ``collected`` is
+            then its recorded trial.
+    """
     bag = prepared.bag
     return {
         "format": RUN_FORMAT,
@@ -124,8 +148,13 @@ def run_info(prepared: PreparedRun, collected: Collected, node: NodeTopics) -> d
         },
         "replay": {
             "rate_factor": prepared.rate_factor,
-            "as_fast_as_possible": prepared.rate_factor is None,
+            "as_fast_as_possible": prepared.rate_factor is None and peak is None,
+            "rate_hz": peak["recorded_trial_hz"] if peak else None,
+            "find_peak_rate": peak is not None,
         },
+        "peak_rate": peak,
+        "resources": resources,
+        "node_counters_at_start": collected.counters_at_start,
         "provenance": software_and_host(),
         "frames_in_bag": len(bag.frames) + len(bag.problems),
         "frames_restamped": bag.restamped,
@@ -163,6 +192,43 @@ def write_output_bag(path: Path, collected: Collected, info: dict[str, Any]) -> 
         writer.write(settings, end, serialize_message(String(data=json.dumps(info))))
 
 
+def replay_run(
+    prepared: PreparedRun,
+    node: NodeTopics,
+    *,
+    node_failure: Callable[[], str | None] = lambda: None,
+    progress: bool = True,
+    parameter_names: tuple[str, ...] = (),
+    say: Callable[[str], None] = print,
+) -> tuple[Collected, dict[str, Any] | None]:
+    """The run's replay into ``node``: one at its pace, or the peak-rate search's trials
+    (:mod:`.peak`). Returns the recorded replay and the search's record (None without one)."""
+    if prepared.peak is None:
+        collected = replay(
+            prepared.bag,
+            node,
+            rate_factor=prepared.rate_factor,
+            node_failure=node_failure,
+            progress=progress,
+            parameter_names=parameter_names,
+        )
+        return collected, None
+
+    def play(rate_hz: float | None) -> Collected:
+        return replay(
+            prepared.bag,
+            node,
+            rate_factor=None,
+            rate_hz=rate_hz,
+            node_failure=node_failure,
+            progress=False,
+            parameter_names=parameter_names,
+            idle_timeout=10.0,  # the last trial's frames done before this one's counters
+        )
+
+    return find_peak_rate(play, prepared.bag, prepared.peak, say)
+
+
 def execute_run(
     prepared: PreparedRun,
     bag_out: Path,
@@ -170,27 +236,30 @@ def execute_run(
     *,
     progress: bool = True,
     attach: NodeTopics | None = None,
+    say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Starts the node (its output in ``log``), replays, stops it and writes the output bag to
-    ``bag_out`` (a path that must not exist); returns the run's settings.
+    """Starts the node (its output in ``log``), replays while sampling its process's resources,
+    stops it and writes the output bag to ``bag_out`` (a path that must not exist); returns the
+    run's settings.
 
     With ``attach``, no node is started: the frames go to the node already running there (on a
     robot, from ``ros2 launch``; any node publishing the same message types), and the parameters
-    it reports replace the run's own in the settings (what it actually ran with).
+    it reports replace the run's own in the settings (what it actually ran with); its resources
+    are not sampled (its process is not known).
     """
     if attach is not None:
-        collected = replay(
-            prepared.bag,
+        collected, peak = replay_run(
+            prepared,
             attach,
-            rate_factor=prepared.rate_factor,
             progress=progress,
             parameter_names=tuple(asdict(prepared.params)),
+            say=say,
         )
         reported = collected.node_parameters
         prepared.params = replace(
             prepared.params, **{k: v for k, v in reported.items() if k in asdict(prepared.params)}
         )
-        info = run_info(prepared, collected, attach)
+        info = run_info(prepared, collected, attach, resources=not_sampled(), peak=peak)
         info["node"]["attached"] = True
         info["node"]["reported_parameters"] = sorted(reported)
         write_output_bag(bag_out, collected, info)
@@ -205,15 +274,13 @@ def execute_run(
         prepared.forced,
     )
     try:
-        collected = replay(
-            prepared.bag,
-            node,
-            rate_factor=prepared.rate_factor,
-            node_failure=process.failure,
-            progress=progress,
-        )
+        with ResourceSampler(process.process.pid) as sampler:
+            collected, peak = replay_run(
+                prepared, node, node_failure=process.failure, progress=progress, say=say
+            )
     finally:
         process.stop()
-    info = run_info(prepared, collected, node)
+    resources = sampler.summary(*(collected.window_ns or (None, None)))
+    info = run_info(prepared, collected, node, resources=resources, peak=peak)
     write_output_bag(bag_out, collected, info)
     return info
