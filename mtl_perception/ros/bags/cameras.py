@@ -49,6 +49,7 @@ from .read import (
 )
 from .replay import Collected, NodeTopics, replay
 from .report import figure_pictures, latency_histogram, metrics_table, speed_line
+from .resources import ResourceSampler, resources_line
 from .rig import RigCamera, rig_cameras
 from .run import PreparedRun, load_model_config, prepare_run, run_info, write_output_bag
 from .score import Tally, check_ground_truth, match_ground_truth, score_frames
@@ -107,9 +108,12 @@ def node_overrides(cameras: list[RigCamera], prepared: list[PreparedRun]) -> dic
     return overrides
 
 
-def replay_rig(cameras: list[RigCamera], prepared: list[PreparedRun], log: Path) -> list[Collected]:
-    """Starts one node for every camera, replays the cameras at once (a player thread each),
-    stops the node; returns what each camera's player collected.
+def replay_rig(
+    cameras: list[RigCamera], prepared: list[PreparedRun], log: Path
+) -> tuple[list[Collected], dict[str, Any]]:
+    """Starts one node for every camera, replays the cameras at once (a player thread each)
+    while sampling the node process's resources, stops the node; returns what each camera's
+    player collected and the resources over the replay (:mod:`.resources`).
 
     Raises:
         ToolError: the node failed or a camera's replay failed (the first error).
@@ -140,16 +144,19 @@ def replay_rig(cameras: list[RigCamera], prepared: list[PreparedRun], log: Path)
 
     threads = [threading.Thread(target=play, args=(i,)) for i in range(len(cameras))]
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with ResourceSampler(process.process.pid) as sampler:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         if errors:
             raise errors[0]
         collected = [c for c in results if c is not None]
     finally:
         process.stop()
-    return collected
+    windows = [c.window_ns for c in collected if c.window_ns is not None]
+    start, end = min(w[0] for w in windows), max(w[1] for w in windows)
+    return collected, sampler.summary(start, end)
 
 
 def prepare_rig(
@@ -176,13 +183,18 @@ def prepare_rig(
 
 
 def write_camera_bag(
-    path: Path, camera: RigCamera, names: tuple[str, ...], run: PreparedRun, got: Collected
+    path: Path,
+    camera: RigCamera,
+    names: tuple[str, ...],
+    run: PreparedRun,
+    got: Collected,
+    resources: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A camera's output bag at ``path``: a single-camera run's (its node name: the camera's
-    /diagnostics status), whose settings also say the node's cameras and this camera's name;
-    returns the settings."""
+    /diagnostics status), whose settings also say the node's cameras and this camera's name
+    (and the one node's ``resources``, the same in every camera's); returns the settings."""
     run.params = replace(run.params, cameras=names)
-    info = run_info(run, got, node_topics(camera))
+    info = run_info(run, got, node_topics(camera), resources=resources)
     info["node"]["cameras"] = list(names)
     info["rig_camera"] = camera.name
     write_output_bag(path, got, info)
@@ -221,11 +233,11 @@ def run_rig(
     with atomic_directory(out) as work:
         log = work / "node.log"
         try:
-            collected = replay_rig(cameras, prepared, log)
+            collected, resources = replay_rig(cameras, prepared, log)
         except BaseException as error:
             _fail(error, log, out)
         return [
-            write_camera_bag(work / camera.name, camera, names, run, got)
+            write_camera_bag(work / camera.name, camera, names, run, got, resources)
             for camera, run, got in zip(cameras, prepared, collected, strict=True)
         ]
 
@@ -273,14 +285,14 @@ def evaluate_rig(
     with atomic_directory(out) as work:
         log = work / "node.log"
         try:
-            collected = replay_rig(cameras, prepared, log)
+            collected, resources = replay_rig(cameras, prepared, log)
         except BaseException as error:
             _fail(error, log, out)
         outputs = []
         for camera, run, got in zip(cameras, prepared, collected, strict=True):
             folder = work / "cameras" / camera.name
             folder.mkdir(parents=True)
-            write_camera_bag(folder / "outputs_bag", camera, names, run, got)
+            write_camera_bag(folder / "outputs_bag", camera, names, run, got, resources)
             outputs.append(read_run(folder / "outputs_bag"))
         hashes = [run.info["bag_hash"] for run in outputs]
         return score_rig(
@@ -410,6 +422,7 @@ def total_report(
         "node_counters": _node_counters(reports),
         "frames_spec": options.frames,
         **total.figures(class_map),
+        "resources": first.get("resources"),  # one node: every camera's run has its figures
         "gate": None,
         "criteria": [],
         "reproducibility": first["reproducibility"],
@@ -459,6 +472,9 @@ def write_total(
     speed = speed_line(report)
     if speed is not None:
         lines += [f"End-to-end latency: {speed}.", ""]
+    resources = resources_line(report["resources"])
+    if resources is not None:
+        lines += [f"Resources of the one {resources}.", ""]
     if verdicts is not None:
         lines += [f"Gate: **{report['gate'].upper()}**", "", "```", format_verdicts(verdicts)]
         lines += ["```", ""]

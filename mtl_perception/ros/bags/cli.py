@@ -119,6 +119,26 @@ def _add_run(parser: ToolParser) -> None:
         action="store_true",
         help="send each frame once the last one's outputs arrived",
     )
+    pace.add_argument(
+        "--find-peak-rate",
+        action="store_true",
+        help="replay at fixed rates (Hz) in a binary search for the highest with < 5%% of the "
+        "frames lost (dropped or no output); the run recorded and scored is the peak's",
+    )
+    for bound, default in (("min", "half"), ("max", "twice")):
+        parser.add_argument(
+            f"--peak-rate-{bound}",
+            type=positive_float,
+            metavar="HZ",
+            help=f"with --find-peak-rate: the search's {bound}imum input rate (default: {default} "
+            "the throughput of a first trial paced by the node)",
+        )
+    parser.add_argument(
+        "--peak-rate-tolerance",
+        type=positive_float,
+        metavar="HZ",
+        help="with --find-peak-rate: search until the bounds are closer (default: the range / 8)",
+    )
     parser.add_argument(
         "--node-params",
         type=resolve_config_path,
@@ -302,6 +322,16 @@ def _record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_speed(resources: dict | None, peak: dict | None) -> None:
+    """The node process's resources and the peak-rate search, a line each (when there)."""
+    from .peak import peak_line
+    from .resources import resources_line
+
+    for line in (resources_line(resources), peak_line(peak)):
+        if line is not None:
+            print(line)
+
+
 def _print_scored(scored, out: Path) -> int:
     from .criteria import format_verdicts
     from .report import metrics_table, speed_line
@@ -320,6 +350,7 @@ def _print_scored(scored, out: Path) -> int:
     speed = speed_line(report)
     if speed is not None:
         print(f"{speed}; node counters {report['node_counters']}")
+    _print_speed(report.get("resources"), report.get("peak_rate"))
     print(f"report: {out / 'report.md'} (and report.json, frames.jsonl, latency_histogram.png)")
     if scored.verdicts is None:
         return 0
@@ -361,6 +392,7 @@ def main(args: argparse.Namespace) -> int:
             warn=_warn,
         )
         return _print_scored(scored, args.out)
+    peak = _peak_search(args)  # its options checked before anything starts
     from ..isolation import ensure_private_network
 
     if getattr(args, "attach", None) is None:  # a node of our own: no traffic leaves the machine
@@ -372,6 +404,8 @@ def main(args: argparse.Namespace) -> int:
         from .replay import NodeTopics
 
         cameras = [] if args.attach else bag_rig(args.bag, _topics(args))
+        if cameras and peak is not None:
+            raise ValueError(_PEAK_ONE_CAMERA)
         if cameras:
             infos = run_rig(
                 args.bag,
@@ -397,13 +431,19 @@ def main(args: argparse.Namespace) -> int:
             topics=_topics(args),
             warn=_warn,
             attach=NodeTopics.of(args.node_name, args.attach) if args.attach else None,
+            peak=peak,
         )
         sent = sum(f["sent"] is not None for f in info["frames"])
         print(f"sent {sent} frames; output bag: {args.out} (score it with mtl-bag score --run)")
+        _print_speed(info.get("resources"), info.get("peak_rate"))
         return 0
     from .multi import evaluate_bags, find_bags
 
     bags = find_bags(args.bag)
+    if bags is not None and peak is not None:
+        raise ValueError(
+            "--find-peak-rate searches one bag's peak: give --bag one bag, not several (--bag)"
+        )
     if bags is not None:
         from .cameras import bag_rig
 
@@ -419,6 +459,8 @@ def main(args: argparse.Namespace) -> int:
     from .pipeline import evaluate_bag
 
     cameras = bag_rig(args.bag, _topics(args))
+    if cameras and peak is not None:
+        raise ValueError(_PEAK_ONE_CAMERA)
     if cameras:
         scored = evaluate_rig(
             args.bag,
@@ -443,8 +485,42 @@ def main(args: argparse.Namespace) -> int:
         topics=_topics(args),
         options=_score_options(args),
         warn=_warn,
+        peak=peak,
     )
     return _print_scored(scored, args.out)
+
+
+_PEAK_ONE_CAMERA = (
+    "--find-peak-rate searches a single camera's peak: a camera rig bag is replayed on every "
+    "camera at once; name one camera's topics (--camera-topic /c/image ...) (--find-peak-rate)"
+)
+
+
+def _peak_search(args: argparse.Namespace):
+    """The peak-rate search of ``run`` and ``evaluate`` (None without --find-peak-rate).
+
+    Raises:
+        ValueError: a search option without --find-peak-rate, or bounds that make no search.
+    """
+    from .peak import PeakSearch
+
+    given = {
+        option: value
+        for option, value in (
+            ("--peak-rate-min", args.peak_rate_min),
+            ("--peak-rate-max", args.peak_rate_max),
+            ("--peak-rate-tolerance", args.peak_rate_tolerance),
+        )
+        if value is not None
+    }
+    if not args.find_peak_rate:
+        if given:
+            option = next(iter(given))
+            raise ValueError(f"{option} sets the peak-rate search: add --find-peak-rate ({option})")
+        return None
+    search = PeakSearch(args.peak_rate_min, args.peak_rate_max, args.peak_rate_tolerance)
+    search.check()
+    return search
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@
 
 Figures (:data:`FIGURES`) are in the units people write them in: ``miou`` and ``map50`` in
 percent (the tables' numbers), ``coverage`` a fraction (0-1), latencies in ms, throughput in
-frames/s. ``--fail-under`` is a floor for figures where higher is better and a ceiling for those
-where lower is better (latencies). ``--max-drop`` bounds how far a higher-is-better figure may fall
+frames/s, ``peak_rate_hz`` (``--find-peak-rate``'s peak input rate) in Hz. ``--fail-under`` is
+a floor for figures where higher is better and a ceiling for those where lower is better
+(latencies). ``--max-drop`` bounds how far a higher-is-better figure may fall
 below the baseline's, ``--max-rise`` how far a lower-is-better one may rise above it; either in the
 figure's unit or, with ``%``, relative to the baseline's value. A figure the run does not have (no
 ground truth: no mIoU) fails its criterion.
@@ -41,6 +42,7 @@ FIGURES = {
     "latency_p50_ms": Figure("ms", False, 1.0, ("latency_ms", "p50")),
     "latency_p95_ms": Figure("ms", False, 1.0, ("latency_ms", "p95")),
     "latency_max_ms": Figure("ms", False, 1.0, ("latency_ms", "max")),
+    "peak_rate_hz": Figure("Hz", True, 1.0, ("peak_rate", "peak_hz")),  # --find-peak-rate
 }
 
 

@@ -256,6 +256,7 @@ def evaluate_bags(
             total.add(scoring.tally)
             reports.append(json.loads((job.out / "report.json").read_text()))
             summaries.append(_bag_summary(job.name, job.bag, scoring.figures, job.domain_id))
+            summaries[-1]["resources"] = reports[-1].get("resources")  # its own node's
             frames += [{"bag": job.name, **record} for record in scoring.records]
         report = _overall_report(args, total, class_map, summaries, reports)
         verdicts = judge(report, criteria, baseline) if criteria else None

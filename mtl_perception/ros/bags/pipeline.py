@@ -19,6 +19,7 @@ from ...model.config import ModelConfig
 from ...outputs import atomic_directory, check_new_directory
 from .criteria import Criterion, Verdict, check_gate_options, judge
 from .node_process import keep_node_log
+from .peak import PeakSearch
 from .provenance import content_hash
 from .read import DEFAULT_TOPICS, BagTopics, GroundTruth, RunOutputs, read_ground_truth, read_run
 from .replay import NodeTopics
@@ -133,6 +134,7 @@ def run_bag(
     progress: bool = True,
     warn: Callable[[str], None] = lambda message: None,
     attach: NodeTopics | None = None,
+    peak: PeakSearch | None = None,
 ) -> dict[str, Any]:
     """``mtl-bag run``: the output bag in the new folder ``out`` (with the node's log,
     ``node.log``, unless ``attach`` names a running node to replay into); returns the run's
@@ -140,7 +142,12 @@ def run_bag(
     bag_path, checkpoint = Path(bag_path), Path(checkpoint)
     out = _check_out(Path(out), bag_path)
     prepared = prepare_run(
-        bag_path, checkpoint, rate_factor=rate_factor, params_file=params_file, topics=topics
+        bag_path,
+        checkpoint,
+        rate_factor=rate_factor,
+        params_file=params_file,
+        topics=topics,
+        peak=peak,
     )
     for message in prepared.bag.warnings:
         warn(message)
@@ -212,6 +219,7 @@ def evaluate_bag(
     options: ScoreOptions = ScoreOptions(),
     progress: bool = True,
     warn: Callable[[str], None] = lambda message: None,
+    peak: PeakSearch | None = None,
 ) -> Scored:
     """``mtl-bag evaluate`` = run into ``out/outputs_bag`` + score into ``out``: the same code
     and the same bytes as ``mtl-bag score`` on that output bag."""
@@ -227,6 +235,7 @@ def evaluate_bag(
         params_file=params_file,
         topics=topics,
         model_config=model_config,
+        peak=peak,
     )
     truth = read_ground_truth(bag_path, topics)
     frames = _frame_records(prepared)

@@ -20,7 +20,9 @@ from ...evaluation.evaluate import format_table
 from ...evaluation.plots import confusion_matrix_png, precision_recall_png, save_figure
 from ...visualization import draw_overlay
 from .criteria import Verdict, format_verdicts, verdict_dicts
+from .peak import peak_lines
 from .read import VOID, GroundTruth, RunOutputs, camera_rgb
+from .resources import resources_line
 from .score import Scoring, Tally
 
 # Report overlays draw at most this many detections, from this score up (the node runs at 0.001
@@ -66,6 +68,8 @@ def build_report(
         "bag_problems": info["bag_problems"] + figures.pop("scoring_problems"),
         "warnings": info["warnings"] + figures.pop("ground_truth_warnings"),
         **figures,
+        "resources": info.get("resources"),  # the node process's, over the replay
+        "peak_rate": info.get("peak_rate"),  # --find-peak-rate's search and trials
         "gate": None
         if verdicts is None
         else ("pass" if all(v.passed for v in verdicts) else "fail"),
@@ -368,6 +372,10 @@ def write_report(
     speed = speed_line(report)
     if speed is not None:
         lines += [f"End-to-end latency (publish -> both outputs received): {speed}.", ""]
+    resources = resources_line(report["resources"])
+    if resources is not None:
+        lines += [f"Resources of the {resources}.", ""]
+    lines += peak_lines(report["peak_rate"])
     counters = report["node_counters"]
     lines += [
         f"Node counters: received {counters['received']}, processed {counters['processed']}, "
