@@ -62,7 +62,8 @@ class _Gpus:
         try:
             count = pynvml.nvmlDeviceGetCount()
             self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-            self.names = [str(pynvml.nvmlDeviceGetName(h)) for h in self.handles]
+            names = [pynvml.nvmlDeviceGetName(h) for h in self.handles]  # str, bytes before 11.5
+            self.names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
         except pynvml.NVMLError as error:
             self.missing = f"{NO_GPU} (NVML: {error})"
         if not self.handles and self.missing is None:
