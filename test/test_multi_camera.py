@@ -403,6 +403,12 @@ def test_deactivate_releases_every_camera_input_and_output(node, client):
             {"cameras": "[front]", "front.input_transport": "udp"},
             "parameter 'front.input_transport' must be one of ('raw', 'compressed')",
         ),
+        # ROS 2 cannot type an empty list: the parameter ends up unset, said in one line
+        ({"cameras": "[]"}, "parameter 'cameras' has no value: an empty list ([]) has no type"),
+        (
+            {"cameras": "[left,right]", "front.input_transport": "compressed"},
+            "parameter 'front.input_transport' is for camera 'front', which is not in 'cameras'",
+        ),
     ],
 )
 def test_bad_cameras_fail_configure_with_a_clear_message(

@@ -499,6 +499,9 @@ def test_deactivate_activate_deactivate(raw_node, client, scene):
         ({"checkpoint": "x.pt", "score_threshold": 2.0}, "score_threshold"),
         ({"checkpoint": "x.pt", "compile": "fastest"}, "parameter 'compile' must be one of"),
         ({"checkpoint": "x.pt", "device": "cpu", "cuda_graph": True}, "cuda_graph needs a CUDA"),
+        # ROS 2 ignores parameters a node does not declare: a misspelt one must not run silently
+        # with the default
+        ({"checkpoint": "x.pt", "scor_threshold": 0.3}, "unknown parameter 'scor_threshold'"),
     ],
 )
 def test_bad_configuration_exits_non_zero_with_a_clear_message(params, message, env, tmp_path):

@@ -75,7 +75,14 @@ from .messages import (
     frame_statistics,
     label_info_message,
 )
-from .parameters import NodeParameters, declare_parameters, read_cameras, read_parameters
+from .parameters import (
+    NodeParameters,
+    check_camera_names,
+    check_no_unknown_parameters,
+    declare_parameters,
+    read_cameras,
+    read_parameters,
+)
 
 LATCHED = QoSProfile(
     depth=1,
@@ -163,6 +170,9 @@ class PerceptionNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             params = read_parameters(self)
+            check_camera_names(params.cameras)  # before their parameters are declared
+            cameras = read_cameras(self, params)
+            check_no_unknown_parameters(self, params.cameras)
             params.validate()
             import torch
 
@@ -195,7 +205,6 @@ class PerceptionNode(LifecycleNode):
                 self.predictor = FallbackPredictor.from_onnx(params.onnx_model, config, log)
             else:
                 self.predictor = FallbackPredictor.from_checkpoint(params.checkpoint, config, log)
-            cameras = read_cameras(self, params)
         except (ValueError, FileNotFoundError, RuntimeError) as error:
             self.get_logger().error(f"configure failed: {error}")
             self.predictor = None

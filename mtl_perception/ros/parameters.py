@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, fields
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 
 from ..inference.standin import STANDIN_DEVICE, standin_device
@@ -189,6 +190,50 @@ def declare_parameters(node: Node) -> None:
 
 
 def read_parameters(node: Node) -> NodeParameters:
-    values = {spec.name: node.get_parameter(spec.name).value for spec in fields(NodeParameters)}
+    """The node's parameters, unchecked (:meth:`NodeParameters.validate` checks them).
+
+    Raises:
+        ValueError: a parameter given without a value type (``-p cameras:=[]``: ROS 2 cannot
+            type an empty list, so the parameter ends up unset), naming it.
+    """
+    values = {}
+    for spec in fields(NodeParameters):
+        try:
+            values[spec.name] = node.get_parameter(spec.name).value
+        except ParameterUninitializedException:
+            raise ValueError(
+                f"parameter '{spec.name}' has no value: an empty list ([]) has no type in ROS 2, "
+                + (
+                    "so name the cameras, or leave 'cameras' unset for one camera on image"
+                    if spec.name == "cameras"
+                    else "give a value or leave it unset"
+                )
+            ) from None
     values["cameras"] = tuple(values["cameras"])
     return NodeParameters(**values)
+
+
+def check_no_unknown_parameters(node: Node, cameras: tuple[str, ...]) -> None:
+    """Refuses parameters given to the node (``-p``, ``--params-file``) that it does not have:
+    ROS 2 silently ignores them, so a misspelt name would run with the default.
+
+    Raises:
+        ValueError: naming the first unknown parameter (and, for ``<camera>.input_transport``
+            of a camera not in ``cameras``, saying so).
+    """
+    # rclpy keeps the overrides given on the command line and in parameter files here; it has
+    # no public accessor (rclpy 7 and 9 alike).
+    given = sorted(getattr(node, "_parameter_overrides", {}))
+    unknown = [name for name in given if not node.has_parameter(name)]
+    if not unknown:
+        return
+    name = unknown[0]
+    camera, _, rest = name.partition(".")
+    if rest == "input_transport" and camera not in cameras:
+        raise ValueError(
+            f"parameter '{name}' is for camera '{camera}', which is not in 'cameras' "
+            f"{list(cameras)}"
+        )
+    known = ", ".join(spec.name for spec in fields(NodeParameters))
+    more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+    raise ValueError(f"unknown parameter '{name}'{more}; this node's parameters: {known}")
