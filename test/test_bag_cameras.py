@@ -149,8 +149,8 @@ def test_rig_evaluation_repeats_each_camera_alone_and_adds_them_up(rig):
         mine = _report(out / "cameras" / name)
         assert mine["gate"] is None  # the cameras are not judged one by one
         assert mine["camera_topic"] == f"/{name}/image"
-        assert mine["node_counters"]["received"] == str(FRAMES)
-        assert mine["node_counters"]["processed"] == str(FRAMES)
+        assert mine["node_counters"]["received"] == FRAMES
+        assert mine["node_counters"]["processed"] == FRAMES
         alone = root / f"alone_{name}"
         single = _evaluate(
             bag,
@@ -193,6 +193,25 @@ def test_rig_evaluation_repeats_each_camera_alone_and_adds_them_up(rig):
     again = _report(root / "rescored")
     for key in (*ACCURACY_KEYS, "cameras", "node_counters", "latency_ms"):
         assert again[key] == total[key], key
+    # the report folder itself is accepted as --run (its cameras' output bags)
+    folder = invoke(bag_cli.main, "score", "--run", out, "--out", root / "from_folder")
+    assert folder.code == 0, folder.stdout + folder.stderr
+    assert _report(root / "from_folder")["miou"] == total["miou"]
+    # one camera's output bag alone is scored against THAT camera's ground truth
+    for name in CAMERAS:
+        alone = invoke(
+            bag_cli.main,
+            "score",
+            "--run",
+            out / "cameras" / name / "outputs_bag",
+            "--out",
+            root / f"one_{name}",
+        )
+        assert alone.code == 0, alone.stdout + alone.stderr
+        one, mine = _report(root / f"one_{name}"), _report(out / "cameras" / name)
+        assert one["frames_scored"] == FRAMES
+        for key in ACCURACY_KEYS:
+            assert one[key] == mine[key], (name, key)
 
 
 @pytest.mark.parametrize(

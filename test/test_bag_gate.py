@@ -276,6 +276,9 @@ def test_attach_replays_into_a_node_started_separately(evaluated, gate_inputs, t
         (["--frames", "first:2,7-3"], ["'7-3'", "--frames"]),
         (["--frames", "last2"], ["'last2'", "--frames"]),
         (["--match-tolerance-ms", "-5"], ["--match-tolerance-ms"]),
+        (["--fail-under", "coverage=1.5"], ["coverage is at most 1", "--fail-under"]),
+        (["--fail-under", "miou=101"], ["miou is at most 100%", "--fail-under"]),
+        (["--baseline", "B", "--max-drop", "miou=1"], ["not a report.json of mtl-bag"]),
     ],
 )
 def test_bad_criteria_and_options_are_one_line_and_exit_2(tmp_path, options, mentions):
@@ -289,8 +292,75 @@ def test_bad_criteria_and_options_are_one_line_and_exit_2(tmp_path, options, men
 
 def test_frames_spec_positions():
     assert parse_frames("first:2,last:1,4-5", 8) == {0, 1, 4, 5, 7}
-    assert parse_frames("first:20", 3) == {0, 1, 2} and parse_frames(None, 3) == set()
-    assert parse_frames("6", 8) == {6}
+    assert parse_frames("first:2", 3) == {0, 1} and parse_frames(None, 3) == set()
+    assert parse_frames("6", 8) == {6} and parse_frames("0-6", 8) == set(range(7))
+    # positions past the last frame, or nothing left to score: refused, naming the token
+    for spec, mention in (("5-9", "'5-9' goes past the last frame"), ("8", "'8' goes past")):
+        with pytest.raises(ValueError, match=mention):
+            parse_frames(spec, 8)
+    for spec in ("first:20", "0-7", "first:4,last:4"):
+        with pytest.raises(ValueError, match="leaves out every one of the 8 frames"):
+            parse_frames(spec, 8)
+    assert parse_frames("first:20", 0) == set()  # the form alone, before the frames are known
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_frames_past_the_run_and_baselines_that_cannot_judge_are_refused(evaluated, tmp_path):
+    """Checked against the recorded run before any scoring: exit 2, one line, nothing written."""
+    (_, better), (_, worse) = evaluated["better"], evaluated["worse"]
+    run = better / "outputs_bag"
+    past = _score(run, tmp_path / "past", "--frames", "2-9")
+    assert_refused(past, "'2-9' goes past the last frame", "4 frames", "--frames")
+    every = _score(run, tmp_path / "every", "--frames", "first:2,last:2")
+    assert_refused(every, "leaves out every one of the 4 frames", "--frames")
+    # mtl-eval's metrics.json has figures but is not a bag report
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"miou": 0.5, "map": 0.3}))
+    other = _score(run, tmp_path / "o", "--baseline", metrics, "--max-drop", "miou=1")
+    assert_refused(other, "not a report.json of mtl-bag", "metrics.json", "--baseline")
+    # a bag report without the figure a criterion compares: refused, not a FAIL with exit 1
+    report = _report(worse)
+    report["miou"] = None
+    no_miou = tmp_path / "no_miou.json"
+    no_miou.write_text(json.dumps(report))
+    missing = _score(run, tmp_path / "m", "--baseline", no_miou, "--max-drop", "miou=1")
+    assert_refused(missing, "has no miou to compare with", "--baseline")
+    # a --ground-truth bag without ground-truth topics (here: the output bag itself)
+    no_truth = _score(run, tmp_path / "g", "--ground-truth", run)
+    assert_refused(no_truth, "has no ground truth", "/ground_truth/semantic", "--ground-truth")
+    for out in ("past", "every", "o", "m", "g"):
+        assert not (tmp_path / out).exists()
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_gate_options_given_several_times_all_count(evaluated, tmp_path):
+    _, better = evaluated["better"]
+    outcome = _score(
+        better / "outputs_bag",
+        tmp_path / "r",
+        "--fail-under",
+        "miou=99",
+        "--fail-under",
+        "coverage=0.5",
+        "--baseline",
+        better,
+        "--max-drop",
+        "miou=1",
+        "--max-drop",
+        "map50=1",
+    )
+    assert outcome.code == 1, outcome.stdout + outcome.stderr
+    criteria = [c["criterion"] for c in _report(tmp_path / "r")["criteria"]]
+    assert criteria == [
+        "--fail-under miou=99",
+        "--fail-under coverage=0.5",
+        "--max-drop miou=1",
+        "--max-drop map50=1",
+    ]
+    twice = _score(better / "outputs_bag", tmp_path / "t", "--fail-under", "miou=9,miou=8")
+    assert_refused(twice, "miou is given twice", "--fail-under")
 
 
 def _frames(*bag_stamps: int) -> list[dict]:

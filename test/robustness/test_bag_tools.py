@@ -794,7 +794,7 @@ def test_frames_the_node_rejects_are_reported_as_rejected(encodings_run, frame, 
     outcome, out, stamps = encodings_run
     assert outcome.code == 0, outcome.stdout + outcome.stderr
     report = json.loads((out / "report.json").read_text())
-    assert report["frames_rejected"] == 2 and report["node_counters"]["rejected"] == "2"
+    assert report["frames_rejected"] == 2 and report["node_counters"]["rejected"] == 2
     (rejection,) = [r for r in report["rejections"] if r["stamp"] == stamps[frame]]
     assert reason in rejection["reason"]
     assert not (out / f"overlay_{stamps[frame]}.png").exists()
@@ -883,7 +883,7 @@ def test_repeated_header_stamps_keep_latency_per_frame(stamps_run):
     outcome, out = stamps_run
     assert outcome.code == 0, outcome.stdout + outcome.stderr
     report = json.loads((out / "report.json").read_text())
-    assert report["latency_ms"]["p50"] > 0 and report["node_counters"]["processed"] == "5"
+    assert report["latency_ms"]["p50"] > 0 and report["node_counters"]["processed"] == 5
     repeated = START_NS + 5 * 10**9
     names = {p.name for p in out.glob("overlay_*.png")}
     assert f"overlay_{repeated}.png" not in names  # both frames were re-stamped

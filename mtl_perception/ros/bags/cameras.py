@@ -273,6 +273,7 @@ def evaluate_rig(
     )
     truths = []
     for camera, run in zip(cameras, prepared, strict=True):
+        options.check_frames(len(run.bag.frames), camera.name)
         truth = read_ground_truth(bag_path, camera_topics(camera))
         frames = _frame_records(run)
         matching = match_ground_truth(frames, truth, options.tolerance_ns)
@@ -301,11 +302,18 @@ def evaluate_rig(
 
 
 def rig_runs(path: Path) -> list[Path]:
-    """The camera output bags of a rig run folder (``mtl-bag run`` of a rig bag), in name
-    order; [] when ``path`` is not one."""
+    """The camera output bags of a rig run folder (``mtl-bag run`` of a rig bag: ``<camera>/``)
+    or of a rig report folder (``mtl-bag evaluate`` of one: ``cameras/<camera>/outputs_bag``),
+    in name order; [] when ``path`` is neither."""
     path = Path(path)
     if not path.is_dir() or (path / "metadata.yaml").is_file():
         return []
+    if (path / "cameras").is_dir():
+        return sorted(
+            c / "outputs_bag"
+            for c in (path / "cameras").iterdir()
+            if (c / "outputs_bag" / "metadata.yaml").is_file()
+        )
     return sorted(c for c in path.iterdir() if (c / "metadata.yaml").is_file())
 
 
@@ -336,6 +344,7 @@ def score_rig_run(
     for run in runs:
         info = run.info
         topics = camera_topics(RigCamera.of(info["rig_camera"]))
+        options.check_frames(len(info["frames"]), info["rig_camera"])
         truth = read_ground_truth(Path(info["bag_absolute"]), topics, "--run (the run's bag)")
         matching = match_ground_truth(info["frames"], truth, options.tolerance_ns)
         check_ground_truth(info["frames"], matching, truth, class_map)

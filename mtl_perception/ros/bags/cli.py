@@ -169,16 +169,23 @@ def _add_scoring(parser: ToolParser) -> None:
     parser.add_argument(
         "--fail-under",
         metavar="CRITERIA",
+        action="append",
         help="e.g. miou=65,map50=40,coverage=0.95,latency_p95_ms=300 (latencies: ceilings)",
     )
     parser.add_argument(
         "--baseline", type=Path, help="an earlier report.json (or its folder) to compare with"
     )
     parser.add_argument(
-        "--max-drop", metavar="CRITERIA", help="vs --baseline, e.g. miou=1.0,map50=2.0 (or N%%)"
+        "--max-drop",
+        metavar="CRITERIA",
+        action="append",
+        help="vs --baseline, e.g. miou=1.0,map50=2.0 (or N%%)",
     )
     parser.add_argument(
-        "--max-rise", metavar="CRITERIA", help="vs --baseline, e.g. latency_p95_ms=20%%"
+        "--max-rise",
+        metavar="CRITERIA",
+        action="append",
+        help="vs --baseline, e.g. latency_p95_ms=20%%",
     )
 
 
@@ -232,7 +239,13 @@ def build_parser() -> ToolParser:
     score = commands.add_parser(
         "score", help="score an output bag of `run` against ground truth (no model, no node)"
     )
-    score.add_argument("--run", type=Path, required=True, help="an output bag of mtl-bag run")
+    score.add_argument(
+        "--run",
+        type=Path,
+        required=True,
+        help="an output bag of mtl-bag run (a rig run's folder, or a report folder of mtl-bag "
+        "evaluate: its output bags)",
+    )
     score.add_argument("--out", type=Path, required=True, help="new report folder")
     score.add_argument(
         "--ground-truth",
@@ -282,15 +295,7 @@ def _topics(args: argparse.Namespace):
 def _score_options(args: argparse.Namespace):
     from .pipeline import ScoreOptions
 
-    return ScoreOptions(
-        frames=args.frames,
-        match_tolerance_ms=args.match_tolerance_ms,
-        fail_under=args.fail_under,
-        max_drop=args.max_drop,
-        max_rise=args.max_rise,
-        baseline=args.baseline,
-        overlays=args.overlays,
-    )
+    return ScoreOptions.from_args(args)
 
 
 def _record(args: argparse.Namespace) -> int:
@@ -370,6 +375,8 @@ def main(args: argparse.Namespace) -> int:
         from .cameras import camera_table, rig_runs, score_rig_run
         from .pipeline import score_bag
 
+        if (args.run / "outputs_bag" / "metadata.yaml").is_file():
+            args.run = args.run / "outputs_bag"  # the report folder of mtl-bag evaluate
         camera_runs = rig_runs(args.run) if args.ground_truth is None else []
         if camera_runs and _topics(args) == _topics(argparse.Namespace()):
             scored = score_rig_run(

@@ -46,6 +46,10 @@ FIGURES = {
 }
 
 
+# The highest value a figure can take (fractions and percentages); a floor above it is a typo.
+FIGURE_BOUNDS = {"miou": 100.0, "map50": 100.0, "coverage": 1.0}
+
+
 @dataclass(frozen=True)
 class Criterion:
     kind: str  # "fail-under", "max-drop" or "max-rise"
@@ -98,6 +102,16 @@ def parse_criteria(text: str | None, kind: str) -> list[Criterion]:
                 f"{token!r}: a percentage needs a baseline; --fail-under takes the figure's own "
                 f"unit ({FIGURES[name].unit or 'a fraction'}) ({option})"
             )
+        if not math.isfinite(limit):
+            raise ValueError(f"{token!r}: the limit must be finite ({option})")
+        bound = FIGURE_BOUNDS.get(name)
+        if kind == "fail-under" and bound is not None and limit > bound:
+            raise ValueError(
+                f"{token!r}: {name} is at most {bound:g}{FIGURES[name].unit}, so no run could "
+                f"pass ({option})"
+            )
+        if name in (c.figure for c in criteria if c.kind == kind):
+            raise ValueError(f"{name} is given twice in {option} ({option})")
         higher = FIGURES[name].higher_is_better
         if kind == "max-drop" and not higher:
             raise ValueError(
@@ -109,6 +123,10 @@ def parse_criteria(text: str | None, kind: str) -> list[Criterion]:
             )
         criteria.append(Criterion(kind, name, limit, percent))
     return criteria
+
+
+# Keys every mtl-bag report.json has (one bag, a rig, several bags): what tells it from other JSON.
+REPORT_KEYS = frozenset({"coverage", "latency_ms", "reproducibility"})
 
 
 def read_baseline(path: Path) -> dict[str, Any]:
@@ -124,8 +142,12 @@ def read_baseline(path: Path) -> dict[str, Any]:
         raise ValueError(
             f"baseline {path} is not a readable report.json: {error} (--baseline)"
         ) from None
-    if not isinstance(report, dict):
-        raise ValueError(f"baseline {path} is not a report.json object (--baseline)")
+    missing = sorted(REPORT_KEYS - set(report) if isinstance(report, dict) else REPORT_KEYS)
+    if missing:
+        raise ValueError(
+            f"baseline {path} is not a report.json of mtl-bag evaluate or score (no "
+            f"{', '.join(missing)}; mtl-eval's metrics.json is not a bag report) (--baseline)"
+        )
     return report
 
 
@@ -147,7 +169,16 @@ def check_gate_options(
         raise ValueError("--max-drop and --max-rise compare with a baseline: add --baseline")
     if baseline is not None and not relative:
         raise ValueError("--baseline needs --max-drop or --max-rise to say what may change")
-    return criteria + relative, read_baseline(baseline) if baseline is not None else None
+    if baseline is None:
+        return criteria, None
+    old = read_baseline(baseline)
+    missing = [c.figure for c in relative if figure_value(old, c.figure) is None]
+    if missing:
+        raise ValueError(
+            f"the baseline {baseline} has no {', '.join(dict.fromkeys(missing))} to compare with "
+            "(a run without ground truth has no mIoU or mAP) (--baseline)"
+        )
+    return criteria + relative, old
 
 
 @dataclass

@@ -218,15 +218,7 @@ def evaluate_bags(
     """``mtl-bag evaluate`` over ``bags`` (module doc) into the new folder ``args.out``;
     returns the overall scored report and the folder."""
     out = _check_out(Path(args.out), *bags)
-    options = ScoreOptions(
-        frames=args.frames,
-        match_tolerance_ms=args.match_tolerance_ms,
-        fail_under=args.fail_under,
-        max_drop=args.max_drop,
-        max_rise=args.max_rise,
-        baseline=args.baseline,
-        overlays=args.overlays,
-    )
+    options = ScoreOptions.from_args(args)
     criteria, baseline = options.check()
     class_map = _class_map(
         args.classes, load_model_config(Path(args.checkpoint)), str(args.checkpoint)

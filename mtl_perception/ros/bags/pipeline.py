@@ -8,7 +8,7 @@ is kept beside the output as ``<out>.failed-node.log`` and the error names it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,19 @@ from .criteria import Criterion, Verdict, check_gate_options, judge
 from .node_process import keep_node_log
 from .peak import PeakSearch
 from .provenance import content_hash
-from .read import DEFAULT_TOPICS, BagTopics, GroundTruth, RunOutputs, read_ground_truth, read_run
+from .read import (
+    DEFAULT_TOPICS,
+    GT_DETECTIONS_TOPIC,
+    GT_SEMANTIC_TOPIC,
+    BagTopics,
+    GroundTruth,
+    RunOutputs,
+    read_ground_truth,
+    read_run,
+)
 from .replay import NodeTopics
 from .report import build_report, write_report
+from .rig import RigCamera
 from .run import PreparedRun, execute_run, load_model_config, prepare_run
 from .score import check_ground_truth, match_ground_truth, parse_frames, score_frames
 
@@ -53,6 +63,32 @@ class ScoreOptions:
             )
         parse_frames(self.frames, 0)
         return check_gate_options(self.fail_under, self.max_drop, self.max_rise, self.baseline)
+
+    def check_frames(self, count: int, camera: str | None = None) -> None:
+        """Refuses a ``--frames`` that reaches past a run's ``count`` frames or leaves out all of
+        them (before the run or the scoring starts)."""
+        try:
+            parse_frames(self.frames, count)
+        except ValueError as error:
+            raise ValueError(f"camera {camera}: {error}" if camera else str(error)) from None
+
+    @classmethod
+    def from_args(cls, args: Any) -> ScoreOptions:
+        """From mtl-bag's parsed options; a gate option given several times counts whole
+        (``--fail-under miou=60 --fail-under map50=30`` = ``--fail-under miou=60,map50=30``)."""
+
+        def joined(values: list[str] | str | None) -> str | None:
+            return ",".join(values) if isinstance(values, list) else values
+
+        return cls(
+            frames=args.frames,
+            match_tolerance_ms=args.match_tolerance_ms,
+            fail_under=joined(args.fail_under),
+            max_drop=joined(args.max_drop),
+            max_rise=joined(args.max_rise),
+            baseline=args.baseline,
+            overlays=args.overlays,
+        )
 
     @property
     def tolerance_ns(self) -> int:
@@ -193,12 +229,26 @@ def score_bag(
     class_map = _class_map(
         classes_file, ModelConfig.from_dict(info["model_config"]), info["checkpoint"]
     )
+    if "rig_camera" in info:  # one camera of a rig run: that camera's ground truth
+        camera = RigCamera.of(info["rig_camera"])
+        topics = replace(
+            topics,
+            semantic=topics.semantic or camera.semantic,
+            detections=topics.detections or camera.detections,
+        )
     if ground_truth is None:
         truth, truth_hash = _ground_truth(
             Path(info["bag_absolute"]), topics, "--ground-truth (the run's bag)", info["bag_hash"]
         )
     else:
         truth, truth_hash = _ground_truth(Path(ground_truth), topics, "--ground-truth")
+        if truth.semantic_topic is None and truth.detections_topic is None:
+            raise ValueError(
+                f"{ground_truth} has no ground truth: no {topics.semantic or GT_SEMANTIC_TOPIC} "
+                f"and no {topics.detections or GT_DETECTIONS_TOPIC} (--ground-truth; "
+                "--semantic-topic and --detections-topic name others)"
+            )
+    options.check_frames(len(info["frames"]))
     matching = match_ground_truth(info["frames"], truth, options.tolerance_ns)
     check_ground_truth(info["frames"], matching, truth, class_map)
     for message in info["warnings"] + matching.warnings:
@@ -237,6 +287,7 @@ def evaluate_bag(
         model_config=model_config,
         peak=peak,
     )
+    options.check_frames(len(prepared.bag.frames))
     truth = read_ground_truth(bag_path, topics)
     frames = _frame_records(prepared)
     matching = match_ground_truth(frames, truth, options.tolerance_ns)

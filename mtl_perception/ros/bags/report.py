@@ -31,6 +31,14 @@ OVERLAY_SCORE = 0.1
 OVERLAY_MAX_BOXES = 20
 
 
+def _count(value: str | None) -> int | None:
+    """A /diagnostics counter (text) as a number; None when absent or not a count."""
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 def build_report(
     run: RunOutputs,
     truth: GroundTruth | None,
@@ -63,7 +71,8 @@ def build_report(
             "detections_topic": truth.detections_topic if truth else None,
         },
         "node_counters": {
-            k: counters.get(k) for k in ("received", "processed", "dropped", "rejected", "failed")
+            k: _count(counters.get(k))
+            for k in ("received", "processed", "dropped", "rejected", "failed")
         },
         "bag_problems": info["bag_problems"] + figures.pop("scoring_problems"),
         "warnings": info["warnings"] + figures.pop("ground_truth_warnings"),

@@ -57,8 +57,11 @@ def parse_frames(spec: str | None, count: int) -> set[int]:
     ``spec`` is comma-separated tokens: ``first:N`` (the first N), ``last:N`` (the last N),
     ``A-B`` (positions A to B, both included) or ``A`` (one position).
 
+    With ``count`` 0 only the form is checked (before the frames are known).
+
     Raises:
-        ValueError: a token of another form, naming it.
+        ValueError: a token of another form, a position past the last frame, or every frame
+            left out; naming the token.
     """
     left_out: set[int] = set()
     if not spec:
@@ -72,12 +75,22 @@ def parse_frames(spec: str | None, count: int) -> set[int]:
             a, b = int(m[1]), int(m[2] or m[1])
             if b < a:
                 raise ValueError(f"frame range {token!r} ends before it starts (--frames)")
+            if count and b >= count:
+                raise ValueError(
+                    f"frame range {token!r} goes past the last frame: there are {count} frames, "
+                    f"positions 0-{count - 1} (--frames)"
+                )
             left_out |= set(range(a, min(b, count - 1) + 1))
         else:
             raise ValueError(
                 f"cannot read {token!r} in --frames: expected first:N, last:N, A-B or A "
                 "(frame positions from 0), comma-separated (--frames)"
             )
+    if count and len(left_out) >= count:
+        raise ValueError(
+            f"{spec!r} leaves out every one of the {count} frames: nothing would be scored "
+            "(--frames)"
+        )
     return left_out
 
 
