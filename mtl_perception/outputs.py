@@ -127,6 +127,13 @@ def atomic_directory(path: str | Path, option: str = "--out") -> Iterator[Path]:
         if path.is_dir():
             path.rmdir()  # empty (checked): replace it
         temporary.rename(path)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if str(temporary) in str(error.filename or ""):  # name what the user asked for
+            raise OSError(
+                error.errno, f"{error.strerror or error}, writing {option}", str(path)
+            ) from error
+        raise
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise

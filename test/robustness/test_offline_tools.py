@@ -24,6 +24,7 @@ import yaml
 from helpers.models import SMALL_NAMED, calibrated_small_model, save_model
 from helpers.refusal import Outcome, Snapshot, assert_refused, invoke, run_module
 
+from mtl_perception.cli import one_line
 from mtl_perception.data import synthetic
 from mtl_perception.data.labels import DEFAULT_CLASSES_FILE
 from mtl_perception.data.synthetic import write_dataset
@@ -32,6 +33,7 @@ from mtl_perception.evaluation import evaluate
 from mtl_perception.inference import export
 from mtl_perception.model import summary
 from mtl_perception.model.checkpoint import read_checkpoint, save_checkpoint
+from mtl_perception.outputs import atomic_directory
 
 bad_input = pytest.mark.bad_input
 ROOT = os.geteuid() == 0
@@ -199,6 +201,18 @@ def test_eval_out_in_a_folder_that_is_not_writable(tmp_path, checkpoint, data):
         snapshot.assert_unchanged()
     finally:
         parent.chmod(0o755)
+
+
+def test_a_write_failing_inside_an_output_folder_names_the_folder_asked_for(tmp_path):
+    """The temporary folder is an implementation detail: a write that fails in it is reported
+    against the --out the user gave, and nothing is left behind."""
+    out = tmp_path / "report"
+    with pytest.raises(OSError) as caught, atomic_directory(out) as work:
+        (work / "report.md").mkdir()
+        (work / "report.md").write_text("x")  # IsADirectoryError naming the temporary folder
+    assert caught.value.filename == str(out) and "writing --out" in one_line(caught.value)
+    assert ".partial" not in one_line(caught.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- mtl-eval: options ----------------------------------------------------------------------------
