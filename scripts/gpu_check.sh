@@ -25,8 +25,17 @@
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-out=${1:?usage: scripts/gpu_check.sh OUTPUT_DIR [STEP...]}
+usage="usage: scripts/gpu_check.sh OUTPUT_DIR [STEP...]  (--help: what it does)"
+case ${1:-} in
+  -h|--help) sed -n '2,/^set -uo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
+  '') echo "$usage" >&2; exit 2 ;;
+  -*) echo "gpu_check: unknown option '$1'; $usage" >&2; exit 2 ;;
+esac
+out=$1
 shift
+if [ -e "$out" ] && { [ ! -d "$out" ] || [ -n "$(ls -A "$out")" ]; }; then
+  echo "gpu_check: OUTPUT_DIR $out exists and is not an empty folder; give a new one" >&2; exit 2
+fi
 all_steps=(tests latency node_overhead overload single_vs_multi train_step pipeline_ceiling multi_camera autotune)
 steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=("${all_steps[@]}")
@@ -37,7 +46,8 @@ python=${PYTHON:-python3}
 wheels=${GPU_CHECK_DIR:-$root/.gpu-check}/wheels
 device=${GPU_CHECK_DEVICE:-cuda}
 budget=${GPU_CHECK_BUDGET:-100000}
-work=$(mktemp -d /tmp/mtl-gpu-check.XXXXXX)
+work=$(mktemp -d "${TMPDIR:-/tmp}/mtl-gpu-check.XXXXXX")
+trap 'rm -rf "$work"' EXIT  # the environment and logs; the logs reach OUT as logs.tar.gz
 env_dir=$work/env
 mkdir -p "$out" "$work/logs" "$work/sections"
 start=$SECONDS
@@ -90,12 +100,13 @@ fi
 log "environment ready"
 
 checkpoint=$work/untrained.pt
-publish() {  # summary and sections so far into OUT (after each step: a run cut short keeps them)
+publish() {  # summary and sections so far into OUT (after each step: a run cut short keeps them);
+  # each file is written beside its name and renamed, so OUT never holds half a file
   touch "$work/summary.txt"
-  cp "$work/summary.txt" "$out/summary.txt"
+  cp "$work/summary.txt" "$out/.summary.txt.tmp" && mv -f "$out/.summary.txt.tmp" "$out/summary.txt"
   for section in "$work"/sections/*.md; do
     [ -f "$section" ] && { cat "$section"; echo; }
-  done >"$out/sections.md"
+  done >"$out/.sections.md.tmp" && mv -f "$out/.sections.md.tmp" "$out/sections.md"
 }
 run_step() {  # name timeout command...
   local name=$1 limit=$2 begin=$SECONDS
@@ -143,7 +154,8 @@ done
 
 publish
 cp -r "$root/docs/images" "$work/images" 2>/dev/null
-tar -czf "$out/logs.tar.gz" -C "$work" logs sections summary.txt $( [ -d "$work/images" ] && echo images)
+tar -czf "$out/.logs.tar.gz.tmp" -C "$work" logs sections summary.txt $( [ -d "$work/images" ] && echo images) \
+  && mv -f "$out/.logs.tar.gz.tmp" "$out/logs.tar.gz"
 log "done: $out/summary.txt, sections.md, logs.tar.gz"
 cat "$out/summary.txt"
 ! grep -q -E ': (failed|timed out|not run \(ROS)' "$out/summary.txt"

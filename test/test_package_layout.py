@@ -291,3 +291,38 @@ def test_setup_refuses_a_distribution_without_wheels_in_one_line(tmp_path, distr
         "ROS 2 provides rclpy; supported: kilted (default), jazzy"
     ]
     assert not venv.exists()
+
+
+def _gpu_check(*args: str, tmp: Path, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "TMPDIR": str(tmp), **env}
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_check.sh"), *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+    )
+
+
+def test_gpu_check_script_answers_help_and_refuses_bad_arguments(tmp_path):
+    """The CUDA machine's one command (its steps need CUDA; its arguments are checked here)."""
+    helped = _gpu_check("--help", tmp=tmp_path)
+    assert helped.returncode == 0 and "OUTPUT_DIR" in helped.stdout and "STEP" in helped.stdout
+    assert not (tmp_path / "--help").exists()
+    for args, mention in (
+        ((), "usage: scripts/gpu_check.sh OUTPUT_DIR"),
+        (("-x",), "unknown option '-x'"),
+        ((str(tmp_path / "o"), "bogus"), "unknown step 'bogus'"),
+    ):
+        refused = _gpu_check(*args, tmp=tmp_path)
+        assert refused.returncode == 2 and mention in refused.stderr, (args, refused.stderr)
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "summary.txt").write_text("the last run's figures\n")
+    refused = _gpu_check(str(earlier), tmp=tmp_path)
+    assert refused.returncode == 2 and "exists and is not an empty folder" in refused.stderr
+    assert (earlier / "summary.txt").read_text() == "the last run's figures\n"
+    # a run that stops early (here: no wheels carried) leaves no work folder behind
+    stopped = _gpu_check(str(tmp_path / "new"), tmp=tmp_path, GPU_CHECK_DIR=str(tmp_path / "no"))
+    assert stopped.returncode == 1 and "MANIFEST" in stopped.stderr
+    assert not list(tmp_path.glob("mtl-gpu-check.*"))
