@@ -156,6 +156,32 @@ def test_frames_jsonl_coverage_and_frames_left_out(evaluated, gate_inputs, tmp_p
 
 @pytest.mark.ros
 @pytest.mark.slow
+def test_frames_later_than_the_deadline_are_late_not_covered(evaluated, tmp_path):
+    """--deadline-ms from the recorded latencies: the two slowest frames are late."""
+    _, out = evaluated["better"]
+    records = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+    latencies = sorted(r["latency_ms"] for r in records)
+    deadline = (latencies[1] + latencies[2]) / 2
+    assert latencies[1] < deadline < latencies[2]
+    scored = _score(out / "outputs_bag", tmp_path / "late", "--deadline-ms", f"{deadline!r}")
+    assert scored.code == 0, scored.stderr
+    report = _report(tmp_path / "late")
+    late = [json.loads(line) for line in (tmp_path / "late" / "frames.jsonl").open()]
+    for record in late:
+        in_time = record["latency_ms"] <= deadline
+        assert record["status"] == ("scored" if in_time else "skipped"), record
+        assert in_time or record["skip_reason"].startswith("late (outputs after the deadline")
+    assert report["frames_sent"] == 4 and report["frames_with_output"] == 2
+    assert report["coverage"] == 0.5 and report["frames_scored"] == 2
+    assert sum(report["skipped"].values()) == 2
+    # the latency figures still describe every output, late or not
+    assert report["latency_ms"]["max"] == pytest.approx(latencies[-1])
+    refused = _score(out / "outputs_bag", tmp_path / "bad", "--deadline-ms", "0")
+    assert_refused(refused, "--deadline-ms")
+
+
+@pytest.mark.ros
+@pytest.mark.slow
 def test_report_records_what_reproduces_it(evaluated, gate_inputs):
     _, better, _, bag = gate_inputs
     repro = _report(evaluated["better"][1])["reproducibility"]
@@ -208,9 +234,11 @@ def test_run_then_score_gives_evaluate_figures_and_a_ground_truth_bag_of_its_own
         assert report[key] == reference[key], key
     assert report["ground_truth"]["bag"] == str(truth_only)
     assert report["reproducibility"]["ground_truth_hash"] == content_hash(truth_only)
-    # a bag without ground-truth topics (here the output bag itself): speed and coverage only
+    # a --ground-truth bag without ground-truth topics (here the output bag itself) is a mistake,
+    # not a speed-only run (that is a bag without ground truth and no --ground-truth)
     no_truth = _score(outputs, tmp_path / "speed", "--ground-truth", outputs)
-    assert no_truth.code == 0 and _report(tmp_path / "speed")["miou"] is None
+    assert_refused(no_truth, "has no ground truth", "/ground_truth/semantic", "--ground-truth")
+    assert not (tmp_path / "speed").exists()
 
 
 @pytest.mark.ros
@@ -326,10 +354,7 @@ def test_frames_past_the_run_and_baselines_that_cannot_judge_are_refused(evaluat
     no_miou.write_text(json.dumps(report))
     missing = _score(run, tmp_path / "m", "--baseline", no_miou, "--max-drop", "miou=1")
     assert_refused(missing, "has no miou to compare with", "--baseline")
-    # a --ground-truth bag without ground-truth topics (here: the output bag itself)
-    no_truth = _score(run, tmp_path / "g", "--ground-truth", run)
-    assert_refused(no_truth, "has no ground truth", "/ground_truth/semantic", "--ground-truth")
-    for out in ("past", "every", "o", "m", "g"):
+    for out in ("past", "every", "o", "m"):
         assert not (tmp_path / out).exists()
 
 

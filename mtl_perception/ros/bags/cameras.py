@@ -52,7 +52,7 @@ from .report import figure_pictures, latency_histogram, metrics_table, speed_lin
 from .resources import ResourceSampler, resources_line
 from .rig import RigCamera, rig_cameras
 from .run import PreparedRun, load_model_config, prepare_run, run_info, write_output_bag
-from .score import Tally, check_ground_truth, match_ground_truth, score_frames
+from .score import Tally, check_ground_truth, match_ground_truth
 from .settings import NODE_NAME
 
 SUMMARY_KEYS = (
@@ -378,9 +378,7 @@ def score_rig(
         folder = work / "cameras" / name
         folder.mkdir(parents=True, exist_ok=True)
         scored = _score_into(folder, run, truth, truth_hash, class_map, options, [], None)
-        scoring = score_frames(
-            run, truth, class_map, frames_spec=options.frames, tolerance_ns=options.tolerance_ns
-        )
+        scoring = options.score(run, truth, class_map)
         total.add(scoring.tally)
         sent = [f["sent"] for f in run.info["frames"] if f["sent"] is not None]
         if sent and scoring.tally.duration_s > 0:

@@ -167,6 +167,13 @@ def _add_scoring(parser: ToolParser) -> None:
         help="match ground truth to the nearest frame within MS (default 0: exact stamps)",
     )
     parser.add_argument(
+        "--deadline-ms",
+        type=positive_float,
+        metavar="MS",
+        help="a frame whose outputs came later than MS after it was sent is late: skipped, not "
+        "covered (its latency still counts); default: no deadline",
+    )
+    parser.add_argument(
         "--fail-under",
         metavar="CRITERIA",
         action="append",

@@ -34,7 +34,7 @@ from .pipeline import Scored, ScoreOptions, _check_out, _class_map
 from .read import BagTopics, read_ground_truth, read_run
 from .report import figure_pictures, latency_histogram, metrics_table, speed_line
 from .run import load_model_config
-from .score import Tally, score_frames
+from .score import Tally
 
 GLOB_CHARACTERS = set("*?[")
 
@@ -116,6 +116,8 @@ def child_options(args: Any) -> list[str]:
             options += [flag, str(value)]
     options += ["--classes", str(args.classes), "--overlays", str(args.overlays)]
     options += ["--match-tolerance-ms", repr(args.match_tolerance_ms)]
+    if args.deadline_ms is not None:
+        options += ["--deadline-ms", repr(args.deadline_ms)]
     return options
 
 
@@ -240,9 +242,7 @@ def evaluate_bags(
         for job in jobs:
             run = read_run(job.out / "outputs_bag")
             truth = read_ground_truth(job.bag, topics)
-            scoring = score_frames(
-                run, truth, class_map, frames_spec=options.frames, tolerance_ns=options.tolerance_ns
-            )
+            scoring = options.score(run, truth, class_map)
             if total is None:
                 total = Tally.empty(class_map)
             total.add(scoring.tally)

@@ -35,7 +35,7 @@ from .replay import NodeTopics
 from .report import build_report, write_report
 from .rig import RigCamera
 from .run import PreparedRun, execute_run, load_model_config, prepare_run
-from .score import check_ground_truth, match_ground_truth, parse_frames, score_frames
+from .score import Scoring, check_ground_truth, match_ground_truth, parse_frames, score_frames
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class ScoreOptions:
     max_rise: str | None = None
     baseline: Path | None = None
     overlays: int = 4
+    deadline_ms: float | None = None  # outputs later than this after sending: the frame is late
 
     def check(self) -> tuple[list[Criterion], dict[str, Any] | None]:
         """Refuses bad options (before any work); returns the criteria and the baseline."""
@@ -60,6 +61,11 @@ class ScoreOptions:
             raise ValueError(
                 f"the match tolerance must be >= 0 ms and finite, got {self.match_tolerance_ms} "
                 "(--match-tolerance-ms)"
+            )
+        if self.deadline_ms is not None and not (0 < self.deadline_ms < float("inf")):
+            raise ValueError(
+                f"the deadline must be positive and finite, got {self.deadline_ms} ms "
+                "(--deadline-ms)"
             )
         parse_frames(self.frames, 0)
         return check_gate_options(self.fail_under, self.max_drop, self.max_rise, self.baseline)
@@ -88,11 +94,23 @@ class ScoreOptions:
             max_rise=joined(args.max_rise),
             baseline=args.baseline,
             overlays=args.overlays,
+            deadline_ms=args.deadline_ms,
         )
 
     @property
     def tolerance_ns(self) -> int:
         return round(self.match_tolerance_ms * 1e6)
+
+    def score(self, run: RunOutputs, truth: GroundTruth | None, class_map: ClassMap) -> Scoring:
+        """A run's frames scored with these options (frames left out, tolerance, deadline)."""
+        return score_frames(
+            run,
+            truth,
+            class_map,
+            frames_spec=self.frames,
+            tolerance_ns=self.tolerance_ns,
+            deadline_ns=None if self.deadline_ms is None else round(self.deadline_ms * 1e6),
+        )
 
 
 @dataclass
@@ -133,9 +151,7 @@ def _score_into(
     criteria: list[Criterion],
     baseline: dict[str, Any] | None,
 ) -> Scored:
-    scoring = score_frames(
-        run, truth, class_map, frames_spec=options.frames, tolerance_ns=options.tolerance_ns
-    )
+    scoring = options.score(run, truth, class_map)
     figures = scoring.figures
     report = build_report(run, truth, truth_hash, figures, None, options.frames)
     verdicts = judge(report, criteria, baseline) if criteria else None

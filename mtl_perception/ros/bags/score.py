@@ -10,7 +10,9 @@ the ground-truth rule of ``mtl-eval`` (:func:`...evaluation.evaluate.summarize`,
 Coverage is frames with outputs / frames sent; every frame without outputs has a reason: rejected
 (the node's conversions refuse it; known before the replay), dropped (the node's latest-frame-wins
 slot replaced it: its /diagnostics counted drops), partial output (one of the two outputs came),
-no output. ``--frames`` leaves frames out of everything (positions in receive order, 0-based).
+no output, late (outputs later than ``--deadline-ms`` after the frame was sent: a real-time
+consumer would have used an older result; their latencies still count in the latency figures).
+``--frames`` leaves frames out of everything (positions in receive order, 0-based).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ COUNT_SCORE = 0.5
 LEFT_OUT = "left out (--frames)"
 DROPPED = "dropped (latest frame wins)"
 NO_OUTPUT = "no output"
+LATE = "late (outputs after the deadline, --deadline-ms"
 WORST_FRAMES = 3  # the report names (and draws) this many worst frames by mIoU and by misses
 SIZE_RULE = (
     "COCO's object-size bounds (area 32^2 and 96^2 px^2 in its images, typically 640 px wide) "
@@ -421,9 +424,11 @@ def score_frames(
     *,
     frames_spec: str | None = None,
     tolerance_ns: int = 0,
+    deadline_ns: int | None = None,
 ) -> Scoring:
     """:func:`score_run` with the tally behind the figures (for pictures and for adding up
-    several runs)."""
+    several runs). With ``deadline_ns``, a frame whose outputs came later than that after it was
+    sent is late: counted in the latencies, but without outputs for coverage and scoring."""
     frames = run.info["frames"]
     input_width = run.info["node"]["parameters"]["input_width"]
     left_out = parse_frames(frames_spec, len(frames))
@@ -453,9 +458,13 @@ def score_frames(
         if arrived is None:
             records.append({**record, "status": "skipped", "skip_reason": reasons[i]})
             continue
-        tally.frames_with_output += 1
         tally.latencies.append(record["latency_ms"])
         last_arrival = max(last_arrival or arrived, arrived)
+        if deadline_ns is not None and arrived - frame["sent"] > deadline_ns:
+            reason = f"{LATE} {deadline_ns / 1e6:g} ms)"
+            records.append({**record, "status": "skipped", "skip_reason": reason})
+            continue
+        tally.frames_with_output += 1
         mask, boxes = matching.masks.get(i), matching.boxes.get(i)
         if mask is None and boxes is None:
             records.append({**record, "status": "no ground truth", "skip_reason": None})
@@ -473,7 +482,7 @@ def score_frames(
                 continue
             single = ConfusionMatrix(class_map.num_seg_classes, class_map.void_id)
             pair = (
-                np.where(prediction == VOID, 0, prediction),
+                np.where(prediction == VOID, class_map.void_id, prediction),
                 np.where(mask == VOID, class_map.void_id, mask),
             )
             single.update(*pair)
