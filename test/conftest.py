@@ -14,12 +14,12 @@ import itertools
 import os
 import sys
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 from mtl_perception.resources import config_file
+from mtl_perception.ros.distribution import ros_distribution
 from mtl_perception.ros.fastdds import LARGE_IMAGES_PROFILE, PROFILE_VARIABLES, profile_environment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -38,16 +38,6 @@ def pytest_configure(config: pytest.Config) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(NETNS_RUN, [str(NETNS_RUN), *sys.orig_argv])
-
-
-def ros_distribution() -> tuple[str, str]:
-    """Which ROS 2 this run uses, (name, where from): the pip wheels' or a sourced system one."""
-    for distribution, name in (("ros-jazzy-rclpy", "jazzy"), ("ros-rclpy", "kilted")):
-        try:
-            return name, f"pip wheels, rclpy {metadata.version(distribution)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return os.environ.get("ROS_DISTRO", "unknown"), "system"
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import __version__
+from ..distribution import ros_distribution
 
 _CHUNK = 1 << 20
 
@@ -57,20 +58,6 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def ros_distribution() -> str | None:
-    """``ROS_DISTRO`` (a sourced ROS 2), else the distribution of the pip ROS 2 wheels."""
-    from importlib import metadata
-
-    if os.environ.get("ROS_DISTRO"):
-        return os.environ["ROS_DISTRO"]
-    for distribution, name in (("ros-jazzy-rclpy", "jazzy"), ("ros-rclpy", "kilted")):
-        try:
-            return f"{name} (pip wheels, rclpy {metadata.version(distribution)})"
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -93,7 +80,7 @@ def software_and_host() -> dict[str, Any]:
     return {
         "package_version": __version__,
         "git_commit": git_commit(),
-        "ros_distro": ros_distribution(),
+        "ros_distro": "{} ({})".format(*ros_distribution()),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "host": {

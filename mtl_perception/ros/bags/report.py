@@ -16,6 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ...data.labels import NETWORK_VOID_ID, class_names
 from ...evaluation.evaluate import format_table
 from ...evaluation.plots import confusion_matrix_png, precision_recall_png, save_figure
 from ...visualization import draw_overlay
@@ -104,7 +105,7 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 def _prediction_picture(run: RunOutputs, rgb: np.ndarray, stamp: int) -> np.ndarray:
     """(H, W, 3) RGB: the node's mask and its strongest detections over the camera frame."""
     config = run.info["model_config"]
-    names = config.get("det_class_names") or [str(i) for i in range(config["num_det_classes"])]
+    names = class_names(config.get("det_class_names") or (), config["num_det_classes"])
     boxes, scores, classes = run.detections[stamp]
     keep = np.argsort(-scores)[:OVERLAY_MAX_BOXES]
     keep = keep[scores[keep] >= OVERLAY_SCORE]
@@ -174,7 +175,7 @@ def _worst_overlays(out: Path, run: RunOutputs, report: dict[str, Any], scoring:
         picture = _prediction_picture(run, rgb, frame["stamp"])
         truth = scoring.worst_truth[entry["position"]]
         if kind == "miou":
-            mask = np.where(truth["mask"] == VOID, 0, truth["mask"]).astype(np.uint8)
+            mask = np.where(truth["mask"] == VOID, NETWORK_VOID_ID, truth["mask"]).astype(np.uint8)
             empty = np.zeros((0, 4))
             truth_picture = draw_overlay(
                 rgb, mask, empty, np.zeros(0, int), np.zeros(0), [], num_seg
