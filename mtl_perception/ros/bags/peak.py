@@ -218,7 +218,8 @@ def peak_lines(peak: dict[str, Any] | None) -> list[str]:
     for i, t in enumerate(peak["trials"]):
         verdict = "paced by the node" if t["passed"] is None else "pass" if t["passed"] else "fail"
         lines.append(
-            f"| {i} | {number(t['rate_hz'], '.3g')} | {t['sent']} | {t['rejected']} | "
+            f"| {i} | {'paced' if t['rate_hz'] is None else format(t['rate_hz'], '.3g')} | "
+            f"{t['sent']} | {t['rejected']} | "
             f"{t['lost']} | {number(t['lost_fraction'], '.3f')} | "
             f"{number(t['latency_p50_ms'], '.1f')} | {number(t['throughput_fps'], '.2f')} | "
             f"{verdict} |"

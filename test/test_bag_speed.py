@@ -1,0 +1,346 @@
+"""Speed as ros2_benchmark measures it: the node process's resources over a replay, and
+``--find-peak-rate``, the highest input rate at which the node loses < 5 % of the frames.
+
+Real node over DDS (``mtl-bag evaluate`` starts it in its own network namespace), small model.
+The peak-rate run searches between 1 Hz (one frame a second: the small CPU model answers well
+within it) and 500 Hz (six frames in 10 ms: the node's one-frame slot keeps only the newest while
+it works on the first), so the upper bound loses frames by construction of the node, not by a
+timing the test sets. The search's logic itself is checked without ROS on a node whose
+capacity is known exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ros_environment
+from helpers.models import SMALL_NAMED, calibrated_small_model, save_model
+from helpers.refusal import assert_refused, invoke, run_module
+
+from mtl_perception.data.synthetic import write_dataset
+from mtl_perception.ros.bags import cli as bag_cli
+from mtl_perception.ros.bags.node_process import start_node
+from mtl_perception.ros.bags.peak import LOST_LIMIT, PeakSearch, find_peak_rate
+from mtl_perception.ros.bags.read import BagFrames, Frame, read_run
+from mtl_perception.ros.bags.record import record_dataset
+from mtl_perception.ros.bags.replay import Collected
+from mtl_perception.ros.bags.resources import NO_GPU, Sample, _Gpus, resources_line, summarize
+from mtl_perception.ros.bags.settings import EVALUATION_DEFAULTS, forced
+
+FRAMES = 6
+TOLERANCE_1 = ("--peak-rate-tolerance", "1")
+PEAK_OPTIONS = (
+    "--find-peak-rate",
+    "--peak-rate-min",
+    "1",
+    "--peak-rate-max",
+    "500",
+    "--peak-rate-tolerance",
+    "150",
+)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(folder, checkpoint, bag of FRAMES frames with ground truth)."""
+    root = tmp_path_factory.mktemp("speed")
+    write_dataset(root / "data", {"val": FRAMES}, seed=3, width=512, height=256, progress=False)
+    bag = root / "bag"
+    record_dataset(root / "data", "val", bag, progress=False)
+    checkpoint = save_model(root / "model.pt", calibrated_small_model(config=SMALL_NAMED))
+    return root, checkpoint, bag
+
+
+def _evaluate(inputs, name: str, *options: str):
+    root, checkpoint, bag = inputs
+    out = root / name
+    outcome = run_module(
+        "mtl_perception.ros.bags.cli",
+        "evaluate",
+        "--bag",
+        bag,
+        "--checkpoint",
+        checkpoint,
+        "--out",
+        out,
+        *options,
+        env=ros_environment(),
+    )
+    assert outcome.code == 0, outcome.stdout + outcome.stderr[-3000:]
+    return outcome, out
+
+
+@pytest.fixture(scope="module")
+def paced(inputs):
+    """``mtl-bag evaluate --as-fast-as-possible``: (outcome, report folder)."""
+    return _evaluate(inputs, "paced", "--as-fast-as-possible")
+
+
+@pytest.fixture(scope="module")
+def peak(inputs):
+    """``mtl-bag evaluate --find-peak-rate`` between 1 and 500 Hz: (outcome, report folder)."""
+    return _evaluate(inputs, "peak", *PEAK_OPTIONS)
+
+
+def _report(folder: Path) -> dict:
+    return json.loads((folder / "report.json").read_text())
+
+
+def _rescore(run: Path, out: Path, *options: object):
+    return invoke(bag_cli.main, "score", "--run", run, "--out", out, *options)
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_node_process_resources_are_sampled_and_scored_again_from_the_output_bag(paced, tmp_path):
+    outcome, out = paced
+    resources = _report(out)["resources"]
+    assert resources["sampled"] is True and resources["samples"] > 0
+    assert resources["interval_s"] == pytest.approx(0.2)
+    cpu, rss = resources["cpu_percent"], resources["rss_mib"]
+    assert 0 <= cpu["mean"] <= cpu["max"]
+    assert 50 < rss["mean"] <= rss["max"] and rss["final"] > 50  # torch and rclpy are loaded
+    missing = _Gpus().missing
+    if missing is not None:  # this machine: the report says plainly that there is no GPU
+        assert resources["gpu"] == {"note": missing} and missing.startswith("n/a: no NVIDIA GPU")
+    else:
+        assert "devices" in resources["gpu"]
+    assert "Resources of the node process: CPU mean" in (out / "report.md").read_text()
+    assert "node process: CPU mean" in outcome.stdout
+    rescored = _rescore(out / "outputs_bag", tmp_path / "again")
+    assert rescored.code == 0, rescored.stderr
+    assert (tmp_path / "again" / "report.json").read_bytes() == (out / "report.json").read_bytes()
+    assert "node process: CPU mean" in rescored.stdout
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_find_peak_rate_reports_every_trial_and_scores_the_peak(peak, tmp_path):
+    outcome, out = peak
+    report = _report(out)
+    search = report["peak_rate"]
+    trials = search["trials"]
+    assert [t["rate_hz"] for t in trials[:2]] == [500.0, 1.0]  # the bounds first
+    assert search["low_hz"] == 1.0 and search["high_hz"] == 500.0
+    assert search["peak_hz"] is not None and search["recorded_trial_hz"] == search["peak_hz"]
+    for trial in trials:
+        assert trial["sent"] == FRAMES and trial["rejected"] == 0
+        assert trial["lost_fraction"] == pytest.approx(trial["lost"] / FRAMES)
+        assert trial["passed"] == (trial["lost_fraction"] < LOST_LIMIT)
+        # the peak is the highest passing rate: every trial above it failed, none below it did
+        assert trial["passed"] == (trial["rate_hz"] <= search["peak_hz"])
+    assert not trials[0]["passed"] and trials[0]["lost"] >= 1
+    (at_peak,) = [t for t in trials if t["rate_hz"] == search["peak_hz"]]
+    assert at_peak["lost_fraction"] < LOST_LIMIT and at_peak["latency_p50_ms"] > 0
+    # The report's figures are the peak trial's, its node counters only that trial's (the node's
+    # own are cumulative over every trial).
+    assert report["frames_sent"] == FRAMES == report["frames_with_output"] + at_peak["lost"]
+    assert report["reproducibility"]["replay"]["rate_hz"] == search["peak_hz"]
+    counters = report["node_counters"]
+    assert counters["received"] == FRAMES == counters["processed"] + counters["dropped"]
+    assert report["miou"] is not None and report["resources"]["samples"] > 0
+    markdown = (out / "report.md").read_text()
+    assert f"Peak input rate (--find-peak-rate; highest rate with < {100 * LOST_LIMIT:g} %" in (
+        markdown
+    )
+    assert markdown.count("| fail |") == sum(not t["passed"] for t in trials)
+    assert f"peak input rate {search['peak_hz']:.3g} Hz" in outcome.stdout
+    # the score of the output bag alone gives the same report, and the gate judges the peak
+    floor = f"peak_rate_hz={search['peak_hz'] / 2:g}"
+    passed = _rescore(out / "outputs_bag", tmp_path / "pass", "--fail-under", floor)
+    assert passed.code == 0, passed.stdout + passed.stderr
+    rescored = _report(tmp_path / "pass")
+    assert rescored["peak_rate"] == search and rescored["resources"] == report["resources"]
+    failed = _rescore(out / "outputs_bag", tmp_path / "fail", "--fail-under", "peak_rate_hz=500")
+    assert failed.code == 1 and "--fail-under peak_rate_hz=500" in failed.stdout
+    dropped = _rescore(
+        out / "outputs_bag",
+        tmp_path / "drop",
+        "--baseline",
+        out,
+        "--max-drop",
+        "peak_rate_hz=0",
+    )
+    assert dropped.code == 0, dropped.stdout + dropped.stderr  # the same run: no drop
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_an_attached_node_is_not_sampled_and_counts_only_its_own_frames(inputs, tmp_path, ros_env):
+    """Two runs attached to one node started apart (as on a robot): no process of ours to
+    sample, and the second run's counters are its own frames, not the node's running total."""
+    _, checkpoint, bag = inputs
+    settings = {**EVALUATION_DEFAULTS, "input_height": 128, "input_width": 256}
+    node = start_node(
+        "/camera/image_raw",
+        False,
+        None,
+        tmp_path / "node.log",
+        settings,
+        forced(checkpoint, compressed=False),
+        namespace="/robot",
+    )
+    try:
+        for name in ("first", "second"):
+            ran = run_module(
+                "mtl_perception.ros.bags.cli",
+                "run",
+                "--bag",
+                bag,
+                "--checkpoint",
+                checkpoint,
+                "--out",
+                tmp_path / name,
+                "--as-fast-as-possible",
+                "--attach",
+                "/robot",
+            )
+            assert ran.code == 0, ran.stdout + ran.stderr[-3000:]
+            assert "node process: not sampled (attached node)" in ran.stdout
+    finally:
+        node.stop()
+    second = read_run(tmp_path / "second")
+    assert second.info["resources"] == {"sampled": False, "note": "not sampled (attached node)"}
+    assert int(second.info["node_counters_at_start"]["received"]) == FRAMES
+    counts = {k: int(second.node_counters[k]) for k in ("received", "processed", "dropped")}
+    assert counts["received"] == FRAMES == counts["processed"] + counts["dropped"]
+    scored = _rescore(tmp_path / "second", tmp_path / "report")
+    assert scored.code == 0, scored.stderr
+    assert _report(tmp_path / "report")["node_counters"]["received"] == FRAMES
+    assert "Resources of the node process: not sampled (attached node)." in (
+        (tmp_path / "report" / "report.md").read_text()
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "mentions"),
+    [
+        (("--find-peak-rate", "--peak-rate-min", "5", "--peak-rate-max", "2"), ["below"]),
+        (("--peak-rate-max", "5"), ["add --find-peak-rate", "--peak-rate-max"]),
+        (
+            ("--find-peak-rate", "--peak-rate-min", "1", "--peak-rate-max", "2", *TOLERANCE_1),
+            ["--peak-rate-tolerance", "nothing to search"],
+        ),
+        (("--find-peak-rate", "--peak-rate-max", "0"), ["--peak-rate-max", "> 0"]),
+        (("--find-peak-rate", "--peak-rate-min", "inf"), ["--peak-rate-min", "finite"]),
+        (("--find-peak-rate", "--as-fast-as-possible"), ["not allowed with"]),
+        (("--find-peak-rate", "--rate-factor", "2"), ["not allowed with"]),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "evaluate"])
+def test_bad_peak_rate_options_are_refused_in_one_line(tmp_path, command, options, mentions):
+    outcome = invoke(
+        bag_cli.main,
+        command,
+        "--bag",
+        tmp_path / "no_bag",
+        "--checkpoint",
+        tmp_path / "no.pt",
+        "--out",
+        tmp_path / "out",
+        *options,
+    )
+    assert_refused(outcome, *mentions)
+    assert not (tmp_path / "out").exists()
+
+
+# -- the search's logic, on a node whose capacity is known exactly ----------------------------
+
+
+def _bag(count: int) -> BagFrames:
+    frames = [Frame(i, i * 10**8, i * 10**8, i * 10**8, b"", (4, 4)) for i in range(count)]
+    return BagFrames(Path("bag"), "/camera/image_raw", "sensor_msgs/msg/Image", 16, frames)
+
+
+def _node_with_capacity(capacity_hz: float, bag: BagFrames, played: list):
+    """A replay into a node that answers every frame up to ``capacity_hz`` and every other
+    frame above it (paced by the node: at its capacity)."""
+
+    def play(rate_hz: float | None) -> Collected:
+        played.append(rate_hz)
+        collected = Collected()
+        period_ns = round(1e9 / (rate_hz or capacity_hz))
+        for i, frame in enumerate(bag.frames):
+            collected.sent[frame.stamp] = i * period_ns
+            if rate_hz is None or rate_hz <= capacity_hz or i % 2 == 0:
+                collected.mask_stamps.add(frame.stamp)
+                collected.detection_stamps.add(frame.stamp)
+                collected.arrived[frame.stamp] = i * period_ns + 10**7
+        return collected
+
+    return play
+
+
+@pytest.mark.parametrize("capacity", [3.0, 7.5, 0.2, 100.0])
+def test_the_search_finds_the_highest_passing_rate_within_the_tolerance(capacity):
+    bag, played = _bag(20), []
+    search = PeakSearch(low_hz=0.5, high_hz=40.0, tolerance_hz=0.25)
+    recorded, record = find_peak_rate(_node_with_capacity(capacity, bag, played), bag, search)
+    assert None not in played  # both bounds given: no paced trial
+    if capacity >= 40:  # the upper bound passes: nothing more to try
+        assert played == [40.0] and record["peak_hz"] == 40.0
+        assert "upper bound" in record["note"]
+    elif capacity < 0.5:  # the lower bound fails: no peak, the lowest rate's trial recorded
+        assert played == [40.0, 0.5] and record["peak_hz"] is None
+        assert record["recorded_trial_hz"] == 0.5
+    else:
+        assert played[:2] == [40.0, 0.5]
+        assert capacity - 0.25 <= record["peak_hz"] <= capacity
+        failing = [t["rate_hz"] for t in record["trials"] if not t["passed"]]
+        assert min(failing) - record["peak_hz"] <= 0.25
+    assert all(t["passed"] == (t["rate_hz"] <= capacity) for t in record["trials"])
+    assert recorded.sent and len(record["trials"]) == len(played)
+
+
+def test_default_bounds_come_from_a_paced_first_trial():
+    bag, played = _bag(20), []
+    _, record = find_peak_rate(_node_with_capacity(5.0, bag, played), bag, PeakSearch())
+    assert played[0] is None and record["trials"][0]["passed"] is None
+    throughput = record["trials"][0]["throughput_fps"]
+    assert record["low_hz"] == pytest.approx(throughput / 2)
+    assert record["high_hz"] == pytest.approx(throughput * 2)
+    assert record["tolerance_hz"] == pytest.approx((record["high_hz"] - record["low_hz"]) / 8)
+    assert 5.0 - record["tolerance_hz"] <= record["peak_hz"] <= 5.0
+
+
+# -- the GPU's figures, which need NVML and a GPU this machine lacks: NVML's answers given ------
+
+
+class _FakeNvml:
+    """NVML's answers for two devices: the node (pid 7) on device 1 with 300 MiB, another
+    process on device 0; device 1 is 40 % busy."""
+
+    class NVMLError(Exception):
+        pass
+
+    @staticmethod
+    def nvmlDeviceGetComputeRunningProcesses(handle):
+        process = type("Process", (), {})
+        mine, other = process(), process()
+        mine.pid, mine.usedGpuMemory = 7, 300 * 2**20
+        other.pid, other.usedGpuMemory = 8, None
+        return [other] if handle == 0 else [mine, other]
+
+    @staticmethod
+    def nvmlDeviceGetUtilizationRates(handle):
+        return type("Rates", (), {"gpu": 10 if handle == 0 else 40})()
+
+
+def test_gpu_memory_and_utilisation_are_the_node_process_devices():
+    gpus = _Gpus.__new__(_Gpus)
+    gpus.nvml, gpus.handles, gpus.names, gpus.missing = _FakeNvml, [0, 1], ["A", "B"], None
+    assert gpus.usage(7) == (300.0, 40.0)
+    assert gpus.usage(99) == (None, None)  # not on any GPU: nothing to report for it
+    samples = [Sample(i, 50.0 + i, 400.0 + i, *gpus.usage(7)) for i in range(3)]
+    summary = summarize(samples, 0.2, gpu_missing=None, gpu_names=gpus.names)
+    assert summary["gpu"]["memory_mib"] == {"mean": 300.0, "max": 300.0, "final": 300.0}
+    assert summary["gpu"]["utilization_percent"] == {"mean": 40.0, "max": 40.0}
+    line = resources_line(summary)
+    assert "GPU memory mean 300 MiB" in line and "GPU utilisation mean 40 %" in line
+    assert "RSS mean 401 MiB, max 402 MiB, final 402 MiB" in line and "(3 samples" in line
+    cpu_only = summarize([Sample(0, 5.0, 100.0)], 0.2, gpu_missing=None, gpu_names=gpus.names)
+    assert "no GPU lists the node's process" in resources_line(cpu_only)
+    absent = summarize([Sample(0, 5.0, 100.0)], 0.2, gpu_missing=NO_GPU, gpu_names=[])
+    assert resources_line(absent).endswith("GPU n/a: no NVIDIA GPU (1 samples every 0.2 s)")
