@@ -16,7 +16,6 @@ one output bag per camera (``OUT/<name>/``), and ``mtl-bag score --run OUT`` sco
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,7 +25,7 @@ from typing import Any
 from ...data.labels import ClassMap
 from ...model.config import ModelConfig
 from ...outputs import atomic_directory
-from .criteria import Criterion, format_verdicts, judge, verdict_dicts
+from .criteria import Criterion, judge, verdict_dicts
 from .multi import _node_counters
 from .node_process import start_node
 from .pipeline import (
@@ -48,23 +47,12 @@ from .read import (
     read_run,
 )
 from .replay import Collected, NodeTopics, replay
-from .report import figure_pictures, latency_histogram, metrics_table, speed_line
-from .resources import ResourceSampler, resources_line
+from .report import SUMMARY_KEYS, summary_table, write_summary_report
+from .resources import ResourceSampler
 from .rig import RigCamera, rig_cameras
 from .run import PreparedRun, load_model_config, prepare_run, run_info, write_output_bag
 from .score import Tally, check_ground_truth, match_ground_truth
 from .settings import NODE_NAME
-
-SUMMARY_KEYS = (
-    "frames_sent",
-    "frames_with_output",
-    "coverage",
-    "frames_scored",
-    "miou",
-    "map",
-    "latency_ms",
-    "throughput_fps",
-)
 
 
 def bag_rig(bag: Path, topics: BagTopics) -> list[RigCamera]:
@@ -201,6 +189,23 @@ def write_camera_bag(
     return info
 
 
+def _replay_into(
+    work: Path,
+    out: Path,
+    cameras: list[RigCamera],
+    prepared: list[PreparedRun],
+    say: Callable[[str], None],
+) -> tuple[list[Collected], dict[str, Any]]:
+    """:func:`replay_rig` with the node's log in ``work/node.log``, kept beside ``out`` if the
+    run fails."""
+    say(f"replaying {len(cameras)} cameras ({', '.join(c.name for c in cameras)}) into one node")
+    log = work / "node.log"
+    try:
+        return replay_rig(cameras, prepared, log)
+    except BaseException as error:
+        _fail(error, log, out)
+
+
 def run_rig(
     bag_path: Path,
     cameras: list[RigCamera],
@@ -229,13 +234,8 @@ def run_rig(
         for message in run.bag.warnings:
             warn(f"camera {camera.name}: {message}")
     names = tuple(c.name for c in cameras)
-    say(f"replaying {len(cameras)} cameras ({', '.join(names)}) into one node")
     with atomic_directory(out) as work:
-        log = work / "node.log"
-        try:
-            collected, resources = replay_rig(cameras, prepared, log)
-        except BaseException as error:
-            _fail(error, log, out)
+        collected, resources = _replay_into(work, out, cameras, prepared, say)
         return [
             write_camera_bag(work / camera.name, camera, names, run, got, resources)
             for camera, run, got in zip(cameras, prepared, collected, strict=True)
@@ -282,13 +282,8 @@ def evaluate_rig(
             warn(f"camera {camera.name}: {message}")
         truths.append(truth)
     names = tuple(c.name for c in cameras)
-    say(f"replaying {len(cameras)} cameras ({', '.join(names)}) into one node")
     with atomic_directory(out) as work:
-        log = work / "node.log"
-        try:
-            collected, resources = replay_rig(cameras, prepared, log)
-        except BaseException as error:
-            _fail(error, log, out)
+        collected, resources = _replay_into(work, out, cameras, prepared, say)
         outputs = []
         for camera, run, got in zip(cameras, prepared, collected, strict=True):
             folder = work / "cameras" / camera.name
@@ -436,57 +431,21 @@ def total_report(
     }
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
 def camera_table(report: dict[str, Any]) -> str:
     """The per-camera table (markdown) of a total report, with the total's row last."""
-    lines = [
-        "| camera | frames sent | coverage | mIoU | mAP@0.5 | p95 latency (ms) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in [*report["cameras"], {"name": "total", **report}]:
-        p95 = row["latency_ms"]["p95"]
-        lines.append(
-            f"| {row['name']} | {row['frames_sent']} | "
-            + (f"{row['coverage']:.3f}" if row["coverage"] is not None else "n/a")
-            + f" | {_percent(row['miou'])} | {_percent(row['map'])} | "
-            + (f"{p95:.1f}" if p95 is not None else "n/a")
-            + " |"
-        )
-    return "\n".join(lines)
+    rows = [(row["name"], row) for row in report["cameras"]]
+    return summary_table("camera", [*rows, ("total", report)])
 
 
 def write_total(
     work: Path, report: dict[str, Any], records: list[dict[str, Any]], total: Tally, verdicts
 ) -> None:
-    (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    with (work / "frames.jsonl").open("w") as stream:
-        for record in records:
-            stream.write(json.dumps(record) + "\n")
     title = f"{len(report['cameras'])} cameras"
-    lines = [f"# Evaluation of {report['bag']}: {title}", "", camera_table(report), ""]
-    lines += [
+    intro = [f"# Evaluation of {report['bag']}: {title}", "", camera_table(report), ""]
+    intro += [
         "Each camera's full report: `cameras/<name>/report.md`.",
         "",
         f"Total ({report['note']}):",
         "",
     ]
-    table = metrics_table(report)
-    if table is not None:
-        lines += ["```", table, "```", ""]
-    speed = speed_line(report)
-    if speed is not None:
-        lines += [f"End-to-end latency: {speed}.", ""]
-    resources = resources_line(report["resources"])
-    if resources is not None:
-        lines += [f"Resources of the one {resources}.", ""]
-    if verdicts is not None:
-        lines += [f"Gate: **{report['gate'].upper()}**", "", "```", format_verdicts(verdicts)]
-        lines += ["```", ""]
-    pictures = figure_pictures(work, report, total, title)
-    lines += [f"![{Path(p).stem}]({p})" for p in pictures]
-    lines += ["![latency](latency_histogram.png)", ""]
-    latency_histogram(work, records, title)
-    (work / "report.md").write_text("\n".join(lines) + "\n")
+    write_summary_report(work, report, records, total, verdicts, title=title, intro=intro)

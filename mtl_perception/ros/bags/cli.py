@@ -374,6 +374,17 @@ def _print_scored(scored, out: Path) -> int:
     return EXIT_GATE_FAILED
 
 
+def _rig_cameras(args: argparse.Namespace, peak: object) -> list:
+    """The rig cameras of ``--bag`` (none: one camera, or ``--attach``); a rig cannot be
+    searched for its peak rate."""
+    from .cameras import bag_rig
+
+    cameras = [] if getattr(args, "attach", None) else bag_rig(args.bag, _topics(args))
+    if cameras and peak is not None:
+        raise ValueError(_PEAK_ONE_CAMERA)
+    return cameras
+
+
 @tool_main(build_parser)
 def main(args: argparse.Namespace) -> int:
     if args.command == "record-dataset":
@@ -411,25 +422,20 @@ def main(args: argparse.Namespace) -> int:
 
     if getattr(args, "attach", None) is None:  # a node of our own: no traffic leaves the machine
         ensure_private_network()
-    rate_factor = None if args.as_fast_as_possible else args.rate_factor
+    # what every run of the node takes, one camera or a rig, run or evaluate
+    node_run = {
+        "rate_factor": None if args.as_fast_as_possible else args.rate_factor,
+        "params_file": args.node_params,
+        "warn": _warn,
+    }
     if args.command == "run":
-        from .cameras import bag_rig, run_rig
+        from .cameras import run_rig
         from .pipeline import run_bag
         from .replay import NodeTopics
 
-        cameras = [] if args.attach else bag_rig(args.bag, _topics(args))
-        if cameras and peak is not None:
-            raise ValueError(_PEAK_ONE_CAMERA)
+        cameras = _rig_cameras(args, peak)
         if cameras:
-            infos = run_rig(
-                args.bag,
-                cameras,
-                args.checkpoint,
-                args.out,
-                rate_factor=rate_factor,
-                params_file=args.node_params,
-                warn=_warn,
-            )
+            infos = run_rig(args.bag, cameras, args.checkpoint, args.out, **node_run)
             sent = sum(f["sent"] is not None for info in infos for f in info["frames"])
             print(
                 f"sent {sent} frames on {len(cameras)} cameras; output bags: {args.out}/<camera> "
@@ -440,10 +446,7 @@ def main(args: argparse.Namespace) -> int:
             args.bag,
             args.checkpoint,
             args.out,
-            rate_factor=rate_factor,
-            params_file=args.node_params,
             topics=_topics(args),
-            warn=_warn,
             attach=NodeTopics.of(args.node_name, args.attach) if args.attach else None,
             peak=peak,
         )
@@ -469,23 +472,19 @@ def main(args: argparse.Namespace) -> int:
             )
         scored, out = evaluate_bags(args, bags)
         return _print_scored(scored, out)
-    from .cameras import bag_rig, camera_table, evaluate_rig
+    from .cameras import camera_table, evaluate_rig
     from .pipeline import evaluate_bag
 
-    cameras = bag_rig(args.bag, _topics(args))
-    if cameras and peak is not None:
-        raise ValueError(_PEAK_ONE_CAMERA)
+    cameras = _rig_cameras(args, peak)
     if cameras:
         scored = evaluate_rig(
             args.bag,
             cameras,
             args.checkpoint,
             args.out,
-            rate_factor=rate_factor,
-            params_file=args.node_params,
             classes_file=args.classes,
             options=_score_options(args),
-            warn=_warn,
+            **node_run,
         )
         print(camera_table(scored.report))
         return _print_scored(scored, args.out)
@@ -493,13 +492,11 @@ def main(args: argparse.Namespace) -> int:
         args.bag,
         args.checkpoint,
         args.out,
-        rate_factor=rate_factor,
-        params_file=args.node_params,
         classes_file=args.classes,
         topics=_topics(args),
         options=_score_options(args),
-        warn=_warn,
         peak=peak,
+        **node_run,
     )
     return _print_scored(scored, args.out)
 

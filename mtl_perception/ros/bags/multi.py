@@ -29,10 +29,10 @@ from typing import Any
 
 from ...cli import ToolError
 from ...outputs import atomic_directory
-from .criteria import format_verdicts, judge, verdict_dicts
+from .criteria import judge, verdict_dicts
 from .pipeline import Scored, ScoreOptions, _check_out, _class_map
 from .read import BagTopics, read_ground_truth, read_run
-from .report import figure_pictures, latency_histogram, metrics_table, speed_line
+from .report import SUMMARY_KEYS, summary_table, write_summary_report
 from .run import load_model_config
 from .score import Tally
 
@@ -186,19 +186,7 @@ def _bag_summary(name: str, bag: Path, figures: dict[str, Any], domain_id: int) 
         "bag": str(bag),
         "report": f"bags/{name}/report.json",
         "ros_domain_id": domain_id,
-        **{
-            key: figures[key]
-            for key in (
-                "frames_sent",
-                "frames_with_output",
-                "coverage",
-                "frames_scored",
-                "miou",
-                "map",
-                "latency_ms",
-                "throughput_fps",
-            )
-        },
+        **{key: figures[key] for key in SUMMARY_KEYS},
     }
 
 
@@ -301,48 +289,10 @@ def _overall_report(
 def _write_overall(
     work: Path, report: dict[str, Any], frames: list[dict[str, Any]], total: Tally, verdicts
 ) -> None:
-    (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    with (work / "frames.jsonl").open("w") as stream:
-        for record in frames:
-            stream.write(json.dumps(record) + "\n")
     title = f"{len(report['bags'])} bags"
-    lines = [
-        f"# Evaluation of {title}",
-        "",
-        "| bag | frames sent | coverage | mIoU | mAP@0.5 | p95 latency (ms) |",
-        "|---|---|---|---|---|---|",
+    rows = [
+        (f"[{bag['name']}]({Path(bag['report']).parent}/report.md)", bag) for bag in report["bags"]
     ]
-
-    def percent(value):
-        return "n/a" if value is None else f"{100 * value:.1f}"
-
-    for bag in report["bags"]:
-        p95 = bag["latency_ms"]["p95"]
-        lines.append(
-            f"| [{bag['name']}]({Path(bag['report']).parent}/report.md) | {bag['frames_sent']} | "
-            + (f"{bag['coverage']:.3f}" if bag["coverage"] is not None else "n/a")
-            + f" | {percent(bag['miou'])} | {percent(bag['map'])} | "
-            + (f"{p95:.1f}" if p95 is not None else "n/a")
-            + " |"
-        )
-    lines += ["", f"Overall ({report['note']}):", ""]
-    table = metrics_table(report)
-    if table is not None:
-        lines += ["```", table, "```", ""]
-    speed = speed_line(report)
-    if speed is not None:
-        lines += [f"End-to-end latency: {speed}.", ""]
-    if verdicts is not None:
-        lines += [
-            f"Gate: **{report['gate'].upper()}**",
-            "",
-            "```",
-            format_verdicts(verdicts),
-            "```",
-            "",
-        ]
-    pictures = figure_pictures(work, report, total, title)
-    lines += [f"![{Path(p).stem}]({p})" for p in pictures]
-    lines += ["![latency](latency_histogram.png)", ""]
-    latency_histogram(work, frames, title)
-    (work / "report.md").write_text("\n".join(lines) + "\n")
+    intro = [f"# Evaluation of {title}", "", summary_table("bag", rows), ""]
+    intro += ["", f"Overall ({report['note']}):", ""]
+    write_summary_report(work, report, frames, total, verdicts, title=title, intro=intro)

@@ -32,6 +32,83 @@ OVERLAY_SCORE = 0.1
 OVERLAY_MAX_BOXES = 20
 
 
+# The figures a summary row (one camera of a rig, one bag of several) shows.
+SUMMARY_KEYS = (
+    "frames_sent",
+    "frames_with_output",
+    "coverage",
+    "frames_scored",
+    "miou",
+    "map",
+    "latency_ms",
+    "throughput_fps",
+)
+
+
+def gate_lines(report: dict[str, Any], verdicts: list[Verdict] | None) -> list[str]:
+    """report.md's gate: the verdict and every criterion's row (none without criteria)."""
+    if verdicts is None:
+        return []
+    return [f"Gate: **{report['gate'].upper()}**", "", "```", format_verdicts(verdicts), "```", ""]
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def summary_table(kind: str, rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """A markdown table of summary rows (``(name cell, figures)``: cameras of a rig, bags)."""
+    lines = [
+        f"| {kind} | frames sent | coverage | mIoU | mAP@0.5 | p95 latency (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in rows:
+        p95 = row["latency_ms"]["p95"]
+        lines.append(
+            f"| {name} | {row['frames_sent']} | "
+            + (f"{row['coverage']:.3f}" if row["coverage"] is not None else "n/a")
+            + f" | {_percent(row['miou'])} | {_percent(row['map'])} | "
+            + (f"{p95:.1f}" if p95 is not None else "n/a")
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def write_summary_report(
+    work: Path,
+    report: dict[str, Any],
+    records: list[dict[str, Any]],
+    total: Tally,
+    verdicts: list[Verdict] | None,
+    *,
+    title: str,
+    intro: list[str],
+) -> None:
+    """report.json, frames.jsonl, report.md (``intro``, then the total's figures, speed,
+    resources, gate and pictures) and the latency histogram of a report that adds up several
+    (a rig's cameras, several bags)."""
+    (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with (work / "frames.jsonl").open("w") as stream:
+        for record in records:
+            stream.write(json.dumps(record) + "\n")
+    lines = list(intro)
+    table = metrics_table(report)
+    if table is not None:
+        lines += ["```", table, "```", ""]
+    speed = speed_line(report)
+    if speed is not None:
+        lines += [f"End-to-end latency: {speed}.", ""]
+    resources = resources_line(report.get("resources"))
+    if resources is not None:
+        lines += [f"Resources of the {resources}.", ""]
+    lines += gate_lines(report, verdicts)
+    pictures = figure_pictures(work, report, total, title)
+    lines += [f"![{Path(p).stem}]({p})" for p in pictures]
+    lines += ["![latency](latency_histogram.png)", ""]
+    latency_histogram(work, records, title)
+    (work / "report.md").write_text("\n".join(lines) + "\n")
+
+
 def _count(value: str | None) -> int | None:
     """A /diagnostics counter (text) as a number; None when absent or not a count."""
     try:
@@ -393,15 +470,7 @@ def write_report(
         f"failed {counters['failed']}.",
         "",
     ]
-    if verdicts is not None:
-        lines += [
-            f"Gate: **{report['gate'].upper()}**",
-            "",
-            "```",
-            format_verdicts(verdicts),
-            "```",
-            "",
-        ]
+    lines += gate_lines(report, verdicts)
     repro = report["reproducibility"]
     lines += [
         f"Reproducibility: bag {repro['bag_hash']}, checkpoint {repro['checkpoint_hash']}, "
