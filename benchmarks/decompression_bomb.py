@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import ROOT, header, median_ms, p95_ms, time_calls, write_section
 
 from mtl_perception.ros.isolation import ensure_private_network
+from mtl_perception.ros.node_process import start_node
 
 NODE = "bomb_node"
 TOPIC = "/bomb/image/compressed"
@@ -126,17 +126,14 @@ def node_memory(checkpoint: Path, bombs: dict[str, bytes], frames: int) -> dict[
     from mtl_perception.data.synthetic import generate_scene
 
     log = Path(tempfile.gettempdir()) / "mtl_bomb_node.log"
-    node_process = subprocess.Popen(
-        [
-            sys.executable, "-m", "mtl_perception.ros.node", "--ros-args",
-            "-r", f"__node:={NODE}", "-r", f"image/compressed:={TOPIC}",
-            "-p", f"checkpoint:={checkpoint}", "-p", "input_transport:=compressed",
-            "-p", "qos_reliability:=reliable", "-p", "diagnostics_period:=0.2",
-            "-p", "publish_overlay:=false",
-        ],
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    params = {
+        "checkpoint": checkpoint,
+        "input_transport": "compressed",
+        "qos_reliability": "reliable",
+        "diagnostics_period": 0.2,
+        "publish_overlay": False,
+    }
+    node = start_node(NODE, remaps={"image/compressed": TOPIC}, parameters=params, log=log)
     rclpy.init()
     player = rclpy.create_node("bomb_player")
     counters: dict[str, str] = {}
@@ -166,7 +163,7 @@ def node_memory(checkpoint: Path, bombs: dict[str, bytes], frames: int) -> dict[
     def wait(condition, what: str, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
-            if node_process.poll() is not None or time.monotonic() > deadline:
+            if node.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{what}: timed out\n{log.read_text()[-3000:]}")
             time.sleep(0.01)
 
@@ -184,8 +181,8 @@ def node_memory(checkpoint: Path, bombs: dict[str, bytes], frames: int) -> dict[
         wait(lambda: publisher.get_subscription_count() > 0 and count("rejected") >= 0, "start")
         answer(1)
         answer(2)
-        result = {"rss_before": status_mb(node_process.pid, "VmRSS")}
-        result["hwm_before"] = status_mb(node_process.pid, "VmHWM")
+        result = {"rss_before": status_mb(node.pid, "VmRSS")}
+        result["hwm_before"] = status_mb(node.pid, "VmHWM")
         start = rejected = count("rejected_too_large")
         for _ in range(frames):
             for data in bombs.values():
@@ -193,15 +190,14 @@ def node_memory(checkpoint: Path, bombs: dict[str, bytes], frames: int) -> dict[
                 rejected += 1
                 wait(lambda rejected=rejected: count("rejected_too_large") >= rejected, "bomb")
         answer(3)
-        result["hwm_after"] = status_mb(node_process.pid, "VmHWM")
-        result["rss_after"] = status_mb(node_process.pid, "VmRSS")
+        result["hwm_after"] = status_mb(node.pid, "VmHWM")
+        result["rss_after"] = status_mb(node.pid, "VmRSS")
         result["rejected"] = count("rejected_too_large") - start
         result["sent"] = frames * len(bombs)
         result["traceback"] = "Traceback" in log.read_text()
     finally:
         executor.shutdown()
-        node_process.terminate()
-        node_process.wait(timeout=30)
+        node.stop(timeout=30)
         rclpy.try_shutdown()
     return result
 

@@ -35,6 +35,7 @@ from common import ROOT, header, write_section
 
 from mtl_perception.ros.cameras import output_topic
 from mtl_perception.ros.isolation import ensure_private_network
+from mtl_perception.ros.node_process import start_node, stop_nodes
 
 NODE = "multi_camera_node"
 WARMUP_TIMEOUT = 300.0  # seconds for every camera's first output (N processes loading torch)
@@ -83,15 +84,6 @@ def untrained_checkpoint(model_config: str, folder: Path) -> Path:
         check=True,
     )
     return path
-
-
-def node_command(name: str, params: dict[str, object], remaps: list[str]) -> list[str]:
-    args = [sys.executable, "-m", "mtl_perception.ros.node", "--ros-args", "-r", f"__node:={name}"]
-    for remap in remaps:
-        args += ["-r", remap]
-    for key, value in params.items():
-        args += ["-p", f"{key}:={value}"]
-    return args
 
 
 class Player:
@@ -204,33 +196,32 @@ def run(args, checkpoint: Path, cameras: int, mode: str, max_batch: int) -> dict
     if args.input_width:
         params.update(input_width=args.input_width, input_height=args.input_height)
     logs = Path(tempfile.mkdtemp(prefix="mtl_multi_camera_"))
-    commands, outputs = [], []
+    starts: list[tuple[str, dict[str, object], dict[str, str]]] = []  # name, params, remaps
+    outputs = []
     if mode == "batched":
         names = ",".join(f"cam{i}" for i in range(cameras))
         batched = {**params, "cameras": f"[{names}]", "max_batch": max_batch}
-        commands.append(node_command(NODE, batched, []))
+        starts.append((NODE, batched, {}))
         for i in range(cameras):
             topics = [output_topic(f"cam{i}", o)[2:] for o in ("semantic", "detections")]
             outputs.append(tuple(f"/{NODE}/{topic}" for topic in topics))
     else:
         for i in range(cameras):
             name = f"{NODE}_{i}"
-            commands.append(node_command(name, params, [f"image:=/cam{i}/image"]))
+            starts.append((name, params, {"image": f"/cam{i}/image"}))
             outputs.append((f"/{name}/semantic", f"/{name}/detections"))
-    processes = [
-        subprocess.Popen(
-            command, stdout=(logs / f"node{i}.log").open("w"), stderr=subprocess.STDOUT
-        )
-        for i, command in enumerate(commands)
+    nodes = [
+        start_node(name, remaps=remaps, parameters=node_params, log=logs / f"node{i}.log")
+        for i, (name, node_params, remaps) in enumerate(starts)
     ]
     frame = generate_scene(args.width, args.height, seed=3)[0]
     player = Player(cameras, outputs, frame, args.rate)
-    pids = [p.pid for p in processes]
+    pids = [node.pid for node in nodes]
     try:
         deadline = time.monotonic() + WARMUP_TIMEOUT
         while not player.every_camera_answered():
-            for i, process in enumerate(processes):
-                if process.poll() is not None:
+            for i, node in enumerate(nodes):
+                if node.process.poll() is not None:
                     raise RuntimeError((logs / f"node{i}.log").read_text()[-3000:])
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no output from every camera in {WARMUP_TIMEOUT:.0f} s")
@@ -249,13 +240,7 @@ def run(args, checkpoint: Path, cameras: int, mode: str, max_batch: int) -> dict
         latencies = player.window()
     finally:
         player.close()
-        for process in processes:
-            process.send_signal(subprocess.signal.SIGINT)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_nodes(nodes, timeout=30)
     rates = [len(camera) / elapsed for camera in latencies]
     return {
         "cameras": cameras,

@@ -14,7 +14,6 @@ docs/images/overload_{device}.png.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import ROOT, header, write_section
 
 from mtl_perception.ros.isolation import ensure_private_network
+from mtl_perception.ros.node_process import start_node
 
 NODE = "perception_node"
 TOPIC = "/overload/image"
@@ -66,16 +66,8 @@ def main() -> int:
     from mtl_perception.ros.conversions import encode_image
 
     log = Path("/tmp/mtl_overload_node.log")
-    node_process = subprocess.Popen(
-        [
-            sys.executable, "-m", "mtl_perception.ros.node", "--ros-args",
-            "-r", f"__node:={NODE}", "-r", f"image:={TOPIC}",
-            "-p", f"checkpoint:={args.checkpoint}", "-p", f"device:={args.device}",
-            "-p", "publish_overlay:=false",
-        ],
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    params = {"checkpoint": args.checkpoint, "device": args.device, "publish_overlay": False}
+    node = start_node(NODE, remaps={"image": TOPIC}, parameters=params, log=log)
     rclpy.init()
     player = rclpy.create_node("overload_player")
     sent: dict[int, float] = {}
@@ -128,7 +120,7 @@ def main() -> int:
     try:
         deadline = time.monotonic() + 180
         while publisher.get_subscription_count() == 0 or not counters:
-            if node_process.poll() is not None or time.monotonic() > deadline:
+            if node.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the node did not come up:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
         # Paced warm-up: one frame at a time, to learn the processing rate.
@@ -152,7 +144,7 @@ def main() -> int:
         next_due, next_memory = start, start
         while (now := time.monotonic()) - start < args.seconds:
             if now >= next_memory:
-                memory.append((now - start, rss_mb(node_process.pid)))
+                memory.append((now - start, rss_mb(node.pid)))
                 next_memory += 1.0
             if now >= next_due:
                 publish()
@@ -162,8 +154,7 @@ def main() -> int:
         time.sleep(3.0)  # in-flight frame, then a /diagnostics with the final counters
     finally:
         executor.shutdown()
-        node_process.terminate()
-        node_process.wait(timeout=30)
+        node.stop(timeout=30)
         rclpy.try_shutdown()
 
     with lock:

@@ -45,6 +45,7 @@ from common import ROOT, header, write_section
 
 from mtl_perception.inference.standin import STANDIN_DEVICE
 from mtl_perception.ros.isolation import ensure_private_network
+from mtl_perception.ros.node_process import NodeProcess, start_node
 
 NODE = "ceiling_node"
 IN_FLIGHT = 2  # frames per camera between the client and the node's outputs
@@ -117,20 +118,18 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def start_node(device: str, cameras: int, threads: int, log: Path) -> subprocess.Popen:
-    args = [
-        sys.executable, "-m", "mtl_perception.ros.node", "--ros-args",
-        "-r", f"__node:={NODE}",
-        "-p", f"device:={device}",
-        "-p", "publish_overlay:=true",
-        "-p", "qos_reliability:=reliable",
-        "-p", f"qos_depth:={IN_FLIGHT}",
-        "-p", f"max_pixels:={4096 * 4096}",
-    ]  # fmt: skip
+def start_ceiling_node(device: str, cameras: int, threads: int, log: Path) -> NodeProcess:
+    params: dict[str, object] = {
+        "device": device,
+        "publish_overlay": True,
+        "qos_reliability": "reliable",
+        "qos_depth": IN_FLIGHT,
+        "max_pixels": 4096 * 4096,
+    }
     if cameras > 1:
-        args += ["-p", f"cameras:=[{','.join(f'cam{i}' for i in range(cameras))}]"]
+        params["cameras"] = f"[{','.join(f'cam{i}' for i in range(cameras))}]"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    return start_node(NODE, parameters=params, env=env, cwd=ROOT, log=log)
 
 
 class Client:
@@ -380,10 +379,10 @@ def main() -> int:
     try:
         for count in counts:
             log = Path(f"/tmp/mtl_pipeline_ceiling_{count}.log")
-            process = start_node(device, count, args.node_threads, log)
-            client.pid = process.pid
+            node = start_ceiling_node(device, count, args.node_threads, log)
+            client.pid = node.pid
             try:
-                cameras = client.discover(process, count, log)
+                cameras = client.discover(node.process, count, log)
                 for overlay in (False, True):
                     for size in sizes:
                         case = Case(size, count, overlay, device_ms=step_ms[size])
@@ -394,11 +393,7 @@ def main() -> int:
                         cases.append(case)
                         print(table([case]).splitlines()[-1], flush=True)
             finally:
-                process.send_signal(subprocess.signal.SIGINT)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+                node.stop(timeout=30)
     finally:
         client.close()
     load_after = os.getloadavg()

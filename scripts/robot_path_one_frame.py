@@ -10,8 +10,6 @@ published for the frame and exits 0, or names what did not arrive and exits 1.
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
 import sys
 import time
 
@@ -21,6 +19,8 @@ import rclpy
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray
+
+from mtl_perception.ros.node_process import start_node
 
 CAMERA_TOPIC = "/camera/image_raw"
 NODE_TOPICS = "/perception_node"
@@ -39,10 +39,11 @@ def main() -> int:
         print(f"error: cannot read image {args.image}", file=sys.stderr)
         return 2
     rgb = np.ascontiguousarray(bgr[..., ::-1])
-    node = subprocess.Popen(
-        [args.node, "--ros-args", "-p", f"checkpoint:={args.checkpoint}",
-         "-r", f"image:={CAMERA_TOPIC}"],
-    )  # fmt: skip
+    node = start_node(
+        command=[args.node],
+        remaps={"image": CAMERA_TOPIC},
+        parameters={"checkpoint": args.checkpoint},
+    )
     rclpy.init()
     client = rclpy.create_node("robot_path_client")
     got: dict[str, object] = {}
@@ -68,7 +69,7 @@ def main() -> int:
     deadline = time.monotonic() + args.timeout
     sent = 0
     try:
-        while time.monotonic() < deadline and len(got) < 2 and node.poll() is None:
+        while time.monotonic() < deadline and len(got) < 2 and node.process.poll() is None:
             frame.header.stamp = client.get_clock().now().to_msg()
             publisher.publish(frame)
             sent += 1
@@ -76,19 +77,14 @@ def main() -> int:
             while time.monotonic() < end and len(got) < 2:
                 rclpy.spin_once(client, timeout_sec=0.1)
     finally:
-        if node.poll() is None:
-            node.send_signal(signal.SIGINT)
-            try:
-                node.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                node.kill()
+        node.stop(timeout=20)
         client.destroy_node()
         rclpy.shutdown()
     if len(got) < 2:
         missing = sorted({"semantic", "detections"} - set(got))
         print(
             f"error: perception_node did not answer ({', '.join(missing)} missing after "
-            f"{sent} frames; node exit code {node.returncode})",
+            f"{sent} frames; node exit code {node.process.returncode})",
             file=sys.stderr,
         )
         return 1

@@ -1,14 +1,12 @@
-"""Test-side ROS helpers: a client node spinning in its own context, and node processes."""
+"""Test-side ROS helpers: a client node spinning in its own context (node processes:
+mtl_perception.ros.node_process)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import rclpy
@@ -96,24 +94,3 @@ class RosClient:
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
         self._thread.join(timeout=5)
-
-
-def start_node(
-    name: str, parameters: dict[str, Any], env: dict[str, str], log: Path
-) -> subprocess.Popen:
-    """perception_node as a separate process, named ``name``, with parameter overrides."""
-    args = [sys.executable, "-m", "mtl_perception.ros.node", "--ros-args", "-r", f"__node:={name}"]
-    for key, value in parameters.items():
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        args += ["-p", f"{key}:={text}"]
-    return subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-
-
-def stop_node(process: subprocess.Popen) -> int:
-    if process.poll() is None:
-        process.send_signal(subprocess.signal.SIGINT)
-        try:
-            return process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    return process.wait()

@@ -8,7 +8,6 @@ real fast path on CPU and carries the cases that need one to work.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -135,12 +134,13 @@ def test_the_node_falls_back_keeps_running_and_names_its_path(tmp_path, model, i
     on the simpler path, answers frames, and its diagnostics name the path it runs."""
     from conftest import ros_environment
     from diagnostic_msgs.msg import DiagnosticArray
-    from ros_client import RELIABLE, RosClient, stop_node
+    from ros_client import RELIABLE, RosClient
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
     from vision_msgs.msg import Detection2DArray
 
     from mtl_perception.ros.conversions import encode_image
+    from mtl_perception.ros.node_process import start_node
 
     checkpoint = save_model(tmp_path / "model.pt", model)
     env = ros_environment()
@@ -149,12 +149,16 @@ def test_the_node_falls_back_keeps_running_and_names_its_path(tmp_path, model, i
         "checkpoint": checkpoint, "device": "cpu", "compile": "default", "preallocate": "true",
         "input_width": 256, "input_height": 128, "diagnostics_period": 0.3,
     }  # fmt: skip
-    args = [sys.executable, str(BROKEN_COMPILE_NODE), "--ros-args", "-r", "__node:=fallback"]
-    args += ["-r", "image:=/fallback/image"]
-    for key, value in params.items():
-        args += ["-p", f"{key}:={value}"]
     client = RosClient(int(env["ROS_DOMAIN_ID"]))
-    process = subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    node = start_node(
+        "fallback",
+        remaps={"image": "/fallback/image"},
+        parameters=params,
+        command=[sys.executable, BROKEN_COMPILE_NODE],
+        env=env,
+        log=log,
+    )
+    process = node.process
     try:
         client.subscribe("/diagnostics", DiagnosticArray, RELIABLE)
         client.subscribe("/fallback/detections", Detection2DArray, RELIABLE)
@@ -186,6 +190,6 @@ def test_the_node_falls_back_keeps_running_and_names_its_path(tmp_path, model, i
 
         assert client.wait_for(answered, timeout=60), log.read_text()
     finally:
-        code = stop_node(process)
+        code = node.stop()
         client.close()
     assert code == 0, log.read_text()

@@ -12,7 +12,6 @@ the same Predictor on that camera's frame alone.
 from __future__ import annotations
 
 import itertools
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
 from rclpy.qos import QoSProfile
-from ros_client import RELIABLE, RosClient, start_node, stop_node
+from ros_client import RELIABLE, RosClient
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from test_conversions import IEND, PNG, png_chunk
@@ -36,6 +35,7 @@ from mtl_perception.data.synthetic import generate_scene
 from mtl_perception.inference import Predictor, PredictorConfig
 from mtl_perception.ros.cameras import output_topic
 from mtl_perception.ros.frame_slot import CameraSlots
+from mtl_perception.ros.node_process import start_node
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -231,10 +231,10 @@ def node(checkpoint, env, client, tmp_path_factory):
         "qos_reliability": "reliable",
         "qos_depth": DEPTH,
     }
-    args = [sys.executable, str(GATED_NODE), str(gate), "--ros-args", "-r", f"__node:={name}"]
-    for key, value in params.items():
-        args += ["-p", f"{key}:={value}"]
-    process = subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    started = start_node(
+        name, parameters=params, command=[sys.executable, GATED_NODE, gate], env=env, log=log
+    )
+    process = started.process
     running = MultiCameraNode(client, name, gate, log, process)
     try:
         topics = [running.topic(camera, "detections") for camera in CAMERAS]
@@ -258,7 +258,7 @@ def node(checkpoint, env, client, tmp_path_factory):
         yield running
     finally:
         (gate / "open").touch()  # a held model call would block the node's shutdown
-        assert stop_node(process) == 0, log.read_text()
+        assert started.stop() == 0, log.read_text()
 
 
 def test_three_cameras_share_one_forward_pass_and_each_gets_its_own_results(node, predictor):
@@ -419,8 +419,9 @@ def test_bad_cameras_fail_configure_with_a_clear_message(
     tmp_path,
 ):
     log = tmp_path / "node.log"
-    process = start_node("bad_cameras", {"checkpoint": checkpoint, **params}, env, log)
-    assert process.wait(timeout=60) != 0
+    params = {"checkpoint": checkpoint, **params}
+    with start_node("bad_cameras", parameters=params, env=env, log=log) as node:
+        assert node.process.wait(timeout=60) != 0
     assert message in log.read_text(), log.read_text()
     assert "Traceback" not in log.read_text()
 

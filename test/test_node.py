@@ -19,13 +19,14 @@ from helpers.models import DET_NAMES, SEG_NAMES, SMALL_NAMED, calibrated_small_m
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.qos import QoSProfile
-from ros_client import LATCHED, RELIABLE, RosClient, start_node, stop_node
+from ros_client import LATCHED, RELIABLE, RosClient
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from mtl_perception.data.synthetic import generate_scene
 from mtl_perception.inference import Predictor, PredictorConfig
+from mtl_perception.ros.node_process import start_node
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -71,8 +72,10 @@ def _wait_active(client: RosClient, name: str, process, log: Path) -> None:
 @pytest.fixture(scope="module")
 def raw_node(checkpoint, env, client, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "raw_node.log"
-    process = start_node("raw_node", {"checkpoint": checkpoint, **NODE_PARAMS}, env, log)
-    _wait_active(client, "raw_node", process, log)
+    node = start_node(
+        "raw_node", parameters={"checkpoint": checkpoint, **NODE_PARAMS}, env=env, log=log
+    )
+    _wait_active(client, "raw_node", node.process, log)
     for topic, kind in (
         ("/raw_node/semantic", Image),
         ("/raw_node/detections", Detection2DArray),
@@ -81,20 +84,20 @@ def raw_node(checkpoint, env, client, tmp_path_factory):
     ):
         client.subscribe(topic, kind, RELIABLE)
     client.subscribe("/diagnostics", DiagnosticArray, RELIABLE)
-    yield process, log
-    assert stop_node(process) == 0, log.read_text()
+    yield node.process, log
+    assert node.stop() == 0, log.read_text()
 
 
 @pytest.fixture(scope="module")
 def compressed_node(checkpoint, env, client, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "compressed_node.log"
     params = {"checkpoint": checkpoint, **NODE_PARAMS, "input_transport": "compressed"}
-    process = start_node("compressed_node", params, env, log)
-    _wait_active(client, "compressed_node", process, log)
+    node = start_node("compressed_node", parameters=params, env=env, log=log)
+    _wait_active(client, "compressed_node", node.process, log)
     client.subscribe("/compressed_node/semantic", Image, RELIABLE)
     client.subscribe("/compressed_node/detections", Detection2DArray, RELIABLE)
-    yield process, log
-    assert stop_node(process) == 0, log.read_text()
+    yield node.process, log
+    assert node.stop() == 0, log.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -329,19 +332,22 @@ def gated_node(checkpoint, env, client, tmp_path):
         "qos_reliability": "reliable",
         "qos_depth": GATED_DEPTH,
     }
-    args = [sys.executable, str(GATED_NODE), str(gate), "--ros-args", "-r", f"__node:={name}"]
-    args += ["-r", f"image:=/{name}/image"]
-    for key, value in params.items():
-        args += ["-p", f"{key}:={value}"]
-    process = subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    node = start_node(
+        name,
+        remaps={"image": f"/{name}/image"},
+        parameters=params,
+        command=[sys.executable, GATED_NODE, gate],
+        env=env,
+        log=log,
+    )
     try:
-        _wait_active(client, name, process, log)
+        _wait_active(client, name, node.process, log)
     except BaseException:
-        stop_node(process)
+        node.stop()
         raise
-    yield name, gate, log, process
+    yield name, gate, log, node.process
     (gate / "open").touch()  # a held model call would block the node's shutdown
-    assert stop_node(process) == 0, log.read_text()
+    assert node.stop() == 0, log.read_text()
 
 
 def test_no_queue_under_overload(gated_node, client):
@@ -506,8 +512,8 @@ def test_deactivate_activate_deactivate(raw_node, client, scene):
 )
 def test_bad_configuration_exits_non_zero_with_a_clear_message(params, message, env, tmp_path):
     log = tmp_path / "node.log"
-    process = start_node("bad_node", params, env, log)
-    assert process.wait(timeout=60) != 0
+    with start_node("bad_node", parameters=params, env=env, log=log) as node:
+        assert node.process.wait(timeout=60) != 0
     assert message in log.read_text(), log.read_text()
     assert "Traceback" not in log.read_text()
 
@@ -516,8 +522,8 @@ def test_incompatible_checkpoint_fails_configure(env, tmp_path):
     bogus = tmp_path / "bogus.pt"
     torch.save({"weights": torch.zeros(2)}, bogus)
     log = tmp_path / "node.log"
-    process = start_node("bad_ckpt_node", {"checkpoint": bogus}, env, log)
-    assert process.wait(timeout=60) != 0
+    with start_node("bad_ckpt_node", parameters={"checkpoint": bogus}, env=env, log=log) as node:
+        assert node.process.wait(timeout=60) != 0
     assert f"{bogus} is not an mtl_perception checkpoint" in log.read_text()
 
 
@@ -543,8 +549,9 @@ def test_a_frame_the_model_fails_on_is_dropped_and_the_node_keeps_running(
             head.weight.fill_(3e38)
     checkpoint = save_model(tmp_path / "nan.pt", model)
     log = tmp_path / "nan_node.log"
-    process = start_node("nan_node", {"checkpoint": checkpoint, **NODE_PARAMS}, env, log)
-    try:
+    params = {"checkpoint": checkpoint, **NODE_PARAMS}
+    with start_node("nan_node", parameters=params, env=env, log=log) as node:
+        process = node.process
         _wait_active(client, "nan_node", process, log)
         client.subscribe("/nan_node/semantic", Image, RELIABLE)
         client.subscribe("/diagnostics", DiagnosticArray, RELIABLE)
@@ -560,5 +567,3 @@ def test_a_frame_the_model_fails_on_is_dropped_and_the_node_keeps_running(
         assert _count(client, "processed", "nan_node") == 0
         assert not client.messages("/nan_node/semantic")
         assert process.poll() is None and "inference failed, frame dropped" in log.read_text()
-    finally:
-        stop_node(process)

@@ -11,6 +11,7 @@ waiting in the latest-frame slot, and a frame waiting at deactivate is counted a
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 import zlib
@@ -28,7 +29,7 @@ from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from ros_client import RELIABLE, RosClient, start_node, stop_node
+from ros_client import RELIABLE, RosClient
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from test_conversions import (
@@ -44,6 +45,7 @@ from test_conversions import (
 
 from mtl_perception.ros.frame_slot import LatestFrameSlot
 from mtl_perception.ros.node import REJECTION_LOG_PERIOD, PerceptionNode, ReasonThrottle
+from mtl_perception.ros.node_process import NodeProcess, start_node
 
 MAX_PIXELS = 1024 * 1024
 NODE_PARAMS = {
@@ -363,11 +365,15 @@ COMPRESSED_CASES = _interleaved(
 class LiveNode:
     name: str
     topic: str
-    process: object
+    started: NodeProcess
     log: Path
     publisher: object = None
     logged_at: dict[str, float] = field(default_factory=dict)  # reason -> when we saw its line
     stamp: int = 0
+
+    @property
+    def process(self) -> subprocess.Popen:
+        return self.started.process
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -403,8 +409,8 @@ def live_nodes(checkpoint, env, client, tmp_path_factory):
         ("compressed_inputs", "compressed", "/image/compressed", CompressedImage),
     ):
         params = {"checkpoint": checkpoint, **NODE_PARAMS, "input_transport": transport}
-        process = start_node(name, params, env, logs / f"{name}.log")
-        nodes[name] = LiveNode(name, topic, process, logs / f"{name}.log")
+        started = start_node(name, parameters=params, env=env, log=logs / f"{name}.log")
+        nodes[name] = LiveNode(name, topic, started, logs / f"{name}.log")
         nodes[name].publisher = client.publisher(topic, kind, RELIABLE)
         client.subscribe(f"/{name}/semantic", Image, RELIABLE)
     for node in nodes.values():
@@ -417,7 +423,7 @@ def live_nodes(checkpoint, env, client, tmp_path_factory):
         assert client.wait_for(ready, timeout=90), node.text()
     yield nodes
     for node in nodes.values():
-        assert stop_node(node.process) == 0, node.text()[-3000:]
+        assert node.started.stop() == 0, node.text()[-3000:]
 
 
 @pytest.fixture(scope="module")
