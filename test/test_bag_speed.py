@@ -53,14 +53,14 @@ def inputs(tmp_path_factory) -> tuple[Path, Path, Path]:
     return root, checkpoint, bag
 
 
-def _evaluate(inputs, name: str, *options: str):
+def _evaluate(inputs, name: str, *options: object):
+    """``mtl-bag evaluate`` of the module's bag (or of ``--bag`` among ``options``)."""
     root, checkpoint, bag = inputs
     out = root / name
     outcome = run_module(
         "mtl_perception.ros.bags.cli",
         "evaluate",
-        "--bag",
-        bag,
+        *(() if "--bag" in options else ("--bag", bag)),
         "--checkpoint",
         checkpoint,
         "--out",
@@ -202,6 +202,7 @@ def test_an_attached_node_is_not_sampled_and_counts_only_its_own_frames(inputs, 
     finally:
         node.stop()
     second = read_run(tmp_path / "second")
+    assert second.info["replay"]["as_fast_as_possible"] is True  # run's pace reaches the replay
     assert second.info["resources"] == {"sampled": False, "note": "not sampled (attached node)"}
     assert int(second.info["node_counters_at_start"]["received"]) == FRAMES
     counts = {k: int(second.node_counters[k]) for k in ("received", "processed", "dropped")}
@@ -212,6 +213,21 @@ def test_an_attached_node_is_not_sampled_and_counts_only_its_own_frames(inputs, 
     assert "Resources of the node process: not sampled (attached node)." in (
         (tmp_path / "report" / "report.md").read_text()
     )
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_a_rig_run_reports_its_one_node_process_for_every_camera_and_in_total(inputs):
+    root = inputs[0]
+    bag = root / "rig_bag"
+    record_dataset(root / "data", "val", bag, progress=False, cameras=("front", "rear"))
+    outcome, out = _evaluate(inputs, "rig", "--bag", bag, "--as-fast-as-possible")
+    total = _report(out)["resources"]
+    assert total["sampled"] is True and total["samples"] > 0 and total["rss_mib"]["max"] > 50
+    for camera in ("front", "rear"):  # one node: the same figures in each camera's report
+        assert _report(out / "cameras" / camera)["resources"] == total
+    assert "Resources of the node process: CPU mean" in (out / "report.md").read_text()
+    assert "node process: CPU mean" in outcome.stdout
 
 
 @pytest.mark.parametrize(

@@ -449,6 +449,7 @@ def main(args: argparse.Namespace) -> int:
             topics=_topics(args),
             attach=NodeTopics.of(args.node_name, args.attach) if args.attach else None,
             peak=peak,
+            **node_run,
         )
         sent = sum(f["sent"] is not None for f in info["frames"])
         print(f"sent {sent} frames; output bag: {args.out} (score it with mtl-bag score --run)")
