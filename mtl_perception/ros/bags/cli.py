@@ -3,8 +3,10 @@
 mtl-bag record-dataset --data DIR --split val --out BAG [--storage mcap|sqlite3] [--rate HZ]
     [--compressed] [--classes YAML] [--camera-topic T] [--semantic-topic T] [--detections-topic T]
     [--cameras N|NAME,NAME...]   (a synthetic camera rig: each camera on /NAME/image, see rig.py)
-mtl-bag run --bag BAG --checkpoint CKPT --out OUTPUT_BAG [--rate-factor F | --as-fast-as-possible]
-    [--node-params FILE] [--camera-topic T]
+mtl-bag run --bag BAG --checkpoint CKPT --out OUTPUT_BAG [--rate-factor F | --as-fast-as-possible
+    | --find-peak-rate [--peak-rate-min HZ] [--peak-rate-max HZ] [--peak-rate-tolerance HZ]]
+    [--node-params FILE] [--camera-topic T]   (the node process's CPU, RSS and GPU are sampled:
+    resources.py; the peak-rate search: peak.py)
 mtl-bag score --run OUTPUT_BAG --out DIR [--ground-truth BAG] [--classes YAML]
     [--semantic-topic T] [--detections-topic T] [SCORING OPTIONS]
 mtl-bag evaluate --bag BAG --checkpoint CKPT --out DIR [run's and score's options]   (run + score)
