@@ -14,6 +14,10 @@ range), then the middle of the highest passing and the lowest failing rate until
 than the tolerance apart (default: an eighth of the range). The peak is the highest passing rate;
 the run recorded and scored is its trial (so accuracy and latency are those at the peak rate), and
 the report lists every trial.
+
+Each trial replays the bag once (ros2_benchmark loops its data for a fixed time; replaying a
+frame twice in one trial would give two outputs one stamp): a short bag lets the node's one
+waiting frame absorb a burst, so its peak can exceed the rate the node sustains. Use a long bag.
 """
 
 from __future__ import annotations
