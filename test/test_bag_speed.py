@@ -3,15 +3,17 @@
 
 Real node over DDS (``mtl-bag evaluate`` starts it in its own network namespace), small model.
 The peak-rate run searches between 1 Hz (one frame a second: the small CPU model answers well
-within it) and 500 Hz (six frames in 10 ms: the node's one-frame slot keeps only the newest while
-it works on the first), so the upper bound loses frames by construction of the node, not by a
-timing the test sets. The search's logic itself is checked without ROS on a node whose
+within it) and 100 Hz (a frame every 10 ms for 1 s: the node's one-frame slot keeps only the
+newest while it works on one), so the upper bound loses frames by construction of the node, not
+by a timing the test sets. The search's logic itself is checked without ROS on a node whose
 capacity is known exactly.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import struct
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,7 @@ from mtl_perception.ros.bags.node_process import start_node
 from mtl_perception.ros.bags.peak import LOST_LIMIT, PeakSearch, find_peak_rate
 from mtl_perception.ros.bags.read import BagFrames, Frame, read_run
 from mtl_perception.ros.bags.record import record_dataset
-from mtl_perception.ros.bags.replay import Collected
+from mtl_perception.ros.bags.replay import Collected, restamped, schedule
 from mtl_perception.ros.bags.resources import NO_GPU, Sample, _Gpus, resources_line, summarize
 from mtl_perception.ros.bags.settings import EVALUATION_DEFAULTS, forced
 
@@ -36,9 +38,11 @@ PEAK_OPTIONS = (
     "--peak-rate-min",
     "1",
     "--peak-rate-max",
-    "500",
+    "100",
     "--peak-rate-tolerance",
-    "150",
+    "30",
+    "--peak-trial-seconds",
+    "1",
 )
 
 
@@ -80,7 +84,7 @@ def paced(inputs):
 
 @pytest.fixture(scope="module")
 def peak(inputs):
-    """``mtl-bag evaluate --find-peak-rate`` between 1 and 500 Hz: (outcome, report folder)."""
+    """``mtl-bag evaluate --find-peak-rate`` between 1 and 100 Hz: (outcome, report folder)."""
     return _evaluate(inputs, "peak", *PEAK_OPTIONS)
 
 
@@ -122,24 +126,27 @@ def test_find_peak_rate_reports_every_trial_and_scores_the_peak(peak, tmp_path):
     report = _report(out)
     search = report["peak_rate"]
     trials = search["trials"]
-    assert [t["rate_hz"] for t in trials[:2]] == [500.0, 1.0]  # the bounds first
-    assert search["low_hz"] == 1.0 and search["high_hz"] == 500.0
+    assert [t["rate_hz"] for t in trials[:2]] == [100.0, 1.0]  # the bounds first
+    assert search["low_hz"] == 1.0 and search["high_hz"] == 100.0
+    assert search["trial_seconds"] == 1.0
     assert search["peak_hz"] is not None and search["recorded_trial_hz"] == search["peak_hz"]
     for trial in trials:
-        assert trial["sent"] == FRAMES and trial["rejected"] == 0
-        assert trial["lost_fraction"] == pytest.approx(trial["lost"] / FRAMES)
+        # a trial loops the bag for 1 s, and sends it at least once
+        assert trial["sent"] == max(FRAMES, math.ceil(trial["rate_hz"])) and not trial["rejected"]
+        assert trial["lost_fraction"] == pytest.approx(trial["lost"] / trial["sent"])
         assert trial["passed"] == (trial["lost_fraction"] < LOST_LIMIT)
         # the peak is the highest passing rate: every trial above it failed, none below it did
         assert trial["passed"] == (trial["rate_hz"] <= search["peak_hz"])
     assert not trials[0]["passed"] and trials[0]["lost"] >= 1
     (at_peak,) = [t for t in trials if t["rate_hz"] == search["peak_hz"]]
     assert at_peak["lost_fraction"] < LOST_LIMIT and at_peak["latency_p50_ms"] > 0
-    # The report's figures are the peak trial's, its node counters only that trial's (the node's
-    # own are cumulative over every trial).
-    assert report["frames_sent"] == FRAMES == report["frames_with_output"] + at_peak["lost"]
+    # The report's figures are those of one pass of the bag at the peak rate, its node counters
+    # only that pass's (the node's own are cumulative over every trial).
+    assert report["frames_sent"] == FRAMES
     assert report["reproducibility"]["replay"]["rate_hz"] == search["peak_hz"]
     counters = report["node_counters"]
     assert counters["received"] == FRAMES == counters["processed"] + counters["dropped"]
+    assert report["frames_with_output"] == counters["processed"]
     assert report["miou"] is not None and report["resources"]["samples"] > 0
     markdown = (out / "report.md").read_text()
     assert f"Peak input rate (--find-peak-rate; highest rate with < {100 * LOST_LIMIT:g} %" in (
@@ -153,8 +160,8 @@ def test_find_peak_rate_reports_every_trial_and_scores_the_peak(peak, tmp_path):
     assert passed.code == 0, passed.stdout + passed.stderr
     rescored = _report(tmp_path / "pass")
     assert rescored["peak_rate"] == search and rescored["resources"] == report["resources"]
-    failed = _rescore(out / "outputs_bag", tmp_path / "fail", "--fail-under", "peak_rate_hz=500")
-    assert failed.code == 1 and "--fail-under peak_rate_hz=500" in failed.stdout
+    failed = _rescore(out / "outputs_bag", tmp_path / "fail", "--fail-under", "peak_rate_hz=100")
+    assert failed.code == 1 and "--fail-under peak_rate_hz=100" in failed.stdout
     dropped = _rescore(
         out / "outputs_bag",
         tmp_path / "drop",
@@ -266,24 +273,25 @@ def test_bad_peak_rate_options_are_refused_in_one_line(tmp_path, command, option
 
 
 def _bag(count: int) -> BagFrames:
-    frames = [Frame(i, i * 10**8, i * 10**8, i * 10**8, b"", (4, 4)) for i in range(count)]
+    header = b"\x00\x01\x00\x00" + bytes(8)  # CDR: encapsulation, then the stamp
+    frames = [Frame(i, i * 10**8, i * 10**8, i * 10**8, header, (4, 4)) for i in range(count)]
     return BagFrames(Path("bag"), "/camera/image_raw", "sensor_msgs/msg/Image", 16, frames)
 
 
 def _node_with_capacity(capacity_hz: float, bag: BagFrames, played: list):
     """A replay into a node that answers every frame up to ``capacity_hz`` and every other
-    frame above it (paced by the node: at its capacity)."""
+    frame above it (paced by the node: at its capacity); ``played``: (rate, frames) of each."""
 
-    def play(rate_hz: float | None) -> Collected:
-        played.append(rate_hz)
+    def play(rate_hz: float | None, frames: int | None) -> Collected:
+        played.append((rate_hz, frames))
         collected = Collected()
         period_ns = round(1e9 / (rate_hz or capacity_hz))
-        for i, frame in enumerate(bag.frames):
-            collected.sent[frame.stamp] = i * period_ns
+        for i, (_, stamp, _) in enumerate(schedule(bag, frames)):
+            collected.sent[stamp] = i * period_ns
             if rate_hz is None or rate_hz <= capacity_hz or i % 2 == 0:
-                collected.mask_stamps.add(frame.stamp)
-                collected.detection_stamps.add(frame.stamp)
-                collected.arrived[frame.stamp] = i * period_ns + 10**7
+                collected.mask_stamps.add(stamp)
+                collected.detection_stamps.add(stamp)
+                collected.arrived[stamp] = i * period_ns + 10**7
         return collected
 
     return play
@@ -292,13 +300,19 @@ def _node_with_capacity(capacity_hz: float, bag: BagFrames, played: list):
 @pytest.mark.parametrize("capacity", [3.0, 7.5, 0.2, 100.0])
 def test_the_search_finds_the_highest_passing_rate_within_the_tolerance(capacity):
     bag, played = _bag(20), []
-    search = PeakSearch(low_hz=0.5, high_hz=40.0, tolerance_hz=0.25)
+    search = PeakSearch(low_hz=0.5, high_hz=40.0, tolerance_hz=0.25, trial_seconds=2.0)
     recorded, record = find_peak_rate(_node_with_capacity(capacity, bag, played), bag, search)
+    *trials, (last_rate, last_frames) = played
+    # each trial loops the bag for 2 s (at least once); the recorded run is the bag once
+    assert all(frames == max(20, math.ceil(2 * rate)) for rate, frames in trials)
+    assert last_frames is None and last_rate == record["recorded_trial_hz"]
+    assert len(recorded.sent) == 20
+    played = [rate for rate, _ in trials]
     assert None not in played  # both bounds given: no paced trial
     if capacity >= 40:  # the upper bound passes: nothing more to try
         assert played == [40.0] and record["peak_hz"] == 40.0
         assert "upper bound" in record["note"]
-    elif capacity < 0.5:  # the lower bound fails: no peak, the lowest rate's trial recorded
+    elif capacity < 0.5:  # the lower bound fails: no peak, the lower bound recorded
         assert played == [40.0, 0.5] and record["peak_hz"] is None
         assert record["recorded_trial_hz"] == 0.5
     else:
@@ -307,18 +321,46 @@ def test_the_search_finds_the_highest_passing_rate_within_the_tolerance(capacity
         failing = [t["rate_hz"] for t in record["trials"] if not t["passed"]]
         assert min(failing) - record["peak_hz"] <= 0.25
     assert all(t["passed"] == (t["rate_hz"] <= capacity) for t in record["trials"])
-    assert recorded.sent and len(record["trials"]) == len(played)
+    assert len(record["trials"]) == len(played)
 
 
 def test_default_bounds_come_from_a_paced_first_trial():
     bag, played = _bag(20), []
     _, record = find_peak_rate(_node_with_capacity(5.0, bag, played), bag, PeakSearch())
-    assert played[0] is None and record["trials"][0]["passed"] is None
+    assert played[0] == (None, None) and record["trials"][0]["passed"] is None
     throughput = record["trials"][0]["throughput_fps"]
     assert record["low_hz"] == pytest.approx(throughput / 2)
     assert record["high_hz"] == pytest.approx(throughput * 2)
     assert record["tolerance_hz"] == pytest.approx((record["high_hz"] - record["low_hz"]) / 8)
     assert 5.0 - record["tolerance_hz"] <= record["peak_hz"] <= 5.0
+
+
+def test_a_looped_trial_sends_every_stamp_once_and_changes_nothing_but_the_stamp():
+    """A trial longer than the bag sends its frames again, each later pass re-stamped (a node
+    answers each frame with its stamp, so a repeated stamp could not be told apart)."""
+    for encapsulation in (b"\x00\x01\x00\x00", b"\x00\x00\x00\x00"):  # CDR LE, BE
+        order = "<" if encapsulation[1] == 1 else ">"
+        raw = encapsulation + struct.pack(f"{order}iI", 12, 5) + b"frame_id and pixels"
+        frame = Frame(0, 0, 12 * 10**9 + 5, 12 * 10**9 + 5, raw, (4, 4))
+        bag = BagFrames(Path("bag"), "/camera/image_raw", "sensor_msgs/msg/Image", 16, [frame])
+        (_, first, once), *later = schedule(bag, 3)
+        assert first == frame.stamp and once is raw  # the first pass as recorded
+        for cycle, (_, stamp, message) in enumerate(later, start=1):
+            assert stamp == frame.stamp + cycle * 10**9  # a 1-frame bag: one second apart
+            assert message[:4] == raw[:4] and message[12:] == raw[12:]
+            assert struct.unpack(f"{order}iI", message[4:12]) == divmod(stamp, 10**9)
+    bag = _bag(20)
+    stamps = [stamp for _, stamp, _ in schedule(bag, 65)]
+    assert len(set(stamps)) == 65 and stamps[:20] == [f.stamp for f in bag.frames]
+    # a real message: rclpy reads the new stamp and the same pixels
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import Image
+
+    image = Image(height=1, width=2, encoding="mono8", step=2, data=b"\x07\x09")
+    image.header.stamp.sec, image.header.stamp.nanosec = 3, 4
+    again = deserialize_message(restamped(serialize_message(image), 7 * 10**9 + 8), Image)
+    assert (again.header.stamp.sec, again.header.stamp.nanosec) == (7, 8)
+    assert bytes(again.data) == b"\x07\x09" and again.encoding == "mono8"
 
 
 # -- the GPU's figures, which need NVML and a GPU this machine lacks: NVML's answers given ------

@@ -4,7 +4,8 @@ mtl-bag record-dataset --data DIR --split val --out BAG [--storage mcap|sqlite3]
     [--compressed] [--classes YAML] [--camera-topic T] [--semantic-topic T] [--detections-topic T]
     [--cameras N|NAME,NAME...]   (a synthetic camera rig: each camera on /NAME/image, see rig.py)
 mtl-bag run --bag BAG --checkpoint CKPT --out OUTPUT_BAG [--rate-factor F | --as-fast-as-possible
-    | --find-peak-rate [--peak-rate-min HZ] [--peak-rate-max HZ] [--peak-rate-tolerance HZ]]
+    | --find-peak-rate [--peak-rate-min HZ] [--peak-rate-max HZ] [--peak-rate-tolerance HZ]
+    [--peak-trial-seconds S]]
     [--node-params FILE] [--camera-topic T]   (the node process's CPU, RSS and GPU are sampled:
     resources.py; the peak-rate search: peak.py)
 mtl-bag score --run OUTPUT_BAG --out DIR [--ground-truth BAG] [--classes YAML]
@@ -125,7 +126,8 @@ def _add_run(parser: ToolParser) -> None:
         "--find-peak-rate",
         action="store_true",
         help="replay at fixed rates (Hz) in a binary search for the highest with < 5%% of the "
-        "frames lost (dropped or no output); the run recorded and scored is the peak's",
+        "frames lost (dropped or no output); then the bag once at the peak rate is recorded "
+        "and scored",
     )
     for bound, default in (("min", "half"), ("max", "twice")):
         parser.add_argument(
@@ -140,6 +142,13 @@ def _add_run(parser: ToolParser) -> None:
         type=positive_float,
         metavar="HZ",
         help="with --find-peak-rate: search until the bounds are closer (default: the range / 8)",
+    )
+    parser.add_argument(
+        "--peak-trial-seconds",
+        type=positive_float,
+        metavar="S",
+        help="with --find-peak-rate: each fixed-rate trial loops the bag this long (at least "
+        "once; default 5)",
     )
     parser.add_argument(
         "--node-params",
@@ -516,6 +525,8 @@ def _peak_search(args: argparse.Namespace):
     Raises:
         ValueError: a search option without --find-peak-rate, or bounds that make no search.
     """
+    from dataclasses import replace
+
     from .peak import PeakSearch
 
     given = {
@@ -524,6 +535,7 @@ def _peak_search(args: argparse.Namespace):
             ("--peak-rate-min", args.peak_rate_min),
             ("--peak-rate-max", args.peak_rate_max),
             ("--peak-rate-tolerance", args.peak_rate_tolerance),
+            ("--peak-trial-seconds", args.peak_trial_seconds),
         )
         if value is not None
     }
@@ -533,6 +545,8 @@ def _peak_search(args: argparse.Namespace):
             raise ValueError(f"{option} sets the peak-rate search: add --find-peak-rate ({option})")
         return None
     search = PeakSearch(args.peak_rate_min, args.peak_rate_max, args.peak_rate_tolerance)
+    if args.peak_trial_seconds is not None:
+        search = replace(search, trial_seconds=args.peak_trial_seconds)
     search.check()
     return search
 

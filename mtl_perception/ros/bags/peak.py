@@ -11,13 +11,14 @@ trial paced by the node (each frame once the last one's outputs are in) measures
 the bounds default to T / 2 and 2 T. The upper bound is tried first (passing it ends the search:
 the peak is at least that), then the lower one (failing it ends the search: no peak in the
 range), then the middle of the highest passing and the lowest failing rate until they are less
-than the tolerance apart (default: an eighth of the range). The peak is the highest passing rate;
-the run recorded and scored is its trial (so accuracy and latency are those at the peak rate), and
-the report lists every trial.
+than the tolerance apart (default: an eighth of the range). The peak is the highest passing rate.
 
-Each trial replays the bag once (ros2_benchmark loops its data for a fixed time; replaying a
-frame twice in one trial would give two outputs one stamp): a short bag lets the node's one
-waiting frame absorb a burst, so its peak can exceed the rate the node sustains. Use a long bag.
+A fixed-rate trial lasts ``trial_seconds`` (default :data:`TRIAL_SECONDS`) or one pass of the bag,
+whichever is longer: like ros2_benchmark, it loops the bag's frames for that time (each pass after
+the first re-stamped, :func:`.replay.schedule`), so a short bag's burst cannot hide in the node's
+one waiting frame and the peak is a rate the node sustains. After the search, the bag is replayed
+once at the peak rate (without a peak: at the lower bound): that run is recorded and scored, so
+accuracy and latency are those at the peak rate. The report lists every trial.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .replay import Collected
 LOST_LIMIT = 0.05  # a rate passes when fewer than this fraction of the frames are lost
 BOUND_FACTOR = 2.0  # default bounds: the paced throughput / and x this
 TOLERANCE_STEPS = 8  # default tolerance: the range / this
+TRIAL_SECONDS = 5.0  # a fixed-rate trial loops the bag this long (ros2_benchmark's default: 5 s)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class PeakSearch:
     low_hz: float | None = None
     high_hz: float | None = None
     tolerance_hz: float | None = None
+    trial_seconds: float = TRIAL_SECONDS
 
     def check(self) -> None:
         """Refuses bounds and a tolerance that cannot make a search.
@@ -56,9 +59,11 @@ class PeakSearch:
             (self.low_hz, "--peak-rate-min"),
             (self.high_hz, "--peak-rate-max"),
             (self.tolerance_hz, "--peak-rate-tolerance"),
+            (self.trial_seconds, "--peak-trial-seconds"),
         ):
             if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{option} must be a positive finite rate in Hz, got {value}")
+                unit = "duration in s" if option == "--peak-trial-seconds" else "rate in Hz"
+                raise ValueError(f"{option} must be a positive finite {unit}, got {value}")
         low, high = self.low_hz, self.high_hz
         if low is not None and high is not None:
             if low >= high:
@@ -94,6 +99,10 @@ class PeakSearch:
     def needs_paced_trial(self) -> bool:
         return self.low_hz is None or self.high_hz is None
 
+    def trial_frames(self, rate_hz: float, bag_frames: int) -> int:
+        """Frames a trial at ``rate_hz`` sends: ``trial_seconds`` of them, at least the bag."""
+        return max(bag_frames, math.ceil(rate_hz * self.trial_seconds))
+
 
 def _latencies_ms(collected: Collected) -> np.ndarray:
     """(N,) ms from send to both outputs of the frames that got them."""
@@ -102,13 +111,13 @@ def _latencies_ms(collected: Collected) -> np.ndarray:
     )
 
 
-def trial_record(rate_hz: float | None, collected: Collected, bag: BagFrames) -> dict[str, Any]:
+def trial_record(rate_hz: float | None, collected: Collected) -> dict[str, Any]:
     """One trial for the report: its rate (None: paced by the node), frames sent, rejected
     (known from the bag), lost and their fraction of the rest, latency p50 (ms), throughput
     (frames with outputs / s from the first send to the last output) and whether it passed."""
-    sent = [f for f in bag.frames if f.stamp in collected.sent]
-    accepted = [f for f in sent if f.rejected is None]
-    lost = sum(not collected.has_outputs(f.stamp) for f in accepted)
+    sent = list(collected.sent)
+    accepted = [s for s in sent if s not in collected.rejected]
+    lost = sum(not collected.has_outputs(s) for s in accepted)
     fraction = lost / len(accepted) if accepted else None
     latencies = _latencies_ms(collected)
     span_ns = (
@@ -127,14 +136,15 @@ def trial_record(rate_hz: float | None, collected: Collected, bag: BagFrames) ->
 
 
 def find_peak_rate(
-    play: Callable[[float | None], Collected],
+    play: Callable[[float | None, int | None], Collected],
     bag: BagFrames,
     search: PeakSearch,
     say: Callable[[str], None] = lambda message: None,
 ) -> tuple[Collected, dict[str, Any]]:
-    """Runs the trials (module doc); ``play(rate_hz)`` replays the bag at that rate (None: paced
-    by the node). Returns the recorded trial's replay (the peak's; without a peak, the lowest
-    rate's) and the search's record for the run's settings.
+    """Runs the trials (module doc); ``play(rate_hz, frames)`` replays the bag at that rate
+    (None: paced by the node), ``frames`` frames cycling through it (None: the bag once).
+    Returns the recorded run (the bag once at the peak rate; without a peak, at the lower bound)
+    and the search's record for the run's settings.
 
     Raises:
         ValueError: the node rejects every frame of the bag (nothing can be lost or kept).
@@ -146,10 +156,9 @@ def find_peak_rate(
             f"(first: {bag.frames[0].rejected}): no rate to find (--find-peak-rate)"
         )
     trials: list[dict[str, Any]] = []
-    replays: dict[float, Collected] = {}
     throughput = None
     if search.needs_paced_trial:
-        paced = trial_record(None, play(None), bag)
+        paced = trial_record(None, play(None, None))
         trials.append(paced)
         throughput = paced["throughput_fps"]
         say(
@@ -159,8 +168,7 @@ def find_peak_rate(
     low, high, tolerance = search.bounds(throughput)
 
     def passes(rate: float) -> bool:
-        replays[rate] = play(rate)
-        record = trial_record(rate, replays[rate], bag)
+        record = trial_record(rate, play(rate, search.trial_frames(rate, len(bag.frames))))
         trials.append(record)
         say(
             f"peak rate: trial at {rate:.3g} Hz lost {record['lost']} of "
@@ -183,17 +191,19 @@ def find_peak_rate(
                 bad = middle
         peak, note = good, None
     recorded = peak if peak is not None else low
+    say(f"peak rate: recording one pass of the bag at {recorded:.3g} Hz")
     record = {
         "peak_hz": peak,
         "lost_limit": LOST_LIMIT,
         "low_hz": low,
         "high_hz": high,
         "tolerance_hz": tolerance,
+        "trial_seconds": search.trial_seconds,
         "recorded_trial_hz": recorded,
         "note": note,
         "trials": trials,
     }
-    return replays[recorded], record
+    return play(recorded, None), record
 
 
 def peak_lines(peak: dict[str, Any] | None) -> list[str]:
@@ -207,9 +217,11 @@ def peak_lines(peak: dict[str, Any] | None) -> list[str]:
     lines = [
         f"Peak input rate (--find-peak-rate; highest rate with < {limit} of the frames lost, "
         f"searched {peak['low_hz']:.3g}-{peak['high_hz']:.3g} Hz to "
-        f"{peak['tolerance_hz']:.3g} Hz): {found}"
+        f"{peak['tolerance_hz']:.3g} Hz, each fixed-rate trial {peak['trial_seconds']:g} s or "
+        f"the bag once, whichever is longer): {found}"
         + (f" ({peak['note']})" if peak["note"] else "")
-        + f". The figures above are those of the trial at {peak['recorded_trial_hz']:.3g} Hz.",
+        + f". The figures above are those of one pass of the bag at "
+        f"{peak['recorded_trial_hz']:.3g} Hz.",
         "",
         "| trial | rate (Hz) | sent | rejected | lost | lost fraction | latency p50 (ms) | "
         "throughput (fps) | verdict |",

@@ -16,6 +16,7 @@ ignored.
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from .read import (
     DIAGNOSTICS_TYPE,
     IMAGE_TYPE,
     BagFrames,
+    Frame,
     counter_difference,
     is_status_of,
     stamp_ns,
@@ -75,10 +77,35 @@ class Collected:
     node_parameters: dict[str, Any] = field(default_factory=dict)  # what the node reported
     counters_at_start: dict[str, str] = field(default_factory=dict)  # before the first frame
     arrived: dict[int, int] = field(default_factory=dict)  # stamp -> both outputs in
+    rejected: set[int] = field(default_factory=set)  # stamps sent that the node will reject
     window_ns: tuple[int, int] | None = None  # monotonic ns: first frame sent, replay done
 
     def has_outputs(self, stamp: int) -> bool:
         return stamp in self.mask_stamps and stamp in self.detection_stamps
+
+
+def restamped(raw: bytes, stamp: int) -> bytes:
+    """A serialised Image or CompressedImage (CDR) with its header stamp set to ``stamp`` (ns):
+    the stamp's two fields (int32 sec, uint32 nanosec) are the first after the 4-byte
+    encapsulation header, in the byte order it names; nothing else is touched."""
+    order = "<" if raw[1] == 1 else ">"  # CDR_LE / CDR_BE
+    return raw[:4] + struct.pack(f"{order}iI", *divmod(stamp, 10**9)) + raw[12:]
+
+
+def schedule(bag: BagFrames, count: int | None = None) -> list[tuple[Frame, int, bytes]]:
+    """(frame, stamp, message) to send: the bag once, or ``count`` frames cycling through it,
+    each pass after the first re-stamped one span of the bag (+1 s) later so that every stamp
+    sent is unique (a node answers each with its stamp)."""
+    frames = bag.frames
+    count = len(frames) if count is None else count
+    stamps = [f.stamp for f in frames]
+    shift = max(stamps) - min(stamps) + 10**9
+    sends = []
+    for position in range(count):
+        frame, cycle = frames[position % len(frames)], position // len(frames)
+        stamp = frame.stamp + cycle * shift
+        sends.append((frame, stamp, frame.raw if cycle == 0 else restamped(frame.raw, stamp)))
+    return sends
 
 
 def _counts(counters: dict[str, str]) -> dict[str, int] | None:
@@ -115,6 +142,7 @@ def replay(
     discovery_timeout: float = 120.0,
     parameter_names: tuple[str, ...] = (),
     idle_timeout: float = 0.0,
+    frame_count: int | None = None,
 ) -> Collected:
     """Publishes the bag's camera frames on its camera topic and collects the node's outputs.
 
@@ -126,12 +154,17 @@ def replay(
             without the service or a parameter is recorded without it).
         idle_timeout: first wait up to this many seconds for the node to be idle (every frame
             it received accounted for: an earlier replay's frames done).
+        frame_count: with ``rate_hz``, send this many frames, cycling through the bag
+            (:func:`schedule`); default the bag once.
 
     Raises:
         ToolError: the node did not appear within ``discovery_timeout`` s, or it failed.
     """
     if rate_hz is not None and rate_factor is not None:
         raise ValueError("replay: give rate_factor or rate_hz, not both")
+    if frame_count is not None and rate_hz is None:
+        raise ValueError("replay: frame_count cycles the bag at a fixed rate_hz only")
+    sends = schedule(bag, frame_count)
     context = rclpy.Context()
     rclpy.init(context=context)
     player = rclpy.create_node("mtl_bag_player", context=context)
@@ -237,8 +270,8 @@ def replay(
         start = time.monotonic()
         started_ns = time.monotonic_ns()
         first = bag.frames[0].received
-        frames = tqdm(bag.frames, desc="replaying", unit="frame", disable=not progress)
-        for position, frame in enumerate(frames):
+        frames = tqdm(sends, desc="replaying", unit="frame", disable=not progress)
+        for position, (frame, stamp, message) in enumerate(frames):
             due = None
             if rate_hz:
                 due = start + position / rate_hz
@@ -249,16 +282,18 @@ def replay(
                     lambda due=due: time.monotonic() >= due, max(0.0, due - time.monotonic()) + 1
                 )
             before = _counts(collected.node_counters)
-            collected.sent[frame.stamp] = now()
-            publisher.publish(frame.raw)
+            collected.sent[stamp] = now()
+            if frame.rejected is not None:
+                collected.rejected.add(stamp)
+            publisher.publish(message)
             if due is None:  # paced by the node: wait for this frame's outcome
                 spin_until(
-                    lambda stamp=frame.stamp, before=before: (
+                    lambda stamp=stamp, before=before: (
                         collected.has_outputs(stamp) or node_discarded(before)
                     ),
                     2.0 if frame.rejected else frame_timeout,
                 )
-        expected = [f.stamp for f in bag.frames if f.rejected is None]
+        expected = [stamp for frame, stamp, _ in sends if frame.rejected is None]
         spin_until(lambda: all(collected.has_outputs(s) for s in expected) or accounted(), 5.0)
         spin_until(settled, 3.0)  # the node's final counters
         collected.window_ns = (started_ns, time.monotonic_ns())

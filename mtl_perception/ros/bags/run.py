@@ -8,7 +8,8 @@ one :data:`.read.RUN_TOPIC` message: the run's settings (bag, checkpoint, node p
 pace), provenance (hashes, versions, host), every frame sent (stamps, send time, size, why the
 node will reject it), the node process's CPU, memory and GPU use over the replay
 (:mod:`.resources`) and, with ``--find-peak-rate``, every trial of the search (:mod:`.peak`; the
-frames and outputs are those of the peak's trial). Scoring needs nothing else (:mod:`.score`).
+frames and outputs are those of one pass of the bag at the peak rate). Scoring needs nothing
+else (:mod:`.score`).
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ def replay_run(
         )
         return collected, None
 
-    def play(rate_hz: float | None) -> Collected:
+    def play(rate_hz: float | None, frames: int | None) -> Collected:
         return replay(
             prepared.bag,
             node,
@@ -224,6 +225,7 @@ def replay_run(
             progress=False,
             parameter_names=parameter_names,
             idle_timeout=10.0,  # the last trial's frames done before this one's counters
+            frame_count=frames,
         )
 
     return find_peak_rate(play, prepared.bag, prepared.peak, say)
