@@ -40,13 +40,21 @@ def confusion_matrix_png(
     ylabel: str = "ground truth",
 ) -> None:
     """A (R, C) count matrix as a heat map of each row's fractions, the counts written in the
-    cells (rows without counts stay empty).
+    cells (rows without counts stay empty). Without a row or a column (nothing scored) the
+    picture says so.
 
     Args:
         counts: (R, C) non-negative counts, rows = ground truth.
     """
     plt = _pyplot()
     counts = np.asarray(counts, np.int64)
+    if counts.size == 0:  # an image of no cells: matplotlib warns of a singular axis
+        figure, axis = plt.subplots(figsize=(5.0, 4.0))
+        axis.set_axis_off()
+        axis.set_title(title, fontsize=9)
+        axis.text(0.5, 0.5, "nothing scored", ha="center", va="center")
+        save_figure(figure, path)
+        return
     totals = counts.sum(axis=1, keepdims=True)
     fractions = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
     size = max(4.0, 0.55 * max(counts.shape) + 2.5)
