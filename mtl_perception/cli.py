@@ -4,7 +4,8 @@ Every console script builds its parser with :class:`ToolParser` and wraps its bo
 :func:`tool_main`. A known failure (bad input, a missing or unreadable file, an output that would
 overwrite something) prints ONE line ``error: <what> (<file or field>)`` to stderr and exits 2;
 the traceback appears only with ``--debug``. An unexpected exception is a bug: one line that
-says so and exit 1, the traceback again only with ``--debug``.
+says so and exit 3 (not 1: ``mtl-bag``'s gate exits 1 for a failed criterion, and a CI job must
+not read a crash as a verdict), the traceback again only with ``--debug``.
 
 Known failures are the exception types below. Code that detects a bad input raises
 ``ValueError`` (or :class:`ToolError`) with a message that names the file, field or option.
@@ -20,10 +21,11 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 EXIT_ERROR = 2  # a known failure: bad input, output collision, unreadable file
-EXIT_BUG = 1  # an unexpected exception
+EXIT_BUG = 3  # an unexpected exception (1 is the bag gate's "a criterion failed")
 
 
 class Terminated(KeyboardInterrupt):
@@ -151,6 +153,14 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def path_option(text: str) -> Path:
+    """A file or folder option: any path but the empty one (which would mean the working
+    directory, silently)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return Path(text)
 
 
 def positive_float(text: str) -> float:

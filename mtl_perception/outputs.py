@@ -118,8 +118,15 @@ def atomic_directory(path: str | Path, option: str = "--out") -> Iterator[Path]:
         ValueError: ``path`` exists with content (checked before and again at the rename).
     """
     path = check_new_directory(path, option)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = Path(
+            tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        )
+    except OSError as error:  # e.g. a folder of /proc: name what the user gave, not our temp
+        raise ValueError(
+            f"cannot create the folder {path}: {error.strerror or error} ({option} {path})"
+        ) from None
     temporary.chmod(0o777 & ~_umask())
     try:
         yield temporary

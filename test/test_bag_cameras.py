@@ -157,11 +157,7 @@ def test_rig_evaluation_repeats_each_camera_alone_and_adds_them_up(rig):
             checkpoint,
             alone,
             "--camera-topic",
-            f"/{name}/image",
-            "--semantic-topic",
-            f"/{name}/ground_truth/semantic",
-            "--detections-topic",
-            f"/{name}/ground_truth/detections",
+            f"/{name}/image",  # its ground truth, /<name>/ground_truth/..., found by the name
         )
         assert single.code == 0, single.stdout + single.stderr
         theirs = _report(alone)

@@ -145,10 +145,15 @@ def test_frames_jsonl_coverage_and_frames_left_out(evaluated, gate_inputs, tmp_p
     for name, counts in report["detection_counts"].items():
         for key in ("tp", "fp", "fn"):
             assert counts[key] == sum(r["detections"][name][key] for r in records)
-    left = _score(out / "outputs_bag", tmp_path / "left", "--frames", "first:1,last:1")
+    frames = ("--frames", "first:1", "--frames", "last:1")
+    left = _score(out / "outputs_bag", tmp_path / "left", *frames)
     assert left.code == 0, left.stderr
     report = _report(tmp_path / "left")
     assert report["frames_left_out"] == 2 and report["frames_scored"] == 2
+    assert report["frames_spec"] == "first:1,last:1"  # a repeated --frames: all of them count
+    assert "2 sent and counted (2 more sent but left out by --frames)" in (
+        (tmp_path / "left" / "report.md").read_text()
+    )
     assert report["frames_sent"] == 2 and report["coverage"] == 1.0
     statuses = [json.loads(line)["status"] for line in (tmp_path / "left/frames.jsonl").open()]
     assert statuses == ["left out", "scored", "scored", "left out"]
@@ -307,6 +312,9 @@ def test_attach_replays_into_a_node_started_separately(evaluated, gate_inputs, t
         (["--fail-under", "coverage=1.5"], ["coverage is at most 1", "--fail-under"]),
         (["--fail-under", "miou=101"], ["miou is at most 100%", "--fail-under"]),
         (["--baseline", "B", "--max-drop", "miou=1"], ["not a report.json of mtl-bag"]),
+        (["--baseline", "", "--max-drop", "miou=1"], ["--baseline", "an empty path"]),
+        (["--frames", ""], ["--frames", "has an empty part"]),
+        (["--frames", "2", "--frames", " "], ["--frames", "has an empty part"]),
     ],
 )
 def test_bad_criteria_and_options_are_one_line_and_exit_2(tmp_path, options, mentions):
@@ -315,6 +323,23 @@ def test_bad_criteria_and_options_are_one_line_and_exit_2(tmp_path, options, men
     options = [str(tmp_path / o) if o in ("B", "nowhere.json") else o for o in options]
     outcome = _score(tmp_path / "no_run", tmp_path / "out", *options)
     assert_refused(outcome, *mentions)
+    assert not (tmp_path / "out").exists()
+
+
+def test_node_name_without_attach_is_refused(tmp_path):
+    outcome = invoke(
+        bag_cli.main,
+        "run",
+        "--bag",
+        tmp_path / "bag",
+        "--checkpoint",
+        tmp_path / "c.pt",
+        "--out",
+        tmp_path / "out",
+        "--node-name",
+        "other",
+    )
+    assert_refused(outcome, "--node-name names the node of --attach")
     assert not (tmp_path / "out").exists()
 
 
@@ -354,7 +379,15 @@ def test_frames_past_the_run_and_baselines_that_cannot_judge_are_refused(evaluat
     no_miou.write_text(json.dumps(report))
     missing = _score(run, tmp_path / "m", "--baseline", no_miou, "--max-drop", "miou=1")
     assert_refused(missing, "has no miou to compare with", "--baseline")
-    for out in ("past", "every", "o", "m"):
+    # figures that are not numbers, or out of their range: refused (exit 2), never a crash
+    for value, mention in (("high", "miou 'high', not a finite number"), (1.5, "outside 0-100%")):
+        report["miou"] = value
+        no_miou.write_text(json.dumps(report))
+        odd = _score(run, tmp_path / "n", "--baseline", no_miou, "--max-drop", "miou=1")
+        assert_refused(odd, mention, "--baseline")
+    classes = _score(run, tmp_path / "c", "--classes", tmp_path / "nowhere.yaml")
+    assert_refused(classes, "nowhere.yaml", "--classes")
+    for out in ("past", "every", "o", "m", "n", "c"):
         assert not (tmp_path / out).exists()
 
 
@@ -377,7 +410,10 @@ def test_gate_options_given_several_times_all_count(evaluated, tmp_path):
         "map50=1",
     )
     assert outcome.code == 1, outcome.stdout + outcome.stderr
-    criteria = [c["criterion"] for c in _report(tmp_path / "r")["criteria"]]
+    rows = _report(tmp_path / "r")["criteria"]
+    # a floor has no baseline value, a comparison has one
+    assert [row["baseline"] is None for row in rows] == [True, True, False, False]
+    criteria = [row["criterion"] for row in rows]
     assert criteria == [
         "--fail-under miou=99",
         "--fail-under coverage=0.5",
@@ -600,6 +636,8 @@ def test_jobs_2_over_two_bags_repeats_the_single_runs_and_adds_them_up(
     assert criteria["--fail-under coverage=1"]["verdict"] == "pass"
     assert criteria["--fail-under miou=99"]["value"] == pytest.approx(100 * overall["miou"])
     assert [b["name"] for b in overall["bags"]] == ["all_four", "first_two"]
+    rescored = _score(out, tmp_path / "rescored")  # several runs: each is scored on its own
+    assert_refused(rescored, "report of several bags", "bags/<bag>/outputs_bag", "--run")
     assert len({b["ros_domain_id"] for b in overall["bags"]}) == 2
     for name, reference in singles.items():
         mine, theirs = _report(out / "bags" / name), _report(reference)

@@ -333,8 +333,21 @@ def test_record_refuses_a_16_bit_label_value_above_255_and_leaves_nothing(case):
         (["--camera-topic", "camera image"], ["--camera-topic", "not an absolute ROS 2 topic"]),
         (["--semantic-topic", "/9gt"], ["--semantic-topic", "not an absolute ROS 2 topic"]),
         (["--storage", "rosbag1"], ["--storage", "invalid choice"]),
+        (
+            ["--camera-topic", "/x", "--semantic-topic", "/x"],
+            ["--camera-topic and --semantic-topic name the same topic /x"],
+        ),
+        (["--out", ""], ["--out", "an empty path"]),
     ],
-    ids=["classes-missing", "classes-not-yaml", "camera-topic", "semantic-topic", "storage"],
+    ids=[
+        "classes-missing",
+        "classes-not-yaml",
+        "camera-topic",
+        "semantic-topic",
+        "storage",
+        "same-topic",
+        "empty-out",
+    ],
 )
 def test_record_refuses_bad_options(case, options, mentions):
     (case.tmp / "bad.yaml").write_text("segmentation: [unclosed\n")

@@ -24,7 +24,7 @@ import yaml
 from helpers.models import SMALL_NAMED, calibrated_small_model, save_model
 from helpers.refusal import Outcome, Snapshot, assert_refused, invoke, run_module
 
-from mtl_perception.cli import one_line
+from mtl_perception.cli import EXIT_BUG, ToolParser, one_line, tool_main
 from mtl_perception.data import synthetic
 from mtl_perception.data.labels import DEFAULT_CLASSES_FILE
 from mtl_perception.data.synthetic import write_dataset
@@ -213,6 +213,26 @@ def test_a_write_failing_inside_an_output_folder_names_the_folder_asked_for(tmp_
     assert caught.value.filename == str(out) and "writing --out" in one_line(caught.value)
     assert ".partial" not in one_line(caught.value)
     assert list(tmp_path.iterdir()) == []
+    # a folder where no folder can be made (e.g. in /proc): the --out given, not the temporary
+    with pytest.raises(ValueError) as refused, atomic_directory("/proc/no_such_folder"):
+        pass
+    assert "--out /proc/no_such_folder" in str(refused.value)
+    assert ".partial" not in str(refused.value)
+
+
+def test_an_unexpected_error_exits_3_never_the_gate_s_1():
+    """A crash is not a verdict: mtl-bag's gate exits 1 for a failed criterion."""
+
+    @tool_main(lambda: ToolParser(prog="crashes"))
+    def crashes(args):
+        raise RuntimeError("boom")
+
+    outcome = invoke(crashes)
+    assert outcome.code == 3 == EXIT_BUG
+    assert outcome.error_lines == [
+        "error: unexpected RuntimeError: boom (a bug; rerun with --debug for the traceback and "
+        "report it)"
+    ]
 
 
 # -- mtl-eval: options ----------------------------------------------------------------------------

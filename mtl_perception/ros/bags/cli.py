@@ -34,7 +34,14 @@ import re
 import sys
 from pathlib import Path
 
-from ...cli import ToolParser, non_negative_int, positive_float, positive_int, tool_main
+from ...cli import (
+    ToolParser,
+    non_negative_int,
+    path_option,
+    positive_float,
+    positive_int,
+    tool_main,
+)
 from ...data.labels import DEFAULT_CLASSES_FILE
 from ...resources import resolve_config_path
 from .record import CAMERA_TOPIC, GT_DETECTIONS_TOPIC, GT_SEMANTIC_TOPIC
@@ -77,7 +84,7 @@ def non_negative_float(text: str) -> float:
 def _add_classes(parser: ToolParser) -> None:
     parser.add_argument(
         "--classes",
-        type=Path,
+        type=path_option,
         default=DEFAULT_CLASSES_FILE,
         help="class mapping YAML (default: the package's Cityscapes mapping)",
     )
@@ -108,8 +115,8 @@ def _add_ground_truth(parser: ToolParser) -> None:
 
 
 def _add_run(parser: ToolParser) -> None:
-    parser.add_argument("--bag", type=Path, required=True, help="the bag to replay")
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--bag", type=path_option, required=True, help="the bag to replay")
+    parser.add_argument("--checkpoint", type=path_option, required=True)
     pace = parser.add_mutually_exclusive_group()
     pace.add_argument(
         "--rate-factor",
@@ -167,6 +174,7 @@ def _add_scoring(parser: ToolParser) -> None:
     parser.add_argument(
         "--frames",
         metavar="SPEC",
+        action="append",
         help="frames to leave out: first:N, last:N, A-B (positions from 0, receive order), "
         "comma-separated",
     )
@@ -191,7 +199,9 @@ def _add_scoring(parser: ToolParser) -> None:
         help="e.g. miou=65,map50=40,coverage=0.95,latency_p95_ms=300 (latencies: ceilings)",
     )
     parser.add_argument(
-        "--baseline", type=Path, help="an earlier report.json (or its folder) to compare with"
+        "--baseline",
+        type=path_option,
+        help="an earlier report.json (or its folder) to compare with",
     )
     parser.add_argument(
         "--max-drop",
@@ -213,9 +223,9 @@ def build_parser() -> ToolParser:
     record = commands.add_parser(
         "record-dataset", help="write a split with ground truth to a rosbag2"
     )
-    record.add_argument("--data", type=Path, required=True, help="dataset root")
+    record.add_argument("--data", type=path_option, required=True, help="dataset root")
     record.add_argument("--split", default="val")
-    record.add_argument("--out", type=Path, required=True, help="new bag folder")
+    record.add_argument("--out", type=path_option, required=True, help="new bag folder")
     record.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     record.add_argument(
         "--rate",
@@ -240,7 +250,7 @@ def build_parser() -> ToolParser:
         "run", help="replay a bag through the node and record its outputs to an output bag"
     )
     _add_run(run)
-    run.add_argument("--out", type=Path, required=True, help="new output bag folder")
+    run.add_argument("--out", type=path_option, required=True, help="new output bag folder")
     run.add_argument(
         "--attach",
         metavar="NAMESPACE",
@@ -251,23 +261,23 @@ def build_parser() -> ToolParser:
     )
     run.add_argument(
         "--node-name",
-        default="perception_node",
-        help="with --attach: the running node's name (its outputs and /diagnostics entries)",
+        help="with --attach: the running node's name (its outputs and /diagnostics entries; "
+        "default perception_node)",
     )
     score = commands.add_parser(
         "score", help="score an output bag of `run` against ground truth (no model, no node)"
     )
     score.add_argument(
         "--run",
-        type=Path,
+        type=path_option,
         required=True,
         help="an output bag of mtl-bag run (a rig run's folder, or a report folder of mtl-bag "
         "evaluate: its output bags)",
     )
-    score.add_argument("--out", type=Path, required=True, help="new report folder")
+    score.add_argument("--out", type=path_option, required=True, help="new report folder")
     score.add_argument(
         "--ground-truth",
-        type=Path,
+        type=path_option,
         help="bag with the ground truth (default: the bag the run replayed)",
     )
     _add_scoring(score)
@@ -275,7 +285,7 @@ def build_parser() -> ToolParser:
         "evaluate", help="run + score: replay a bag through the node and report"
     )
     _add_run(evaluate)
-    evaluate.add_argument("--out", type=Path, required=True, help="new report folder")
+    evaluate.add_argument("--out", type=path_option, required=True, help="new report folder")
     evaluate.add_argument(
         "--output-bag",
         action="store_true",
@@ -326,6 +336,19 @@ def _record(args: argparse.Namespace) -> int:
             "a rig names its topics after its cameras (/NAME/image, ...): leave out "
             "--camera-topic, --semantic-topic and --detections-topic (--cameras)"
         )
+    topics = Topics(
+        camera=args.camera_topic or defaults.camera,
+        semantic=args.semantic_topic or defaults.semantic,
+        detections=args.detections_topic or defaults.detections,
+    )
+    named = {"--camera-topic": topics.camera, "--semantic-topic": topics.semantic}
+    named["--detections-topic"] = topics.detections
+    shared = [o for o, t in named.items() if list(named.values()).count(t) > 1]
+    if shared:
+        raise ValueError(
+            f"{' and '.join(shared)} name the same topic {named[shared[0]]}: each needs its own "
+            f"({shared[0]})"
+        )
     count = record_dataset(
         args.data,
         args.split,
@@ -334,11 +357,7 @@ def _record(args: argparse.Namespace) -> int:
         rate=args.rate,
         compressed=args.compressed,
         classes_file=args.classes,
-        topics=Topics(
-            camera=args.camera_topic or defaults.camera,
-            semantic=args.semantic_topic or defaults.semantic,
-            detections=args.detections_topic or defaults.detections,
-        ),
+        topics=topics,
         cameras=args.cameras or (),
     )
     print(f"wrote {count} frames to {args.out} ({args.storage})")
@@ -366,7 +385,12 @@ def _print_scored(scored, out: Path) -> int:
     coverage = report["coverage"]
     print(
         f"coverage {coverage:.3f} ({report['frames_with_output']} of {report['frames_sent']} "
-        "frames sent have outputs)"
+        "frames sent have outputs"
+        + (
+            f"; {report['frames_left_out']} more sent but left out by --frames)"
+            if report.get("frames_left_out")
+            else ")"
+        )
         if coverage is not None
         else "coverage n/a (no frame sent)"
     )
@@ -400,12 +424,19 @@ def _rig_cameras(args: argparse.Namespace, peak: object) -> list:
 def main(args: argparse.Namespace) -> int:
     if args.command == "record-dataset":
         return _record(args)
+    if getattr(args, "node_name", None) is not None and not args.attach:
+        raise ValueError("--node-name names the node of --attach: add --attach NAMESPACE")
     if args.command == "score":
         from .cameras import camera_table, rig_runs, score_rig_run
         from .pipeline import score_bag
 
         if (args.run / "outputs_bag" / "metadata.yaml").is_file():
             args.run = args.run / "outputs_bag"  # the report folder of mtl-bag evaluate
+        elif (args.run / "bags").is_dir() and (args.run / "report.json").is_file():
+            raise ValueError(
+                f"{args.run} is the report of several bags (--jobs): score each bag's run, "
+                f"{args.run}/bags/<bag>/outputs_bag (--run)"
+            )
         camera_runs = rig_runs(args.run) if args.ground_truth is None else []
         if camera_runs and _topics(args) == _topics(argparse.Namespace()):
             scored = score_rig_run(
@@ -443,6 +474,7 @@ def main(args: argparse.Namespace) -> int:
         from .cameras import run_rig
         from .pipeline import run_bag
         from .replay import NodeTopics
+        from .settings import NODE_NAME
 
         cameras = _rig_cameras(args, peak)
         if cameras:
@@ -458,7 +490,7 @@ def main(args: argparse.Namespace) -> int:
             args.checkpoint,
             args.out,
             topics=_topics(args),
-            attach=NodeTopics.of(args.node_name, args.attach) if args.attach else None,
+            attach=NodeTopics.of(args.node_name or NODE_NAME, args.attach) if args.attach else None,
             peak=peak,
             **node_run,
         )

@@ -61,15 +61,31 @@ class Criterion:
         return f"--{self.kind} {self.figure}={self.limit:g}{'%' if self.relative else ''}"
 
 
+def _raw_figure(report: dict[str, Any], name: str) -> Any:
+    value: Any = report
+    for key in FIGURES[name].path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def figure_value(report: dict[str, Any], name: str) -> float | None:
     """A report's figure in the gate's unit, None when the report has none."""
-    spec = FIGURES[name]
-    value: Any = report
-    for key in spec.path:
-        value = value.get(key) if isinstance(value, dict) else None
-    if value is None or not math.isfinite(value):
+    value = _raw_figure(report, name)
+    if not _is_number(value) or not math.isfinite(value):
         return None
-    return float(value) * spec.scale
+    return float(value) * FIGURES[name].scale
+
+
+# Why a report may lack a figure (said when a baseline lacks one a criterion compares).
+WITHOUT = {
+    "miou": "a run without ground truth has none",
+    "map50": "a run without ground truth has none",
+    "peak_rate_hz": "only a run with --find-peak-rate has one",
+}
 
 
 def parse_criteria(text: str | None, kind: str) -> list[Criterion]:
@@ -172,12 +188,25 @@ def check_gate_options(
     if baseline is None:
         return criteria, None
     old = read_baseline(baseline)
-    missing = [c.figure for c in relative if figure_value(old, c.figure) is None]
-    if missing:
-        raise ValueError(
-            f"the baseline {baseline} has no {', '.join(dict.fromkeys(missing))} to compare with "
-            "(a run without ground truth has no mIoU or mAP) (--baseline)"
-        )
+    for figure in dict.fromkeys(c.figure for c in relative):
+        value = _raw_figure(old, figure)
+        if value is not None and not (_is_number(value) and math.isfinite(value)):
+            raise ValueError(
+                f"the baseline {baseline} has {figure} {value!r}, not a finite number (--baseline)"
+            )
+        bound = FIGURE_BOUNDS.get(figure)
+        number = figure_value(old, figure)
+        if number is not None and (number < 0 or (bound is not None and number > bound)):
+            limit = f"0-{bound:g}{FIGURES[figure].unit}" if bound is not None else ">= 0"
+            raise ValueError(
+                f"the baseline {baseline} has {figure} {number:g}{FIGURES[figure].unit}, outside "
+                f"{limit} (--baseline)"
+            )
+        if number is None:
+            why = WITHOUT.get(figure, "a run with no frame answered has none")
+            raise ValueError(
+                f"the baseline {baseline} has no {figure} to compare with ({why}) (--baseline)"
+            )
     return criteria + relative, old
 
 
@@ -200,7 +229,8 @@ def judge(
     for criterion in criteria:
         spec = FIGURES[criterion.figure]
         value = figure_value(report, criterion.figure)
-        old = figure_value(baseline, criterion.figure) if baseline is not None else None
+        relative = criterion.kind != "fail-under" and baseline is not None
+        old = figure_value(baseline, criterion.figure) if relative else None
         higher = spec.higher_is_better
         note = ""
         if criterion.kind == "fail-under":

@@ -110,7 +110,7 @@ def child_options(args: Any) -> list[str]:
         ("--camera-topic", args.camera_topic),
         ("--semantic-topic", args.semantic_topic),
         ("--detections-topic", args.detections_topic),
-        ("--frames", args.frames),
+        ("--frames", ScoreOptions.from_args(args).frames),
     ):
         if value is not None:
             options += [flag, str(value)]
@@ -267,7 +267,7 @@ def _overall_report(
         "note": "overall = all bags' frames added up; latency and throughput of bags evaluated "
         "in parallel are those of a shared machine",
         "node_counters": _node_counters(reports),
-        "frames_spec": args.frames,
+        "frames_spec": ScoreOptions.from_args(args).frames,
         **figures,
         "gate": None,
         "criteria": [],

@@ -33,7 +33,7 @@ from .read import (
 )
 from .replay import NodeTopics
 from .report import build_report, write_report
-from .rig import RigCamera
+from .rig import camera_of_topic
 from .run import PreparedRun, execute_run, load_model_config, prepare_run
 from .score import Scoring, check_ground_truth, match_ground_truth, parse_frames, score_frames
 
@@ -67,6 +67,11 @@ class ScoreOptions:
                 f"the deadline must be positive and finite, got {self.deadline_ms} ms "
                 "(--deadline-ms)"
             )
+        if self.frames is not None and not all(t.strip() for t in self.frames.split(",")):
+            raise ValueError(
+                f"--frames {self.frames!r} has an empty part: give first:N, last:N, A-B or A, "
+                "comma-separated (--frames)"
+            )
         parse_frames(self.frames, 0)
         return check_gate_options(self.fail_under, self.max_drop, self.max_rise, self.baseline)
 
@@ -87,7 +92,7 @@ class ScoreOptions:
             return ",".join(values) if isinstance(values, list) else values
 
         return cls(
-            frames=args.frames,
+            frames=joined(args.frames),
             match_tolerance_ms=args.match_tolerance_ms,
             fail_under=joined(args.fail_under),
             max_drop=joined(args.max_drop),
@@ -133,7 +138,10 @@ def _check_out(out: Path, *inputs: Path) -> Path:
 
 
 def _class_map(classes_file: Path | None, model_config: ModelConfig, checkpoint: str) -> ClassMap:
-    class_map = ClassMap.from_yaml(classes_file or DEFAULT_CLASSES_FILE)
+    try:
+        class_map = ClassMap.from_yaml(classes_file or DEFAULT_CLASSES_FILE)
+    except ValueError as error:
+        raise ValueError(f"{error} (--classes)") from None
     try:
         check_classes(model_config, class_map, checkpoint)
     except ValueError as error:
@@ -245,13 +253,8 @@ def score_bag(
     class_map = _class_map(
         classes_file, ModelConfig.from_dict(info["model_config"]), info["checkpoint"]
     )
-    if "rig_camera" in info:  # one camera of a rig run: that camera's ground truth
-        camera = RigCamera.of(info["rig_camera"])
-        topics = replace(
-            topics,
-            semantic=topics.semantic or camera.semantic,
-            detections=topics.detections or camera.detections,
-        )
+    # the run's camera decides the default ground truth (a rig camera's own, read.py)
+    topics = replace(topics, camera=info["camera_topic"])
     if ground_truth is None:
         truth, truth_hash = _ground_truth(
             Path(info["bag_absolute"]), topics, "--ground-truth (the run's bag)", info["bag_hash"]
@@ -259,10 +262,13 @@ def score_bag(
     else:
         truth, truth_hash = _ground_truth(Path(ground_truth), topics, "--ground-truth")
         if truth.semantic_topic is None and truth.detections_topic is None:
+            camera = camera_of_topic(info["camera_topic"])
+            semantic = camera.semantic if camera else GT_SEMANTIC_TOPIC
+            detections = camera.detections if camera else GT_DETECTIONS_TOPIC
             raise ValueError(
-                f"{ground_truth} has no ground truth: no {topics.semantic or GT_SEMANTIC_TOPIC} "
-                f"and no {topics.detections or GT_DETECTIONS_TOPIC} (--ground-truth; "
-                "--semantic-topic and --detections-topic name others)"
+                f"{ground_truth} has no ground truth: no {topics.semantic or semantic} and no "
+                f"{topics.detections or detections} (--ground-truth; --semantic-topic and "
+                "--detections-topic name others)"
             )
     options.check_frames(len(info["frames"]))
     matching = match_ground_truth(info["frames"], truth, options.tolerance_ns)

@@ -39,6 +39,7 @@ from ...data.labels import UNLABELED
 from ..conversions import ImageRejectedError, compressed_to_rgb, image_to_rgb
 from ..parameters import NodeParameters
 from .record import CAMERA_TOPIC, GT_DETECTIONS_TOPIC, GT_SEMANTIC_TOPIC
+from .rig import camera_of_topic
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -383,13 +384,17 @@ def read_ground_truth(
             ground-truth message is malformed (naming the topic and stamp).
     """
     path = Path(path)
+    # one camera of a rig bag (/c/image): its ground truth is /c/ground_truth/..., not the default
+    rig_camera = camera_of_topic(topics.camera)
+    default_semantic = rig_camera.semantic if rig_camera else GT_SEMANTIC_TOPIC
+    default_detections = rig_camera.detections if rig_camera else GT_DETECTIONS_TOPIC
 
     def choose(types):
         semantic = _ground_truth_topic(
-            types, topics.semantic, GT_SEMANTIC_TOPIC, IMAGE_TYPE, "--semantic-topic"
+            types, topics.semantic, default_semantic, IMAGE_TYPE, "--semantic-topic"
         )
         detections = _ground_truth_topic(
-            types, topics.detections, GT_DETECTIONS_TOPIC, DETECTIONS_TYPE, "--detections-topic"
+            types, topics.detections, default_detections, DETECTIONS_TYPE, "--detections-topic"
         )
         return (semantic, detections), {semantic, detections} - {None}
 

@@ -414,8 +414,13 @@ def write_report(
         f"# Evaluation of {name}",
         "",
         f"Camera topic `{report['camera_topic']}` ({report['camera_type']}); "
-        f"{report['frames_in_bag']} frames in the bag, {report['frames_sent']} sent, "
-        f"{report['frames_with_output']} with outputs, {report['frames_rejected']} rejected by "
+        f"{report['frames_in_bag']} frames in the bag, {report['frames_sent']} sent"
+        + (
+            f" and counted ({report['frames_left_out']} more sent but left out by --frames), "
+            if report["frames_spec"]
+            else ", "
+        )
+        + f"{report['frames_with_output']} with outputs, {report['frames_rejected']} rejected by "
         "the node"
         + (f" (first: {report['rejections'][0]['reason']})" if report["rejections"] else "")
         + f"; node input {report['input_size'][1]}x{report['input_size'][0]}.",

@@ -70,6 +70,14 @@ class RigCamera:
         )
 
 
+def camera_of_topic(camera_topic: str | None) -> RigCamera | None:
+    """The rig camera whose image topic this is (``/c/image`` or ``/c/image/compressed``),
+    None for another topic: its ground truth is where a rig bag keeps camera ``c``'s."""
+    pattern = rf"/({CAMERA_NAME.pattern})/image(/compressed)?"
+    match = re.fullmatch(pattern, camera_topic or "")
+    return RigCamera.of(match.group(1)) if match else None
+
+
 def rig_cameras(topics: set[str]) -> list[RigCamera]:
     """The rig cameras of a bag with these topics, in name order: every ``/c/image`` (or
     ``/c/image/compressed``) with ``c`` one token; none when the bag has the default camera
