@@ -55,6 +55,8 @@ IMPORTS = {
     "cityscapesscripts": ("pip", None, "cityscapesscripts"),
     "safetensors": ("pip", None, "safetensors"),
     "onnx": ("pip", None, "onnx"),
+    "psutil": ("rosdep", "python3-psutil", "psutil"),
+    "pynvml": ("pip", None, "nvidia-ml-py"),
     "cv_bridge": ("optional", "cv_bridge"),
     "torchvision": ("optional", None),
 }
