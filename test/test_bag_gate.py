@@ -207,6 +207,8 @@ def test_run_then_score_gives_evaluate_figures_and_a_ground_truth_bag_of_its_own
     """`mtl-bag run` alone records a bag `score` reads; ground truth may come from another bag."""
     _, _, worse, bag = gate_inputs
     outputs = tmp_path / "outputs"
+    params = tmp_path / "node.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    publish_overlay: false\n")
     ran = run_module(
         "mtl_perception.ros.bags.cli",
         "run",
@@ -217,9 +219,16 @@ def test_run_then_score_gives_evaluate_figures_and_a_ground_truth_bag_of_its_own
         "--out",
         outputs,
         "--as-fast-as-possible",
+        "--node-params",
+        params,
     )
     assert ran.code == 0, ran.stdout + ran.stderr
     assert (outputs / "metadata.yaml").is_file() and (outputs / "node.log").is_file()
+    # the pace and the parameter file reached the run (a refactoring once dropped both)
+    info = read_run(outputs).info
+    assert info["replay"]["as_fast_as_possible"] is True and info["replay"]["rate_factor"] is None
+    assert info["node"]["params_file"] == str(params)
+    assert info["node"]["parameters"]["publish_overlay"] is False  # default true
     truth_only = tmp_path / "ground_truth"
     with (
         Reader(bag) as reader,
