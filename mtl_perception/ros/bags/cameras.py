@@ -46,7 +46,7 @@ from .read import (
     read_messages,
     read_run,
 )
-from .replay import Collected, NodeTopics, replay
+from .replay import PLAYER_NAME, Collected, NodeTopics, replay
 from .report import SUMMARY_KEYS, summary_table, write_summary_report
 from .resources import ResourceSampler
 from .rig import RigCamera, rig_cameras
@@ -126,6 +126,7 @@ def replay_rig(
                 rate_factor=first.rate_factor,
                 node_failure=process.failure,
                 progress=False,
+                player_name=f"{PLAYER_NAME}_{cameras[index].name}",  # one node name each
             )
         except BaseException as error:  # re-raised in the caller's thread
             errors.append(error)

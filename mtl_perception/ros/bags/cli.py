@@ -148,7 +148,8 @@ def _add_run(parser: ToolParser) -> None:
         "--peak-rate-tolerance",
         type=positive_float,
         metavar="HZ",
-        help="with --find-peak-rate: search until the bounds are closer (default: the range / 8)",
+        help="with --find-peak-rate: search until the passing and failing rates are closer "
+        "(default: an eighth of the passing rate)",
     )
     parser.add_argument(
         "--peak-trial-seconds",

@@ -6,12 +6,17 @@ the frames sent that the node does not reject (rejected frames are the input's f
 no outputs: dropped by the node's latest-frame-wins slot, or never answered. A rate passes when
 less than :data:`LOST_LIMIT` of them are lost.
 
-The search (a binary search between bounds, to a tolerance): without both bounds given, a first
-trial paced by the node (each frame once the last one's outputs are in) measures its throughput T;
-the bounds default to T / 2 and 2 T. The upper bound is tried first (passing it ends the search:
-the peak is at least that), then the lower one (failing it ends the search: no peak in the
-range), then the middle of the highest passing and the lowest failing rate until they are less
-than the tolerance apart (default: an eighth of the range). The peak is the highest passing rate.
+The search (a bisection between bounds, to a tolerance): without both bounds given, a first trial
+paced by the node (each frame once the last one's outputs are in) measures its throughput T; the
+bounds default to T / 2 and 2 T. The upper bound is tried first (passing it ends the search: the
+peak is at least that), then the lower one (failing it ends the search: no peak in the range),
+then a rate between the highest passing rate (good) and the lowest failing one (bad) until they
+are at most the tolerance apart. While bad > 2 good that rate is their geometric mean
+sqrt(good bad), so a far upper bound (``--peak-rate-max 1e9``) is narrowed in a few trials; then
+their arithmetic mean. The default tolerance is relative: an eighth of the current passing rate
+(:data:`TOLERANCE_FRACTION`), so the peak is found to within 12.5 % whatever the bounds; for the
+default bounds that is at most 6 fixed-rate trials. ``--peak-rate-tolerance`` gives one in Hz
+instead. The peak is the highest passing rate.
 
 A fixed-rate trial lasts ``trial_seconds`` (default :data:`TRIAL_SECONDS`) or one pass of the bag,
 whichever is longer: like ros2_benchmark, it loops the bag's frames for that time (each pass after
@@ -36,13 +41,14 @@ from .replay import Collected
 
 LOST_LIMIT = 0.05  # a rate passes when fewer than this fraction of the frames are lost
 BOUND_FACTOR = 2.0  # default bounds: the paced throughput / and x this
-TOLERANCE_STEPS = 8  # default tolerance: the range / this
+TOLERANCE_FRACTION = 0.125  # default tolerance: this fraction of the highest passing rate
 TRIAL_SECONDS = 5.0  # a fixed-rate trial loops the bag this long (ros2_benchmark's default: 5 s)
 
 
 @dataclass(frozen=True)
 class PeakSearch:
-    """The search's bounds and tolerance (Hz); None: from a first paced trial (module doc)."""
+    """The search's bounds and tolerance (Hz); None: bounds from a first paced trial, the
+    tolerance relative to the passing rate (module doc)."""
 
     low_hz: float | None = None
     high_hz: float | None = None
@@ -77,8 +83,8 @@ class PeakSearch:
                     f"{low:g}-{high:g} Hz: nothing to search (--peak-rate-tolerance)"
                 )
 
-    def bounds(self, throughput_fps: float | None) -> tuple[float, float, float]:
-        """(low, high, tolerance) Hz, the missing ones from the paced trial's throughput."""
+    def bounds(self, throughput_fps: float | None) -> tuple[float, float]:
+        """(low, high) Hz, the missing ones from the paced trial's throughput."""
         low, high = self.low_hz, self.high_hz
         if low is None or high is None:
             if not throughput_fps:
@@ -92,8 +98,14 @@ class PeakSearch:
                     low = min(low, high / BOUND_FACTOR)
             if high is None:
                 high = max(throughput_fps, low) * BOUND_FACTOR
-        tolerance = self.tolerance_hz or (high - low) / TOLERANCE_STEPS
-        return low, high, tolerance
+        return low, high
+
+    def resolved(self, good: float, bad: float) -> bool:
+        """Whether the highest passing rate ``good`` and the lowest failing one ``bad`` (Hz)
+        are within the tolerance: ``--peak-rate-tolerance``, else :data:`TOLERANCE_FRACTION`
+        of ``good``."""
+        tolerance = self.tolerance_hz if self.tolerance_hz else good * TOLERANCE_FRACTION
+        return bad - good <= tolerance
 
     @property
     def needs_paced_trial(self) -> bool:
@@ -102,6 +114,12 @@ class PeakSearch:
     def trial_frames(self, rate_hz: float, bag_frames: int) -> int:
         """Frames a trial at ``rate_hz`` sends: ``trial_seconds`` of them, at least the bag."""
         return max(bag_frames, math.ceil(rate_hz * self.trial_seconds))
+
+
+def next_rate(good: float, bad: float) -> float:
+    """The rate (Hz) to try between a passing ``good`` and a failing ``bad``: their geometric
+    mean while bad > 2 good (a far bound is narrowed by ratios), then their arithmetic mean."""
+    return math.sqrt(good * bad) if bad > 2 * good else (good + bad) / 2
 
 
 def _latencies_ms(collected: Collected) -> np.ndarray:
@@ -165,7 +183,7 @@ def find_peak_rate(
             "peak rate: paced trial, throughput "
             + (f"{throughput:.3g} fps" if throughput else "n/a")
         )
-    low, high, tolerance = search.bounds(throughput)
+    low, high = search.bounds(throughput)
 
     def passes(rate: float) -> bool:
         record = trial_record(rate, play(rate, search.trial_frames(rate, len(bag.frames))))
@@ -183,8 +201,8 @@ def find_peak_rate(
         peak, note = None, "even the lower bound lost too many frames"
     else:
         good, bad = low, high
-        while bad - good > tolerance:
-            middle = (good + bad) / 2
+        while not search.resolved(good, bad):
+            middle = next_rate(good, bad)
             if passes(middle):
                 good = middle
             else:
@@ -197,7 +215,8 @@ def find_peak_rate(
         "lost_limit": LOST_LIMIT,
         "low_hz": low,
         "high_hz": high,
-        "tolerance_hz": tolerance,
+        "tolerance_hz": search.tolerance_hz,  # None: relative, tolerance_fraction
+        "tolerance_fraction": None if search.tolerance_hz else TOLERANCE_FRACTION,
         "trial_seconds": search.trial_seconds,
         "recorded_trial_hz": recorded,
         "note": note,
@@ -216,8 +235,8 @@ def peak_lines(peak: dict[str, Any] | None) -> list[str]:
     )
     lines = [
         f"Peak input rate (--find-peak-rate; highest rate with < {limit} of the frames lost, "
-        f"searched {peak['low_hz']:.3g}-{peak['high_hz']:.3g} Hz to "
-        f"{peak['tolerance_hz']:.3g} Hz, each fixed-rate trial {peak['trial_seconds']:g} s or "
+        f"searched {peak['low_hz']:.3g}-{peak['high_hz']:.3g} Hz to {_tolerance(peak)}, "
+        f"each fixed-rate trial {peak['trial_seconds']:g} s or "
         f"the bag once, whichever is longer): {found}"
         + (f" ({peak['note']})" if peak["note"] else "")
         + f". The figures above are those of one pass of the bag at "
@@ -243,13 +262,25 @@ def peak_lines(peak: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
+def _tolerance(peak: dict[str, Any]) -> str:
+    """The search's tolerance in words: Hz, or a fraction of the passing rate."""
+    if peak["tolerance_hz"] is not None:
+        return f"{peak['tolerance_hz']:.3g} Hz"
+    return f"{100 * peak['tolerance_fraction']:g} % of the passing rate"
+
+
 def peak_line(peak: dict[str, Any] | None) -> str | None:
     """The command line's summary of the search."""
     if peak is None:
         return None
     rates = [t["rate_hz"] for t in peak["trials"] if t["rate_hz"] is not None]
+    paced = len(peak["trials"]) - len(rates)
     found = f"{peak['peak_hz']:.3g} Hz" if peak["peak_hz"] is not None else "none"
+    trials = f"{len(rates)} fixed-rate trial{'s' if len(rates) != 1 else ''}"
     return (
         f"peak input rate {found} (< {100 * peak['lost_limit']:g} % frames lost; "
-        f"{len(peak['trials'])} trials at " + ", ".join(f"{r:.3g}" for r in rates) + " Hz)"
+        + ("a paced trial and " if paced else "")
+        + f"{trials} at "
+        + ", ".join(f"{r:.3g}" for r in rates)
+        + " Hz)"
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,8 @@ from .read import (
 )
 
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+PLAYER_NAME = "mtl_bag_player"  # the replay's own node (a rig's players: PLAYER_NAME_<camera>)
+BEHIND_S = 1.0  # a fixed-rate replay this far past its last frame's time stops sending
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ class NodeTopics:
     def of(cls, name: str, namespace: str = "/") -> NodeTopics:
         base = f"{namespace.rstrip('/')}/{name}"
         return cls(name, f"{base}/semantic", f"{base}/detections", base)
+
+    @property
+    def described(self) -> str:
+        """The node in words: its fully qualified name, else its /diagnostics name."""
+        return f"the node {self.qualified or self.name}"
 
 
 @dataclass
@@ -92,20 +99,19 @@ def restamped(raw: bytes, stamp: int) -> bytes:
     return raw[:4] + struct.pack(f"{order}iI", *divmod(stamp, 10**9)) + raw[12:]
 
 
-def schedule(bag: BagFrames, count: int | None = None) -> list[tuple[Frame, int, bytes]]:
+def schedule(bag: BagFrames, count: int | None = None) -> Iterator[tuple[Frame, int, bytes]]:
     """(frame, stamp, message) to send: the bag once, or ``count`` frames cycling through it,
     each pass after the first re-stamped one span of the bag (+1 s) later so that every stamp
-    sent is unique (a node answers each with its stamp)."""
+    sent is unique (a node answers each with its stamp). Made as they are sent: a trial at an
+    absurd rate (``--peak-rate-max 1e9``) asks for billions."""
     frames = bag.frames
     count = len(frames) if count is None else count
     stamps = [f.stamp for f in frames]
     shift = max(stamps) - min(stamps) + 10**9
-    sends = []
     for position in range(count):
         frame, cycle = frames[position % len(frames)], position // len(frames)
         stamp = frame.stamp + cycle * shift
-        sends.append((frame, stamp, frame.raw if cycle == 0 else restamped(frame.raw, stamp)))
-    return sends
+        yield frame, stamp, frame.raw if cycle == 0 else restamped(frame.raw, stamp)
 
 
 def _counts(counters: dict[str, str]) -> dict[str, int] | None:
@@ -143,6 +149,8 @@ def replay(
     parameter_names: tuple[str, ...] = (),
     idle_timeout: float = 0.0,
     frame_count: int | None = None,
+    player_name: str = PLAYER_NAME,
+    on_wait: Callable[[str], None] | None = None,
 ) -> Collected:
     """Publishes the bag's camera frames on its camera topic and collects the node's outputs.
 
@@ -155,7 +163,11 @@ def replay(
         idle_timeout: first wait up to this many seconds for the node to be idle (every frame
             it received accounted for: an earlier replay's frames done).
         frame_count: with ``rate_hz``, send this many frames, cycling through the bag
-            (:func:`schedule`); default the bag once.
+            (:func:`schedule`); default the bag once. A player that falls behind (a rate it
+            cannot send at) stops :data:`BEHIND_S` after the last frame's time, the bag once
+            sent: fewer frames.
+        player_name: the replay's ROS node name (players running at once need their own).
+        on_wait: told one line when the replay starts waiting for the node to appear.
 
     Raises:
         ToolError: the node did not appear within ``discovery_timeout`` s, or it failed.
@@ -164,10 +176,11 @@ def replay(
         raise ValueError("replay: give rate_factor or rate_hz, not both")
     if frame_count is not None and rate_hz is None:
         raise ValueError("replay: frame_count cycles the bag at a fixed rate_hz only")
-    sends = schedule(bag, frame_count)
+    count = len(bag.frames) if frame_count is None else frame_count
+    sends = schedule(bag, count)
     context = rclpy.Context()
     rclpy.init(context=context)
-    player = rclpy.create_node("mtl_bag_player", context=context)
+    player = rclpy.create_node(player_name, context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(player)
     collected = Collected()
@@ -249,6 +262,11 @@ def replay(
         )
 
     try:
+        if on_wait is not None:
+            on_wait(
+                f"waiting up to {discovery_timeout:g} s for {node.described} to subscribe to "
+                f"{bag.camera_topic}"
+            )
         if not spin_until(
             lambda: (
                 publisher.get_subscription_count() > 0
@@ -257,7 +275,8 @@ def replay(
             discovery_timeout,
         ):
             raise ToolError(
-                f"the node did not subscribe to {bag.camera_topic} within {discovery_timeout:g} s"
+                f"{node.described} did not subscribe to {bag.camera_topic} and publish "
+                f"{node.detections} within {discovery_timeout:g} s"
             )
         spin_until(lambda: collected.node_counters != {}, 2.0)  # discovery settles both ways
         if idle_timeout > 0:
@@ -270,11 +289,14 @@ def replay(
         start = time.monotonic()
         started_ns = time.monotonic_ns()
         first = bag.frames[0].received
-        frames = tqdm(sends, desc="replaying", unit="frame", disable=not progress)
+        frames = tqdm(sends, total=count, desc="replaying", unit="frame", disable=not progress)
         for position, (frame, stamp, message) in enumerate(frames):
             due = None
             if rate_hz:
                 due = start + position / rate_hz
+                late = time.monotonic() - (start + count / rate_hz + BEHIND_S)
+                if position >= len(bag.frames) and late > 0:
+                    break  # the player cannot send at rate_hz: the trial ends on time
             elif rate_factor:
                 due = start + (frame.received - first) / 1e9 / rate_factor
             if due is not None:
@@ -293,7 +315,7 @@ def replay(
                     ),
                     2.0 if frame.rejected else frame_timeout,
                 )
-        expected = [stamp for frame, stamp, _ in sends if frame.rejected is None]
+        expected = [stamp for stamp in collected.sent if stamp not in collected.rejected]
         spin_until(lambda: all(collected.has_outputs(s) for s in expected) or accounted(), 5.0)
         spin_until(settled, 3.0)  # the node's final counters
         collected.window_ns = (started_ns, time.monotonic_ns())

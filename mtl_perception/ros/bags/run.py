@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -201,9 +202,12 @@ def replay_run(
     progress: bool = True,
     parameter_names: tuple[str, ...] = (),
     say: Callable[[str], None] = print,
+    on_wait: Callable[[str], None] | None = None,
 ) -> tuple[Collected, dict[str, Any] | None]:
     """The run's replay into ``node``: one at its pace, or the peak-rate search's trials
-    (:mod:`.peak`). Returns the recorded replay and the search's record (None without one)."""
+    (:mod:`.peak`). Returns the recorded replay and the search's record (None without one).
+    ``on_wait``: told when the first replay starts waiting for the node (:func:`.replay.replay`).
+    """
     if prepared.peak is None:
         collected = replay(
             prepared.bag,
@@ -212,8 +216,10 @@ def replay_run(
             node_failure=node_failure,
             progress=progress,
             parameter_names=parameter_names,
+            on_wait=on_wait,
         )
         return collected, None
+    waits = [on_wait]  # the first trial only: the node is known to be there after it
 
     def play(rate_hz: float | None, frames: int | None) -> Collected:
         return replay(
@@ -226,6 +232,7 @@ def replay_run(
             parameter_names=parameter_names,
             idle_timeout=10.0,  # the last trial's frames done before this one's counters
             frame_count=frames,
+            on_wait=waits.pop() if waits else None,
         )
 
     return find_peak_rate(play, prepared.bag, prepared.peak, say)
@@ -256,6 +263,7 @@ def execute_run(
             progress=progress,
             parameter_names=tuple(asdict(prepared.params)),
             say=say,
+            on_wait=lambda line: print(line, file=sys.stderr),  # a node elsewhere may be slow
         )
         reported = collected.node_parameters
         prepared.params = replace(
