@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ros_environment
+from helpers.attached import start_robot_node
 from helpers.models import save_model, trained_small_models
 from helpers.refusal import assert_refused, invoke, run_module
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
@@ -23,12 +24,10 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from mtl_perception import __version__
 from mtl_perception.data.labels import ClassMap
 from mtl_perception.ros.bags import cli as bag_cli
-from mtl_perception.ros.bags.node_process import start_node
 from mtl_perception.ros.bags.provenance import content_hash
 from mtl_perception.ros.bags.read import GroundTruth, RunOutputs, read_run
 from mtl_perception.ros.bags.record import record_dataset, typestore
 from mtl_perception.ros.bags.score import match_ground_truth, parse_frames, score_run
-from mtl_perception.ros.bags.settings import EVALUATION_DEFAULTS, forced
 
 CLASS_MAP = ClassMap.from_yaml()
 MS = 10**6
@@ -261,16 +260,7 @@ def test_attach_replays_into_a_node_started_separately(evaluated, gate_inputs, t
     """A node started on its own (as ros2 launch would, in a namespace) is evaluated by
     `mtl-bag run --attach`: the same figures as `evaluate` with the same model and settings."""
     _, _, worse, bag = gate_inputs
-    settings = {**EVALUATION_DEFAULTS, "input_height": 128, "input_width": 256}
-    node = start_node(
-        "/camera/image_raw",
-        False,
-        None,
-        tmp_path / "node.log",
-        settings,
-        forced(worse, compressed=False),
-        namespace="/robot",
-    )
+    node = start_robot_node(worse, tmp_path / "node.log")
     try:
         ran = run_module(
             "mtl_perception.ros.bags.cli",

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 from conftest import ros_environment
+from helpers.attached import start_robot_node
 from helpers.models import SMALL_NAMED, calibrated_small_model, save_model
 from helpers.refusal import assert_refused, invoke, run_module
 
 from mtl_perception.cli import ToolError
 from mtl_perception.data.synthetic import write_dataset
 from mtl_perception.ros.bags import cli as bag_cli
-from mtl_perception.ros.bags.node_process import start_node
 from mtl_perception.ros.bags.peak import (
     LOST_LIMIT,
     TOLERANCE_FRACTION,
@@ -37,7 +37,7 @@ from mtl_perception.ros.bags.read import BagFrames, Frame, read_run
 from mtl_perception.ros.bags.record import record_dataset
 from mtl_perception.ros.bags.replay import Collected, NodeTopics, replay, restamped, schedule
 from mtl_perception.ros.bags.resources import NO_GPU, Sample, _Gpus, resources_line, summarize
-from mtl_perception.ros.bags.settings import EVALUATION_DEFAULTS, NODE_NAME, forced
+from mtl_perception.ros.bags.settings import NODE_NAME
 
 FRAMES = 6
 TOLERANCE_1 = ("--peak-rate-tolerance", "1")
@@ -187,16 +187,7 @@ def test_an_attached_node_is_not_sampled_and_counts_only_its_own_frames(inputs, 
     """Two runs attached to one node started apart (as on a robot): no process of ours to
     sample, and the second run's counters are its own frames, not the node's running total."""
     _, checkpoint, bag = inputs
-    settings = {**EVALUATION_DEFAULTS, "input_height": 128, "input_width": 256}
-    node = start_node(
-        "/camera/image_raw",
-        False,
-        None,
-        tmp_path / "node.log",
-        settings,
-        forced(checkpoint, compressed=False),
-        namespace="/robot",
-    )
+    node = start_robot_node(checkpoint, tmp_path / "node.log")
     try:
         for name in ("first", "second"):
             ran = run_module(
