@@ -22,9 +22,10 @@ if [ "$cameras" != 1 ]; then
   bag=${DEMO_BAG:-data/demo_val_bag_${cameras}_cameras}
 fi
 # What the demo's model must reach through the live node at the bag's 10 Hz (docs/benchmarks.md:
-# mIoU 70.5, mAP@0.5 45.4, 22 of 30 frames, p95 242 ms on 2 cores), with room for a slower or busy
-# machine. The README's "CI with bags" section states the same.
-criteria=${DEMO_CRITERIA:-miou=60,map50=30,coverage=0.5,latency_p95_ms=1500}
+# mIoU 70.5-72.2, mAP@0.5 45.4-53.4, 22 of 30 frames on one machine and 16 of 30 on a slower one,
+# p95 242-302 ms on 2 cores), with room for a slower or busy machine: coverage at a real-time rate
+# falls with the machine's speed. The README's "CI with bags" section states the same.
+criteria=${DEMO_CRITERIA:-miou=60,map50=30,coverage=0.3,latency_p95_ms=1500}
 
 if [ -n "${DEMO_DATA:-}" ]; then
   echo "[demo] using the dataset in $data"
