@@ -70,7 +70,8 @@ def one_line(error: BaseException) -> str:
     many more there are)."""
     text = str(error).strip() or type(error).__name__
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
-        text = f"{error.strerror} ({error.filename})"
+        named = str(error.filename) in error.strerror  # e.g. outputs' "... writing --out PATH"
+        text = error.strerror if named else f"{error.strerror} ({error.filename})"
     lines = text.splitlines()
     if len(lines) > 1:
         extra = [line.strip() for line in lines[1:] if line.strip()]

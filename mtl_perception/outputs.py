@@ -11,15 +11,28 @@ Two rules for every tool:
 
 Files are created with the usual permissions (``0666`` less the umask), like ``open()`` makes
 them, so a checkpoint written by one user can be read by a node running as another.
+
+A run killed outright (SIGKILL, the OOM killer, a power cut) cannot remove its temporary folder
+``.NAME.XXXXXXXX.partial``. Each one is owned by an exclusive ``flock`` on the folder, held by
+the process filling it until the rename: the kernel drops it when that process dies, however it
+dies, so it cannot be fooled by a recycled pid. The next :func:`atomic_directory` for the same
+``NAME`` removes the partial folders beside it that nobody holds, and says so in one line.
+
+A write that fails for lack of space is told against the output the user named (never the
+temporary name) as "no space left on device", and leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
@@ -69,10 +82,43 @@ def check_new_directory(path: str | Path, option: str = "--out") -> Path:
     return path
 
 
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # no space left, disk quota exceeded
+PARTIAL_SUFFIX = ".partial"
+
+
+def _described(path: Path, option: str | None) -> str:
+    return f"{option} {path}" if option else str(path)
+
+
+def told_against_output(
+    error: OSError, path: Path, temporary: Path, option: str | None = None
+) -> OSError | None:
+    """The error of a write into ``temporary``, told against ``path`` (what the user asked
+    for), or ``None`` when it is about something else (an input, say).
+
+    A full disk (or quota) always counts: the write that hits it may name an inner file or no
+    file at all (``stream.write`` raises without a filename).
+    """
+    what = _described(path, option)
+    if error.errno in FULL_DISK_ERRNOS:
+        reason = os.strerror(error.errno).lower()
+        return OSError(error.errno, f"{reason} writing {what}; nothing of it was kept", str(path))
+    if str(temporary) in str(error.filename or ""):
+        return OSError(error.errno, f"{error.strerror or error}, writing {what}", str(path))
+    return None
+
+
 @contextmanager
-def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+def atomic_file(path: str | Path, mode: str = "wb", option: str | None = None) -> Iterator[IO]:
     """Opens a temporary file beside ``path``; on success it is flushed, fsync'd and renamed
-    over ``path``; on any failure it is removed and ``path`` is untouched."""
+    over ``path``; on any failure it is removed and ``path`` is untouched.
+
+    ``option`` (e.g. ``"--out"``) names the command-line option in a failure's message.
+
+    Raises:
+        OSError: a failed write, told against ``path`` (a full disk as "no space left on
+            device"), never against the temporary name.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(100):
@@ -90,23 +136,143 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             stream.flush()
             os.fsync(stream.fileno())
         temporary.replace(path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        told = told_against_output(error, path, temporary, option)
+        if told is None:
+            raise
+        raise told from error
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Writes ``text`` to ``path`` atomically."""
-    with atomic_file(path, "w") as stream:
+def write_text(path: str | Path, text: str, option: str | None = None) -> Path:
+    """Writes ``text`` to ``path`` atomically (``option`` names it in a failure)."""
+    with atomic_file(path, "w", option) as stream:
         stream.write(text)
     return Path(path)
 
 
-def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` atomically."""
-    with atomic_file(path, "wb") as stream:
+def write_bytes(path: str | Path, data: bytes, option: str | None = None) -> Path:
+    """Writes ``data`` to ``path`` atomically (``option`` names it in a failure)."""
+    with atomic_file(path, "wb", option) as stream:
         stream.write(data)
     return Path(path)
+
+
+def _partial_pattern(path: Path) -> re.Pattern[str]:
+    """The names :func:`tempfile.mkdtemp` gives ``path``'s temporary folders (8 characters of
+    ``[a-z0-9_]`` between prefix and suffix)."""
+    return re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}{re.escape(PARTIAL_SUFFIX)}")
+
+
+def _try_lock(folder: str | Path) -> int | None:
+    """An open descriptor of ``folder`` with an exclusive flock on it, or ``None`` when another
+    open descriptor holds it (a living process) or it cannot be opened or locked."""
+    try:
+        handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # EWOULDBLOCK: owned; anything else: cannot tell, so not ours to remove
+        os.close(handle)
+        return None
+    return handle
+
+
+def _size(folder: str | Path) -> int:
+    """Bytes of the regular files under ``folder`` (links not followed)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with suppress(OSError):
+                total += (Path(root) / name).lstat().st_size
+    return total
+
+
+def _human(size: int) -> str:
+    """``size`` bytes as people read it: 512 bytes, 1.1 MB, 3.2 GB."""
+    if size < 1000:
+        return f"{size} bytes"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6), ("GB", 1e9)):
+        if size < scale * 1000 or unit == "GB":
+            return f"{size / scale:.1f} {unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def remove_stale_partials(path: str | Path, option: str = "--out") -> list[Path]:
+    """Removes the temporary folders of ``path`` (``.NAME.XXXXXXXX.partial`` beside it) that no
+    living process owns: left by a run killed before it could clean up. Prints one line on
+    stderr naming what it removed and how much, nothing when there was nothing.
+
+    A folder being filled is locked by its owner (:func:`atomic_directory`) and is left alone;
+    so is one that cannot be opened or locked (another user's, a file system without locks).
+
+    Returns:
+        The folders removed.
+    """
+    path = Path(path)
+    pattern = _partial_pattern(path)
+    try:
+        candidates = [
+            entry
+            for entry in os.scandir(path.parent)
+            if pattern.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)
+        ]
+    except OSError:  # no parent yet, or not readable: nothing of ours can be there
+        return []
+    removed, freed = [], 0
+    for entry in sorted(candidates, key=lambda e: e.name):
+        handle = _try_lock(entry.path)
+        if handle is None:
+            continue
+        try:  # held while removing: a run that made this very folder an instant ago waits
+            size = _size(entry.path)
+            shutil.rmtree(entry.path, ignore_errors=True)
+        finally:
+            os.close(handle)
+        if not os.path.lexists(entry.path):
+            removed.append(Path(entry.path))
+            freed += size
+    if removed:
+        names = ", ".join(p.name for p in removed)
+        print(
+            f"note: removed {len(removed)} unfinished temporary folder"
+            f"{'s' if len(removed) > 1 else ''} ({_human(freed)}) left beside {option} {path} "
+            f"by an earlier run that was killed: {names}",
+            file=sys.stderr,
+        )
+    return removed
+
+
+def _owned_temporary_folder(path: Path) -> tuple[Path, int]:
+    """A new temporary folder beside ``path`` and an open descriptor holding its flock.
+
+    Between ``mkdtemp`` and ``flock`` another run's :func:`remove_stale_partials` may find the
+    folder unowned and remove it: the folder is then no longer the one locked, and a new one is
+    made.
+    """
+    for _ in range(100):
+        temporary = Path(
+            tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+        )
+        handle = os.open(temporary, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as error:
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                os.close(handle)
+                raise
+            return temporary, handle  # no locks on this file system: never removed by others
+        try:
+            if temporary.stat().st_ino == os.fstat(handle).st_ino:
+                return temporary, handle
+        except FileNotFoundError:
+            pass
+        os.close(handle)
+    raise FileExistsError(f"cannot create a temporary folder beside {path}")  # pragma: no cover
 
 
 @contextmanager
@@ -114,21 +280,29 @@ def atomic_directory(path: str | Path, option: str = "--out") -> Iterator[Path]:
     """Yields a temporary folder beside ``path`` to fill; on success it is renamed to ``path``
     (which must not exist, or be an empty folder), on failure removed.
 
+    The temporary folder is locked by this process until then (see the module docstring); stale
+    ones of earlier killed runs for the same ``path`` are removed first
+    (:func:`remove_stale_partials`).
+
     Raises:
-        ValueError: ``path`` exists with content (checked before and again at the rename).
+        ValueError: ``path`` exists with content (checked before and again at the rename), or
+            no folder can be made there.
+        OSError: a failed write inside, told against ``path`` and ``option`` (a full disk as
+            "no space left on device").
     """
     path = check_new_directory(path, option)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(
-            tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-        )
+        remove_stale_partials(path, option)
+        temporary, handle = _owned_temporary_folder(path)
     except OSError as error:  # e.g. a folder of /proc: name what the user gave, not our temp
+        if error.errno in FULL_DISK_ERRNOS:
+            raise told_against_output(error, path, path, option) from None
         raise ValueError(
             f"cannot create the folder {path}: {error.strerror or error} ({option} {path})"
         ) from None
-    temporary.chmod(0o777 & ~_umask())
     try:
+        temporary.chmod(0o777 & ~_umask())
         yield temporary
         check_new_directory(path, option)
         if path.is_dir():
@@ -136,11 +310,12 @@ def atomic_directory(path: str | Path, option: str = "--out") -> Iterator[Path]:
         temporary.rename(path)
     except OSError as error:
         shutil.rmtree(temporary, ignore_errors=True)
-        if str(temporary) in str(error.filename or ""):  # name what the user asked for
-            raise OSError(
-                error.errno, f"{error.strerror or error}, writing {option}", str(path)
-            ) from error
-        raise
+        told = told_against_output(error, path, temporary, option)
+        if told is None:
+            raise
+        raise told from error
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+    finally:
+        os.close(handle)

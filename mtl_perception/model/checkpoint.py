@@ -17,24 +17,57 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from ..outputs import atomic_file
 from .config import ModelConfig
+from .file_kind import file_kind
 from .network import MultiTaskNet
 
 CHECKPOINT_FORMAT = "mtl_perception/1"
 
 
+class _WriteFailures:
+    """A binary stream that remembers the ``OSError`` its ``write`` raised: ``torch.save``
+    turns it into a ``RuntimeError`` ("enforce fail at inline_container.cc") that no longer
+    says the disk was full."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._stream.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, ...: the stream's own
+        return getattr(self._stream, name)
+
+
 def save_checkpoint(path: str | Path, content: dict[str, Any]) -> None:
     """Writes ``content`` to ``path`` atomically: a temporary file in the same folder, fsync'd,
-    then renamed over the target, so a reader (or a crash) never sees a partial file."""
+    then renamed over the target, so a reader (or a crash) never sees a partial file.
+
+    Raises:
+        OSError: the write failed (a full disk: "no space left on device writing PATH"); the
+            temporary file is removed and an earlier ``path`` is untouched.
+    """
     with atomic_file(path, "wb") as stream:
-        torch.save({"format": CHECKPOINT_FORMAT, **content}, stream)
+        recorded = _WriteFailures(stream)
+        try:
+            torch.save({"format": CHECKPOINT_FORMAT, **content}, recorded)
+        except RuntimeError:
+            if recorded.error is None:
+                raise
+            raise recorded.error from None  # the disk's own error, told against path
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -51,9 +84,22 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if not os.access(path, os.R_OK):
         raise ValueError(f"checkpoint {path} is not readable (permission denied)")
+    kind = file_kind(path)
+    if kind is not None:
+        raise ValueError(f"{path} is not a checkpoint: it is {kind}")
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+        with warnings.catch_warnings():  # torch's note on pickle protocols: the error says it
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        why = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if "Weights only load failed" in why:
+            why = (
+                "it holds Python objects other than tensors and plain containers (a whole "
+                "pickled model?), which loading would have to run as code"
+            )
+        raise ValueError(f"{path} is not a readable checkpoint: {why}") from error
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as error:
         raise ValueError(
             f"{path} is not a readable checkpoint (truncated or not a torch file): {error}"
         ) from error
