@@ -9,7 +9,9 @@ single-camera topics ``image`` and ``~/semantic``, .... LabelInfo (``~/label_inf
 
 from __future__ import annotations
 
+import re
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +20,7 @@ from .parameters import CameraParameters
 
 OUTPUTS = ("semantic", "detections", "semantic_color", "overlay")
 LATENCY_WINDOW = 200  # latencies kept per camera for p50/p95
+NODE_OUTPUTS = ("~/label_info", "~/detection_label_info")  # the node's own, one for all cameras
 
 
 def camera_topic(camera: str, topic: str) -> str:
@@ -36,6 +39,45 @@ def output_topic(camera: str, output: str) -> str:
     return "~/" + camera_topic(camera, output)
 
 
+def camera_topics(camera: CameraParameters) -> list[str]:
+    """Every topic of ``camera``: its input, then its outputs (relative, as the node uses them)."""
+    return [
+        input_topic(camera.name, camera.input_transport),
+        *(output_topic(camera.name, output) for output in OUTPUTS),
+    ]
+
+
+def check_topic_names(cameras: Sequence[CameraParameters], resolve: Callable[[str], str]) -> None:
+    """Checks that every topic of the node resolves to a valid ROS 2 name (a long camera name
+    can make ``~/<name>/semantic_color`` longer than the middleware allows).
+
+    Args:
+        cameras: the node's cameras.
+        resolve: the node's ``resolve_topic_name``: expands and remaps a topic, raising when the
+            result is not a valid topic name.
+
+    Raises:
+        ValueError: naming the camera, the topic and why it is not valid.
+    """
+    for topic in NODE_OUTPUTS:
+        _resolve(topic, topic, resolve, "the node's name and namespace make")
+    for camera in cameras:
+        label = camera.name if len(camera.name) <= 40 else f"{camera.name[:40]}..."
+        what = f"parameter 'cameras': camera '{label}' ({len(camera.name)} characters) makes"
+        for topic in camera_topics(camera):
+            _resolve(topic, topic.replace(camera.name, label, 1), resolve, what)
+
+
+def _resolve(topic: str, shown: str, resolve: Callable[[str], str], what: str) -> None:
+    """Resolves ``topic``; if that fails, raises ValueError "<what> an invalid topic <shown>"."""
+    try:
+        resolve(topic)
+    except Exception as error:  # rclpy raises RCLError or InvalidTopicNameException
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = re.sub(r", at \S+:\d+", "", reason)  # rcl's source locations
+        raise ValueError(f"{what} an invalid topic '{shown}': {reason}") from None
+
+
 @dataclass
 class Camera:
     """A camera's runtime state. Counters and latencies are guarded by the node's counter lock;
@@ -48,6 +90,8 @@ class Camera:
     outputs: dict[str, Any] = field(default_factory=dict)
     # (time.monotonic(), received, processed) at the last /diagnostics (set at activate)
     last_diagnostics: tuple[float, int, int] = (0.0, 0, 0)
+    # time.monotonic() of the last frame received (any, rejected too), or of activation
+    last_frame_at: float = 0.0
 
     @property
     def name(self) -> str:

@@ -7,7 +7,11 @@ A managed lifecycle node and a thin shell around the Predictor:
 * activate: publishers, the input subscriptions, the inference thread, diagnostics;
 * deactivate: all of those released, GPU memory freed; cleanup: the model unloaded.
 
-``autostart`` (default true) configures and activates at start, so ``ros2 run`` just works.
+``autostart`` (default true) configures and activates at start, so ``ros2 run`` just works. A
+transition that raises (rclpy would swallow the exception and fall back to unconfigured without
+a word) is logged in one line with its reason (the traceback at DEBUG), everything it had set up
+is released, and a plain run exits non-zero: 2 when configure refuses a parameter or checkpoint,
+3 for any exception in any transition.
 
 Several cameras, one network (``cameras``; topics in ros/cameras.py): each camera has its own
 input, outputs, latest-frame slot and counters; LabelInfo is the node's.
@@ -21,7 +25,9 @@ first (no camera starves), converts or decodes each, runs the model once over al
 mix of sizes) and publishes each result with its own frame's header. Latency therefore never
 grows with the input rate.
 
-Every frame is accounted for, per camera: once idle, received = processed + dropped + rejected.
+Every frame is accounted for, per camera: once idle, received = processed + dropped + rejected;
+frames still in a subscription's reader queue at deactivate are taken and counted as dropped.
+A camera with no frame for ``stale_timeout_s`` goes WARN in /diagnostics, saying for how long.
 Rejections
 are counted per reason (``rejected_<reason>`` in /diagnostics) and logged per reason: the first
 occurrence of each reason always, then at most once per REJECTION_LOG_PERIOD seconds each.
@@ -29,10 +35,13 @@ occurrence of each reason always, then at most once per REJECTION_LOG_PERIOD sec
 
 from __future__ import annotations
 
+import functools
+import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,6 +49,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
@@ -47,6 +57,7 @@ from rclpy.qos import (
     QoSProfile,
     ReliabilityPolicy,
 )
+from rclpy.task import Future
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, LabelInfo
@@ -56,7 +67,7 @@ from ..inference.fallback import FallbackPredictor
 from ..inference.predictor import Prediction, PredictorConfig
 from ..inference.standin import STANDIN_WARNING, standin_device, standin_factory
 from ..visualization import colorize, draw_overlay
-from .cameras import OUTPUTS, Camera, input_topic, output_topic
+from .cameras import OUTPUTS, Camera, check_topic_names, input_topic, output_topic
 from .conversions import (
     CONVERTER,
     REJECTION_REASONS,
@@ -75,6 +86,7 @@ from .messages import (
     frame_statistics,
     label_info_message,
 )
+from .parameter_files import override_sources, params_file_problem
 from .parameters import (
     NodeParameters,
     check_camera_names,
@@ -95,6 +107,17 @@ OUTPUT_QOS = QoSProfile(
 )
 REJECTION_LOG_PERIOD = 1.0  # seconds between two warnings for the same rejection reason
 INTERNAL_ERROR = "internal_error"  # a frame check that raised something else (a bug): rejected
+EXIT_BAD_INPUT = 2  # a refused parameter, parameter file or checkpoint
+EXIT_UNEXPECTED = 3  # an exception in a lifecycle transition
+
+
+OK, WARN = DiagnosticStatus.OK, DiagnosticStatus.WARN
+
+
+def silence_message(topic: str, seconds: float) -> str:
+    """The WARN message of a camera silent for ``seconds`` (diagnostic_updater's frequency status
+    says the same of a topic with no events)."""
+    return f"no frame on {topic} for {seconds:.1f} s"
 
 
 def rejections_by_reason(counters: FrameCounters) -> dict[str, int]:
@@ -130,11 +153,51 @@ class ReasonThrottle:
             return self._held.pop(reason, 0)
 
 
-class PerceptionNode(LifecycleNode):
-    """See the module docstring. Topics are relative, so namespaces and remaps apply."""
+def logged_transition(method: Callable) -> Callable:
+    """Wraps a lifecycle callback so that an exception in it is not swallowed by rclpy: it is
+    logged in one line with its type and reason (the traceback at DEBUG), handed to
+    :meth:`PerceptionNode._transition_raised`, and the transition returns ERROR (rclpy then calls
+    ``on_error``)."""
 
-    def __init__(self, name: str = "perception_node", **kwargs: Any) -> None:
+    @functools.wraps(method)
+    def run(self: PerceptionNode, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            return method(self, state)
+        except Exception as error:
+            transition = method.__name__.removeprefix("on_")
+            reason = " ".join(str(error).split()) or "(no message)"
+            self.get_logger().debug(traceback.format_exc())
+            self._transition_raised(f"{transition} failed: {type(error).__name__}: {reason}")
+            return TransitionCallbackReturn.ERROR
+
+    return run
+
+
+class PerceptionNode(LifecycleNode):
+    """See the module docstring. Topics are relative, so namespaces and remaps apply.
+
+    Args:
+        name: the node's name (``__node:=`` remaps it).
+        arguments: the command line the node's context was initialised with (default
+            ``sys.argv``): its ``--params-file`` sections tell the keys meant for every node
+            (``/**``) from those addressed to this one.
+        kwargs: passed to :class:`LifecycleNode` (``context``, ``parameter_overrides``, ...).
+    """
+
+    def __init__(
+        self,
+        name: str = "perception_node",
+        arguments: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name, **kwargs)
+        command_line = list(sys.argv if arguments is None else arguments)
+        if not kwargs.get("use_global_arguments", True):
+            command_line = []
+        self._command_line = command_line + list(kwargs.get("cli_args") or [])
+        self._shared_keys_reported = False
+        # Set (to the logged line) by the first transition that raises; a plain run exits on it.
+        self.transition_error: Future = Future()
         declare_parameters(self)
         self.declare_parameter("autostart", True)
         self.params: NodeParameters | None = None
@@ -167,13 +230,33 @@ class PerceptionNode(LifecycleNode):
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def _transition_raised(self, line: str) -> None:
+        """Logs a transition's exception (one line) and records the first one."""
+        self.get_logger().error(line)
+        if not self.transition_error.done():
+            self.transition_error.set_result(line)
+
+    def _report_shared_keys(self, cameras: tuple[str, ...]) -> None:
+        """Refuses unknown parameters addressed to this node; names, once, at WARN, those it got
+        only from wildcard sections (``/**``) of a parameter file shared with other nodes."""
+        sources = override_sources(self._command_line, self.get_fully_qualified_name())
+        ignored = check_no_unknown_parameters(self, cameras, sources.shared)
+        if ignored and not self._shared_keys_reported:
+            self._shared_keys_reported = True
+            self.get_logger().warning(
+                f"ignoring {len(ignored)} parameter(s) of a shared section (/**) that this node "
+                f"does not have: {', '.join(ignored)}"
+            )
+
+    @logged_transition
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             params = read_parameters(self)
             check_camera_names(params.cameras)  # before their parameters are declared
             cameras = read_cameras(self, params)
-            check_no_unknown_parameters(self, params.cameras)
+            self._report_shared_keys(params.cameras)
             params.validate()
+            check_topic_names(cameras, self.resolve_topic_name)
             import torch
 
             device = params.device
@@ -227,6 +310,7 @@ class PerceptionNode(LifecycleNode):
         )
         return TransitionCallbackReturn.SUCCESS
 
+    @logged_transition
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         params = self.params
         self._outputs = {
@@ -271,6 +355,7 @@ class PerceptionNode(LifecycleNode):
         with self._counter_lock:
             for camera in self._cameras:
                 camera.last_diagnostics = (now, camera.counters.received, camera.counters.processed)
+                camera.last_frame_at = now  # silent since activation until its first frame
         self._diagnostics_timer = self.create_timer(
             params.diagnostics_period, self._publish_diagnostics
         )
@@ -278,27 +363,46 @@ class PerceptionNode(LifecycleNode):
         self.get_logger().info(f"active: listening on {topics}")
         return super().on_activate(state)
 
+    @logged_transition
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release_io()
         self.get_logger().info("inactive: subscriptions and publishers released")
         return super().on_deactivate(state)
 
+    @logged_transition
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release_io()
         self.predictor = None
         self._free_gpu_memory()
         return TransitionCallbackReturn.SUCCESS
 
+    @logged_transition
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release_io()
         self.predictor = None
         return TransitionCallbackReturn.SUCCESS
 
+    @logged_transition
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """After a transition raised: release whatever it had set up and unload the model, so the
+        node is back to unconfigured with nothing half-built."""
+        self._release_io()
+        self.predictor = None
+        self.params = None
+        self._free_gpu_memory()
+        self.get_logger().info("recovered from the error: unconfigured")
+        return TransitionCallbackReturn.SUCCESS
+
     def _release_io(self) -> None:
         """Every camera's subscription and publishers, the inference thread, the timer and the
-        node's publishers; frames waiting in the slots are counted as dropped, not lost."""
+        node's publishers; frames waiting in the slots, or still in a subscription's reader queue
+        (a deep reliable queue), are counted as dropped, not lost."""
         for camera in self._cameras:
             if camera.subscription is not None:
+                queued = self._take_queued(camera.subscription)
+                with self._counter_lock:
+                    camera.counters.received += queued
+                    camera.counters.dropped += queued
                 self.destroy_subscription(camera.subscription)
                 camera.subscription = None
         discarded = self._slots.close()
@@ -320,6 +424,19 @@ class PerceptionNode(LifecycleNode):
         self._outputs = {}
         self._free_gpu_memory()
 
+    def _take_queued(self, subscription: Any) -> int:
+        """Takes every message the middleware has delivered to ``subscription`` but the executor
+        has not yet handed to its callback; how many. Runs on the executor's thread (a
+        transition), so no callback of this subscription runs meanwhile. None once the context
+        is gone (Ctrl-C): nothing can be taken then."""
+        if not self.context.ok():
+            return 0
+        taken = 0
+        with subscription.handle:
+            while subscription.handle.take_message(subscription.msg_type, subscription.raw):
+                taken += 1
+        return taken
+
     def _free_gpu_memory(self) -> None:
         if self.device.startswith("cuda"):
             import torch
@@ -334,6 +451,7 @@ class PerceptionNode(LifecycleNode):
         rejected here and never displaces a waiting one. Never blocks on the model."""
         received_at = time.monotonic()
         state = self._cameras[camera]
+        state.last_frame_at = received_at  # read by the diagnostics timer (one float store)
         try:
             if isinstance(msg, CompressedImage):
                 check_compressed(msg, self.params.max_pixels)
@@ -506,6 +624,12 @@ class PerceptionNode(LifecycleNode):
         for _, camera_counters, _ in cameras:
             counters.add(camera_counters)
         latencies = np.concatenate([[], *(latency for _, _, latency in cameras)])
+        silences = {camera.name: now - camera.last_frame_at for camera, _, _ in cameras}
+        stale = {
+            camera.topic: silences[camera.name]
+            for camera, _, _ in cameras
+            if silences[camera.name] > self.params.stale_timeout_s
+        }
         statuses = []
         for camera, camera_counters, latency in cameras if self.params.cameras != ("",) else ():
             then, camera.last_diagnostics = (
@@ -516,14 +640,17 @@ class PerceptionNode(LifecycleNode):
                     camera_counters.processed,
                 ),
             )
+            silent = camera.topic in stale
             statuses.append(
                 diagnostic_status(
                     f"{self.get_name()}: camera {camera.name}",
-                    DiagnosticStatus.WARN if camera_counters.failed else DiagnosticStatus.OK,
-                    camera.topic,
+                    WARN if camera_counters.failed or silent else OK,
+                    silence_message(camera.topic, stale[camera.topic]) if silent else camera.topic,
                     {
                         **frame_statistics(camera_counters, latency, then, now),
                         **rejections_by_reason(camera_counters),
+                        "seconds_since_last_frame": f"{silences[camera.name]:.1f}",
+                        "stale_timeout_s": self.params.stale_timeout_s,
                     },
                 )
             )
@@ -533,6 +660,8 @@ class PerceptionNode(LifecycleNode):
             **frame_statistics(counters, latencies, then, now),
             **rejections_by_reason(counters),
             "cameras": len(cameras),
+            "seconds_since_last_frame": f"{min(silences.values(), default=0.0):.1f}",
+            "stale_timeout_s": self.params.stale_timeout_s,
             "max_batch": self.max_batch,
             **{f"batch_size_{size}": passes for size, passes in batch_sizes.items()},
             "device": self.device,
@@ -542,10 +671,13 @@ class PerceptionNode(LifecycleNode):
             "fast_path_requested": self.predictor.requested_path if self.predictor else "none",
             "fast_path_fallbacks": " | ".join(self.predictor.fallbacks) if self.predictor else "",
         }
-        level = DiagnosticStatus.WARN if counters.failed else DiagnosticStatus.OK
-        message = f"{counters.failed} frames failed in the model" if counters.failed else "running"
+        problems = [silence_message(topic, seconds) for topic, seconds in stale.items()]
+        if counters.failed:
+            problems.insert(0, f"{counters.failed} frames failed in the model")
+        level = WARN if problems else OK
+        message = "; ".join(problems) or "running"
         if standin_device(self.device):  # a benchmark's node is never taken for a real one
-            level, message = DiagnosticStatus.WARN, STANDIN_WARNING
+            level, message = WARN, STANDIN_WARNING
         header = Header()
         header.stamp = self.get_clock().now().to_msg()
         publisher = self._outputs.get("diagnostics")
@@ -555,21 +687,42 @@ class PerceptionNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
+    """Runs the node until Ctrl-C. With ``autostart`` it configures and activates itself, and
+    exits 2 when configure refuses its parameters or checkpoint, 3 when any transition raises
+    (then, or later while it runs); each with the reason logged in one line."""
+    arguments = list(sys.argv if args is None else args)
+    problem = params_file_problem(arguments)
+    if problem is None:
+        try:
+            rclpy.init(args=arguments)
+        except _rclpy.RCLError as error:  # a parameter file rcl cannot parse, a bad --ros-args
+            problem = re.sub(r", at \S+:\d+", "", " ".join(str(error).split()))
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
-        node = PerceptionNode()
+        node = PerceptionNode(arguments=arguments)
     except (InvalidParameterValueException, InvalidParameterTypeException) as error:
         print(f"[perception_node] invalid parameter: {error}", file=sys.stderr)
         rclpy.try_shutdown()
-        return 1
+        return EXIT_BAD_INPUT
     code = 0
     try:
         if node.get_parameter("autostart").value:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            configured = node.trigger_configure()
+            if configured != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().fatal("could not configure; exiting (see the error above)")
-                return 1
-            node.trigger_activate()
-        rclpy.spin(node)
+                raised = configured == TransitionCallbackReturn.ERROR
+                return EXIT_UNEXPECTED if raised else EXIT_BAD_INPUT
+            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().fatal("could not activate; exiting (see the error above)")
+                return EXIT_UNEXPECTED
+            rclpy.spin_until_future_complete(node, node.transition_error)
+            if node.transition_error.done():
+                node.get_logger().fatal("a transition failed; exiting (see the error above)")
+                code = EXIT_UNEXPECTED
+        else:
+            rclpy.spin(node)  # a lifecycle manager decides what a failed transition means
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:

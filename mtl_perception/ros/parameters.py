@@ -39,6 +39,7 @@ class NodeParameters:
     publish_overlay: bool = True
     max_pixels: int = 4096 * 4096
     diagnostics_period: float = 1.0
+    stale_timeout_s: float = 3.0  # a camera silent this long is WARN in /diagnostics
 
     def validate(self) -> None:
         """Raises ValueError naming the parameter and the allowed values."""
@@ -65,6 +66,11 @@ class NodeParameters:
                     f"parameter '{name}' must be one of {allowed}, got '{getattr(self, name)}'"
                 )
         check_camera_names(self.cameras)
+        if not self.stale_timeout_s > 0:
+            raise ValueError(
+                "parameter 'stale_timeout_s' must be more than 0 seconds, got "
+                f"{self.stale_timeout_s}"
+            )
         for name in ("input_width", "input_height"):
             if getattr(self, name) % 16:
                 raise ValueError(
@@ -146,6 +152,7 @@ _FLOAT_RANGES = {
     "score_threshold": (0.0, 1.0),
     "nms_iou": (0.0, 1.0),
     "diagnostics_period": (0.1, 60.0),
+    "stale_timeout_s": (0.0, 3600.0),  # 0 is refused by NodeParameters.validate
 }
 _DESCRIPTIONS = {
     "checkpoint": "trained checkpoint (.pt) to load at configure",
@@ -172,6 +179,7 @@ _DESCRIPTIONS = {
     "publish_overlay": "publish ~/overlay (only computed while it has subscribers)",
     "max_pixels": "frames with more pixels are rejected",
     "diagnostics_period": "seconds between /diagnostics messages",
+    "stale_timeout_s": "seconds without a frame after which a camera's diagnostics go WARN (> 0)",
 }
 
 
@@ -213,9 +221,13 @@ def read_parameters(node: Node) -> NodeParameters:
     return NodeParameters(**values)
 
 
-def check_no_unknown_parameters(node: Node, cameras: tuple[str, ...]) -> None:
+def check_no_unknown_parameters(
+    node: Node, cameras: tuple[str, ...], shared: set[str] = frozenset()
+) -> list[str]:
     """Refuses parameters given to the node (``-p``, ``--params-file``) that it does not have:
-    ROS 2 silently ignores them, so a misspelt name would run with the default.
+    ROS 2 silently ignores them, so a misspelt name would run with the default. Names in
+    ``shared`` (given only in wildcard sections such as ``/**``, which other nodes read too) are
+    not refused: they are returned, sorted, for the caller to report.
 
     Raises:
         ValueError: naming the first unknown parameter (and, for ``<camera>.input_transport``
@@ -225,9 +237,10 @@ def check_no_unknown_parameters(node: Node, cameras: tuple[str, ...]) -> None:
     # no public accessor (rclpy 7 and 9 alike).
     given = sorted(getattr(node, "_parameter_overrides", {}))
     unknown = [name for name in given if not node.has_parameter(name)]
-    if not unknown:
-        return
-    name = unknown[0]
+    refused = [name for name in unknown if name not in shared]
+    if not refused:
+        return unknown
+    name = refused[0]
     camera, _, rest = name.partition(".")
     if rest == "input_transport" and camera not in cameras:
         raise ValueError(
@@ -235,5 +248,5 @@ def check_no_unknown_parameters(node: Node, cameras: tuple[str, ...]) -> None:
             f"{list(cameras)}"
         )
     known = ", ".join(spec.name for spec in fields(NodeParameters))
-    more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+    more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
     raise ValueError(f"unknown parameter '{name}'{more}; this node's parameters: {known}")

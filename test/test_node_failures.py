@@ -1,0 +1,291 @@
+"""perception_node never fails silently (issue 22, section 2), over real rclpy/DDS:
+
+* a transition that raises is logged with its reason and a plain run exits 3, whether it is the
+  autostart's own activate or a later one asked for over the lifecycle services (rclpy swallows
+  the exception and falls back to unconfigured: the node used to log nothing, stay up and exit 0);
+* a camera that sends nothing goes WARN in /diagnostics with how long it has been silent;
+* frames the middleware delivered but the executor had not yet taken when the node deactivates
+  are counted (received = processed + dropped + rejected, per camera).
+
+The activation failure is a real one: a checkpoint whose class name is not valid UTF-8 text
+(a lone surrogate, as ``surrogateescape`` decoding of a label file leaves) loads and passes
+configure, and fails when activate publishes the class map.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import pytest
+import rclpy
+from conftest import ros_environment
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from helpers.models import SEG_NAMES, SMALL_NAMED, calibrated_small_model, save_model
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.msg import ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from rclpy.duration import Duration
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from ros_client import RELIABLE, RosClient
+from sensor_msgs.msg import Image
+
+from mtl_perception.ros.node import EXIT_UNEXPECTED, PerceptionNode
+from mtl_perception.ros.node_process import start_node
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+NODE_PARAMS = {"input_width": 256, "input_height": 128, "publish_overlay": False}
+EXIT_TIMEOUT = 90  # seconds a node is given to load and exit (2 loaded cores)
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return save_model(
+        tmp_path_factory.mktemp("node") / "model.pt", calibrated_small_model(config=SMALL_NAMED)
+    )
+
+
+@pytest.fixture(scope="module")
+def unpublishable_checkpoint(tmp_path_factory) -> Path:
+    """Loads and configures; its class map cannot be serialised, so activate raises."""
+    names = (*SEG_NAMES[:-1], "Rider\udc80")  # a byte 0x80 decoded with surrogateescape
+    config = dataclasses.replace(SMALL_NAMED, seg_class_names=names)
+    path = tmp_path_factory.mktemp("node") / "surrogate.pt"
+    return save_model(path, calibrated_small_model(config=config))
+
+
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    return ros_environment()
+
+
+@pytest.fixture(scope="module")
+def client(env):
+    ros = RosClient(int(env["ROS_DOMAIN_ID"]), name="failures_client")
+    ros.subscribe("/diagnostics", DiagnosticArray, RELIABLE)
+    yield ros
+    ros.close()
+
+
+def _image(sec: int) -> Image:
+    image = Image(height=32, width=64, encoding="rgb8", step=64 * 3, data=bytes(64 * 3 * 32))
+    image.header.stamp.sec = sec
+    return image
+
+
+def _change(client: RosClient, node: str, transition: int) -> bool:
+    request = ChangeState.Request(transition=Transition(id=transition))
+    return client.call(ChangeState, f"/{node}/change_state", request, timeout=60).success
+
+
+def _state(client: RosClient, node: str) -> str:
+    return client.call(GetState, f"/{node}/get_state", GetState.Request()).current_state.label
+
+
+def _assert_reason_logged(text: str, line: str) -> None:
+    assert line in text, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+
+
+# -- a transition that raises ---------------------------------------------------------------------
+
+
+def test_an_activation_that_raises_is_logged_and_a_plain_run_exits_3(
+    unpublishable_checkpoint, env, tmp_path
+):
+    log = tmp_path / "node.log"
+    params = {"checkpoint": unpublishable_checkpoint, **NODE_PARAMS}
+    with start_node("failing_activate", parameters=params, env=env, log=log) as node:
+        code = node.process.wait(timeout=EXIT_TIMEOUT)
+    text = log.read_text()
+    assert code == EXIT_UNEXPECTED, text
+    _assert_reason_logged(text, "activate failed: UnicodeEncodeError: ")
+    assert "surrogates not allowed" in text and "could not activate; exiting" in text
+
+
+def test_a_transition_that_raises_while_running_ends_a_plain_run_with_exit_3(
+    checkpoint, unpublishable_checkpoint, env, client, tmp_path
+):
+    """The autostarted node is taken down to unconfigured over its services, given the other
+    checkpoint and configured again; the activate asked for then raises: the caller is told it
+    failed, the node logs why, releases what it had set up and the plain run ends with 3."""
+    name = f"running_node_{next(_names)}"
+    log = tmp_path / "node.log"
+    params = {"checkpoint": checkpoint, **NODE_PARAMS}
+    with start_node(name, parameters=params, env=env, log=log) as node:
+        assert client.wait_for(
+            lambda: f"/{name}/semantic" in dict(client.node.get_topic_names_and_types()),
+            timeout=EXIT_TIMEOUT,
+        ), log.read_text()
+        assert _change(client, name, Transition.TRANSITION_DEACTIVATE)
+        assert _change(client, name, Transition.TRANSITION_CLEANUP)
+        value = ParameterValue(
+            type=ParameterType.PARAMETER_STRING, string_value=str(unpublishable_checkpoint)
+        )
+        request = SetParameters.Request(parameters=[ParameterMsg(name="checkpoint", value=value)])
+        (result,) = client.call(SetParameters, f"/{name}/set_parameters", request).results
+        assert result.successful, result.reason
+        assert _change(client, name, Transition.TRANSITION_CONFIGURE)
+        assert not _change(client, name, Transition.TRANSITION_ACTIVATE)
+        code = node.process.wait(timeout=EXIT_TIMEOUT)
+    text = log.read_text()
+    assert code == EXIT_UNEXPECTED, text
+    _assert_reason_logged(text, "activate failed: UnicodeEncodeError: ")
+    assert "a transition failed; exiting" in text
+
+
+# -- a camera that sends nothing ------------------------------------------------------------------
+
+
+def _statuses(client: RosClient, node: str) -> dict[str, DiagnosticStatus]:
+    """The newest /diagnostics of ``node``, by status name."""
+    for msg in reversed(client.messages("/diagnostics")):
+        if msg.status and msg.status[0].name.startswith(f"{node}:"):
+            return {status.name: status for status in msg.status}
+    return {}
+
+
+def _values(status: DiagnosticStatus) -> dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
+
+
+def test_a_camera_that_sends_nothing_goes_warn_with_how_long_it_has_been_silent(
+    checkpoint, env, client, tmp_path
+):
+    """Two cameras, one of which never sends: its status says WARN and for how long it has
+    been silent (more than stale_timeout_s), the node's status names it, while the camera that
+    sends stays OK; once that one falls silent too, it goes WARN as well."""
+    name = f"stale_node_{next(_names)}"
+    log = tmp_path / "node.log"
+    stale_timeout = 1.5
+    params = {
+        "checkpoint": checkpoint,
+        **NODE_PARAMS,
+        "cameras": ["front", "rear"],
+        "diagnostics_period": 0.2,
+        "stale_timeout_s": stale_timeout,
+    }
+    front = client.publisher("/front/image", Image, RELIABLE)
+    with start_node(name, parameters=params, env=env, log=log) as node:
+        stamps = itertools.count()
+
+        def rear_warn_while_front_sends() -> dict[str, DiagnosticStatus] | None:
+            assert node.process.poll() is None, log.read_text()
+            front.publish(_image(next(stamps)))
+            statuses = _statuses(client, name)
+            rear = statuses.get(f"{name}: camera rear")
+            current = statuses.get(f"{name}: camera front")
+            if rear is None or current is None or rear.level != DiagnosticStatus.WARN:
+                return None
+            received = int(_values(current)["received"])
+            return statuses if received and current.level == DiagnosticStatus.OK else None
+
+        statuses = client.wait_for(rear_warn_while_front_sends, timeout=EXIT_TIMEOUT)
+        assert statuses, (_statuses(client, name), log.read_text()[-3000:])
+        rear = statuses[f"{name}: camera rear"]
+        silent = float(_values(rear)["seconds_since_last_frame"])
+        assert silent > stale_timeout, _values(rear)
+        assert rear.message == f"no frame on /rear/image for {silent:.1f} s", rear.message
+        assert int(_values(rear)["received"]) == 0
+        overall = statuses[f"{name}: perception"]
+        assert overall.level == DiagnosticStatus.WARN and "/rear/image" in overall.message
+        assert "/front/image" not in overall.message, overall.message
+
+        def front_warn() -> bool:
+            status = _statuses(client, name).get(f"{name}: camera front")
+            return status is not None and status.level == DiagnosticStatus.WARN
+
+        assert client.wait_for(front_warn, timeout=30), _statuses(client, name)
+        front_status = _statuses(client, name)[f"{name}: camera front"]
+        assert front_status.message.startswith("no frame on /front/image for ")
+        assert float(_values(front_status)["seconds_since_last_frame"]) > stale_timeout
+        assert node.stop() == 0, log.read_text()[-3000:]
+
+
+# -- frames in the reader queue at deactivate ------------------------------------------------------
+
+
+DEPTH, BURST = 50, 100
+
+
+@pytest.fixture
+def deep_queue_node(ros_env, checkpoint):
+    """An active two-camera PerceptionNode in this process, subscribed reliable with depth
+    DEPTH, and never spun: every frame DDS delivers stays in its reader queues."""
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=int(ros_env["ROS_DOMAIN_ID"]))
+    params = {
+        "checkpoint": str(checkpoint),
+        **NODE_PARAMS,
+        "cameras": ["left", "right"],
+        "qos_reliability": "reliable",
+        "qos_depth": DEPTH,
+    }
+    overrides = [Parameter(key, value=value) for key, value in params.items()]
+    node = PerceptionNode("deep_queue", context=context, parameter_overrides=overrides)
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    yield node
+    node._release_io()
+    node.destroy_node()
+    rclpy.try_shutdown(context=context)
+
+
+def test_frames_in_the_reader_queue_at_deactivate_are_counted_as_dropped(ros_env, deep_queue_node):
+    """A burst of BURST frames per camera, every one acknowledged by the node's reliable
+    readers (which keep the newest DEPTH), then deactivate at once: the DEPTH frames of each
+    camera that sat in its reader queue are counted received and dropped, not discarded."""
+    sender = RosClient(int(ros_env["ROS_DOMAIN_ID"]), name="burst_sender")
+    try:
+        qos = QoSProfile(depth=BURST, reliability=ReliabilityPolicy.RELIABLE)
+        publishers = [sender.publisher(f"/{cam}/image", Image, qos) for cam in ("left", "right")]
+        assert sender.wait_for(
+            lambda: all(p.get_subscription_count() == 1 for p in publishers), timeout=30
+        )
+        for sec in range(BURST):
+            for publisher in publishers:
+                publisher.publish(_image(sec))
+        for publisher in publishers:
+            assert publisher.wait_for_all_acked(Duration(seconds=30))
+    finally:
+        sender.close()
+    assert deep_queue_node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    for camera in deep_queue_node._cameras:
+        counters = camera.counters
+        assert counters.received == DEPTH, (camera.name, counters)
+        assert (counters.processed, counters.dropped, counters.rejected) == (0, DEPTH, 0)
+    totals = deep_queue_node.counters
+    assert totals.received == totals.processed + totals.dropped + totals.rejected == 2 * DEPTH
+
+
+def test_a_transition_that_raises_in_process_is_recorded_and_leaves_nothing_set_up(
+    deep_queue_node,
+):
+    """An exception in deactivate (here the middleware refusing to destroy a subscription):
+    the transition returns ERROR instead of vanishing, the reason is recorded for main() in one
+    line, and on_error leaves the node unconfigured with its model unloaded."""
+
+    destroy, calls = deep_queue_node.destroy_subscription, []
+
+    def refuse_once(subscription) -> bool:
+        calls.append(subscription)
+        if len(calls) == 1:
+            raise RuntimeError("injected: the middleware refused")
+        return destroy(subscription)
+
+    deep_queue_node.destroy_subscription = refuse_once
+    assert deep_queue_node.trigger_deactivate() == TransitionCallbackReturn.ERROR
+    assert deep_queue_node.transition_error.done()
+    line = deep_queue_node.transition_error.result()
+    assert line == "deactivate failed: RuntimeError: injected: the middleware refused"
+    assert deep_queue_node._state_machine.current_state[1] == "unconfigured"
+    assert deep_queue_node.predictor is None and deep_queue_node.params is None
+    assert all(camera.subscription is None for camera in deep_queue_node._cameras)
+    assert not any(camera.outputs for camera in deep_queue_node._cameras)
