@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from ..detection.boxes import tight_boxes
 from .labels import ClassMap
+from .quiet_decode import imdecode_quietly
 from .sample import Sample
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -51,9 +52,10 @@ def read_png(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
         raise ValueError(
             f"unreadable image (not a PNG file; the Cityscapes layout holds PNGs only): {path}"
         )
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    array, printed = imdecode_quietly(data, flags)
     if array is None:
-        raise ValueError(f"unreadable image (not a decodable PNG, truncated?): {path}")
+        why = f"not a decodable PNG: {printed}" if printed else "not a decodable PNG, truncated?"
+        raise ValueError(f"unreadable image ({why}): {path}")
     return array
 
 

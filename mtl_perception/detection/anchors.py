@@ -83,10 +83,9 @@ def dataset_box_sizes(
     dataset = CityscapesDataset(
         data, split, class_map, ValidationResize(height, width, class_map.min_box_size)
     )
-    sizes = [
-        dataset[i].boxes[:, 2:] - dataset[i].boxes[:, :2]
-        for i in tqdm(range(len(dataset)), desc="reading boxes", unit="img")
-    ]
+    # closed on an error too, so the bar's line ends before the error line is printed
+    with tqdm(range(len(dataset)), desc="reading boxes", unit="img") as bar:
+        sizes = [boxes[:, 2:] - boxes[:, :2] for boxes in (dataset[i].boxes for i in bar)]
     return np.concatenate(sizes) if sizes else np.zeros((0, 2), np.float32)
 
 

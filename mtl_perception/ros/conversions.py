@@ -31,6 +31,8 @@ from PIL import JpegImagePlugin, PngImagePlugin
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from ..data.quiet_decode import imdecode_quietly
+
 try:  # a system ROS 2 has cv_bridge; the pip wheels do not
     from cv_bridge import CvBridge
 
@@ -103,7 +105,9 @@ HEADER_BYTES = 64 * 1024
 # image needs none of them; more than this many in one frame is refused.
 MAX_COMPRESSED_CHUNKS = 8
 # The end marker (JPEG: EOI 0xFFD9, which cannot occur inside entropy-coded data; PNG: the IEND
-# chunk) must lie in the last TAIL_BYTES after the header: a stream cut short has none.
+# chunk) must follow the header: a stream cut short has none. It is looked for in the last
+# TAIL_BYTES first (where a camera's frame has it), then in the whole rest: data appended after
+# it (a thumbnail, padding, another file) are decoded past as OpenCV and image_transport do.
 TAIL_BYTES = 64 * 1024
 _END_MARKER = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
 _PNG_COMPRESSED_CHUNKS = (b"zTXt", b"iTXt", b"iCCP")
@@ -302,8 +306,8 @@ def check_compressed(msg: CompressedImage, max_pixels: int) -> DeclaredImage:
 
     Raises :class:`ImageRejectedError` for empty data, content other than JPEG or PNG (named),
     a format string naming the other of the two, an unreadable header, a declared size of zero
-    or above ``max_pixels``, and a stream without its end marker (truncated). Reads the header
-    and the last TAIL_BYTES only.
+    or above ``max_pixels``, and a stream without its end marker after the header (truncated).
+    Reads the header and the last TAIL_BYTES; the rest only when the end marker is not there.
 
     Returns:
         The declared format, width, height and Pillow mode.
@@ -343,14 +347,24 @@ def check_compressed(msg: CompressedImage, max_pixels: int) -> DeclaredImage:
             f"({len(data)} bytes; not decoded)",
             "too_large",
         )
-    tail = bytes(data[max(declared.header_end, len(data) - TAIL_BYTES) :])
-    if _END_MARKER[fmt] not in tail:
+    if not _has_end_marker(fmt, data, declared.header_end):
         raise ImageRejectedError(
-            f"truncated {fmt}: no {_END_MARKER[fmt]!r} end marker after its header "
+            f"truncated {fmt}: no {_END_MARKER[fmt]!r} end marker anywhere after its header "
             f"({len(data)} bytes)",
             "truncated",
         )
     return declared
+
+
+def _has_end_marker(fmt: str, data: memoryview, header_end: int) -> bool:
+    """Whether ``fmt``'s end marker lies after the header: the last TAIL_BYTES are searched
+    first, the whole rest only when it is not there (bytes after the marker)."""
+    marker = _END_MARKER[fmt]
+    tail_start = max(header_end, len(data) - TAIL_BYTES)
+    if marker in bytes(data[tail_start:]):
+        return True
+    overlap = len(marker) - 1  # a marker straddling the tail's start
+    return marker in bytes(data[header_end : tail_start + overlap])
 
 
 def compressed_to_rgb(msg: CompressedImage, max_pixels: int) -> np.ndarray:
@@ -371,14 +385,15 @@ def compressed_to_rgb(msg: CompressedImage, max_pixels: int) -> np.ndarray:
                 "ancillary",
             )
     try:
-        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
+        decoded, printed = imdecode_quietly(data, _DECODE_FLAGS)
     except cv2.error as error:
         raise ImageRejectedError(
             f"undecodable {declared.format} ({len(data)} bytes): {error}", "undecodable"
         ) from None
     if decoded is None or decoded.dtype != np.uint8 or decoded.ndim != 3 or decoded.shape[2] != 3:
+        said = f": {printed}" if printed else ""
         raise ImageRejectedError(
-            f"undecodable {declared.format} (format {_quote(msg.format)}, {len(data)} bytes)",
+            f"undecodable {declared.format} (format {_quote(msg.format)}, {len(data)} bytes){said}",
             "undecodable",
         )
     if decoded.shape[:2] != (declared.height, declared.width):
