@@ -12,9 +12,12 @@ anchors) and the input size are stored in the file's metadata, so
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -41,6 +44,27 @@ class InferenceGraph(nn.Module):
         return (outputs.seg_logits, *outputs.detections)
 
 
+# torch.onnx logs "torchvision is not installed. Skipping torchvision::nms" (roi_align, ...) for
+# each torchvision operator it would register: the network uses none of them.
+_EXPORTER_REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+def _not_a_torchvision_note(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("torchvision is not installed")
+
+
+@contextlib.contextmanager
+def _without_torchvision_notes() -> Iterator[None]:
+    """Drops torch.onnx's "torchvision is not installed" warnings while it exports (only
+    those: its other log records pass)."""
+    logger = logging.getLogger(_EXPORTER_REGISTRY_LOGGER)
+    logger.addFilter(_not_a_torchvision_note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_not_a_torchvision_note)
+
+
 def export_onnx(
     model: MultiTaskNet, out: str | Path, height: int, width: int, opset: int = 18
 ) -> Path:
@@ -53,7 +77,7 @@ def export_onnx(
     graph = InferenceGraph(model.eval()).cpu()
     # Batch 2: torch.export specialises a size-1 dimension, which would pin the graph to batch 1.
     example = torch.zeros(2, 3, height, width)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _without_torchvision_notes():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             graph,

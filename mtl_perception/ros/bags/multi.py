@@ -1,7 +1,8 @@
 """``mtl-bag evaluate --bag DIR_OR_GLOB --jobs N``: several bags, one aggregated report.
 
 ``--bag`` names one bag (a folder with ``metadata.yaml``), a folder of bags (its sub-folders that
-are bags) or a glob (``'bags/*'``, quoted so the tool expands it). Each bag is evaluated by its
+are bags) or a glob (``'bags/*'``, quoted so the tool expands it); every other entry or match is
+named as skipped, with why, on stderr and in the report (``skipped``). Each bag is evaluated by its
 own ``mtl-bag evaluate`` process, at most N at a time: each re-executes itself in a private
 network namespace of its own (nested in this one) with a ROS_DOMAIN_ID no other bag of the run
 has, so the bags' nodes never see each other's topics. Every bag's report (the same bytes as a
@@ -44,29 +45,69 @@ def is_bag(path: Path) -> bool:
     return path.is_dir() and (path / "metadata.yaml").is_file()
 
 
+@dataclass(frozen=True)
+class SkippedPath:
+    """A path ``--bag`` covers that is not a bag (said on stderr and in the report)."""
+
+    path: Path
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": str(self.path), "reason": self.reason}
+
+
+def _candidates(spec: Path | str) -> list[Path] | None:
+    """Every path ``--bag`` covers when it names several bags (a glob's matches, or a folder's
+    entries), sorted; None when it names one path."""
+    text = str(spec)
+    if GLOB_CHARACTERS & set(text):
+        return sorted(Path(m) for m in glob.glob(text))  # noqa: PTH207 (any pattern)
+    path = Path(text)
+    if not path.is_dir() or is_bag(path):
+        return None
+    return sorted(path.iterdir())
+
+
+def skipped_paths(spec: Path | str) -> list[SkippedPath]:
+    """The paths ``--bag`` covers that :func:`find_bags` leaves out, each with why."""
+    skipped = []
+    for path in _candidates(spec) or []:
+        if is_bag(path):
+            continue
+        if path.is_dir():
+            reason = "a folder without metadata.yaml: not a bag"
+        elif path.suffix in (".mcap", ".db3"):
+            reason = "a bag's storage file without its folder (give the folder that holds it)"
+        else:
+            reason = "a file, not a bag folder"
+        skipped.append(SkippedPath(path, reason))
+    return skipped
+
+
 def find_bags(spec: Path | str) -> list[Path] | None:
     """The bags ``--bag`` names when it names several (a folder of bags or a glob), sorted;
-    None when it names one bag (or a path the single-bag tool will judge).
+    None when it names one bag (or a path the single-bag tool will judge). What else it covers
+    is left out (:func:`skipped_paths`).
 
     Raises:
         ValueError: a glob matching nothing or no bag, a folder holding no bag (names --bag).
     """
     text = str(spec)
     path = Path(text)
+    candidates = _candidates(spec)
     if GLOB_CHARACTERS & set(text):
-        matches = sorted(Path(m) for m in glob.glob(text))  # noqa: PTH207 (any pattern)
-        if not matches:
+        if not candidates:
             raise ValueError(f"no file or folder matches {text!r} (--bag)")
-        bags = [m for m in matches if is_bag(m)]
+        bags = [m for m in candidates if is_bag(m)]
         if not bags:
             raise ValueError(
-                f"{text!r} matches {len(matches)} paths but no bag (a folder with "
+                f"{text!r} matches {len(candidates)} paths but no bag (a folder with "
                 "metadata.yaml) (--bag)"
             )
         return bags
-    if not path.is_dir() or is_bag(path):
+    if candidates is None:
         return None
-    bags = sorted(child for child in path.iterdir() if is_bag(child))
+    bags = [child for child in candidates if is_bag(child)]
     if not bags:
         raise ValueError(
             f"folder {path} is not a bag and holds no bag (no metadata.yaml in it or in its "
@@ -217,6 +258,9 @@ def evaluate_bags(
     names = report_names(bags)
     base = int(os.environ.get("ROS_DOMAIN_ID", "0"))
     ids = domain_ids(len(bags), base)
+    skipped = skipped_paths(args.bag)
+    for entry in skipped:
+        print(f"warning: --bag {args.bag}: skipped {entry.path} ({entry.reason})", file=sys.stderr)
     logs = out.parent / f"{out.name}.logs"
     logs.mkdir(parents=True, exist_ok=True)
     with atomic_directory(out) as work:
@@ -239,6 +283,7 @@ def evaluate_bags(
             summaries[-1]["resources"] = reports[-1].get("resources")  # its own node's
             frames += [{"bag": job.name, **record} for record in scoring.records]
         report = _overall_report(args, total, class_map, summaries, reports)
+        report["skipped"] = [entry.as_dict() for entry in skipped]
         verdicts = judge(report, criteria, baseline) if criteria else None
         if verdicts is not None:
             report["gate"] = "pass" if all(v.passed for v in verdicts) else "fail"
@@ -294,5 +339,8 @@ def _write_overall(
         (f"[{bag['name']}]({Path(bag['report']).parent}/report.md)", bag) for bag in report["bags"]
     ]
     intro = [f"# Evaluation of {title}", "", summary_table("bag", rows), ""]
+    if report["skipped"]:
+        intro += ["", f"Skipped (not bags; {len(report['skipped'])}):", ""]
+        intro += [f"- `{entry['path']}`: {entry['reason']}" for entry in report["skipped"]]
     intro += ["", f"Overall ({report['note']}):", ""]
     write_summary_report(work, report, frames, total, verdicts, title=title, intro=intro)
