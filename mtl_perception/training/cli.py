@@ -4,9 +4,11 @@ python -m mtl_perception.training --config config/train_cityscapes.yaml --data D
 python -m mtl_perception.training --resume RUN_DIR [--data DIR]
 torchrun --nproc_per_node=N -m mtl_perception.training --config ... --data DIR --out RUN_DIR
 
-A new run needs an --out that does not exist (or an empty folder). ``--resume`` continues from
-``RUN_DIR/checkpoints/last.pt`` with the config that checkpoint was trained with, and refuses a
-``RUN_DIR/config.yaml`` that says otherwise.
+A new run needs an --out that does not exist (or an empty folder), or one where a run of the
+same config was killed before its first checkpoint (it is started again). ``--resume``
+continues from ``RUN_DIR/checkpoints/last.pt`` with the config that checkpoint was trained with,
+and refuses a ``RUN_DIR/config.yaml`` that says otherwise; its data root is the one the run was
+trained on (stored resolved), unless ``--data`` gives another.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from ..model.checkpoint import read_checkpoint
 from ..outputs import check_new_directory
 from .config import TrainConfig
 from .distributed import init_distributed, shutdown_distributed
-from .trainer import Trainer, last_checkpoint
+from .run_dir import clear_unstarted, last_checkpoint, never_started
+from .trainer import Trainer
 
 
 def build_parser() -> ToolParser:
@@ -52,6 +55,12 @@ def resumed_config(run_dir: Path) -> tuple[TrainConfig, dict]:
     if not run_dir.is_dir():
         raise ValueError(f"--resume {run_dir}: no such run directory")
     path = last_checkpoint(run_dir)
+    if not path.is_file() and never_started(run_dir):
+        raise ValueError(
+            f"--resume {run_dir}: no checkpoint {path}: the run was stopped before its first "
+            "checkpoint, so there is nothing to resume; start it again with the command that "
+            f"created it (mtl-train --config {run_dir / 'config.yaml'} --data DIR --out {run_dir})"
+        )
     if not path.is_file():
         raise ValueError(
             f"--resume {run_dir}: no checkpoint {path} to resume from "
@@ -78,8 +87,48 @@ def resumed_config(run_dir: Path) -> tuple[TrainConfig, dict]:
     return config, content
 
 
+def resumed_data_root(run_dir: Path, content: dict) -> Path:
+    """The data root a run was trained on (from its checkpoint), which must still exist."""
+    saved = content.get("data_root")
+    if not saved:
+        raise ValueError(f"--resume {run_dir}: the checkpoint names no data root; give --data DIR")
+    root = Path(saved)
+    if not root.is_dir():
+        state = "is not a folder" if root.exists() else "is gone"
+        where = "" if root.is_absolute() else f" (a relative path, from {Path.cwd()})"
+        raise ValueError(
+            f"--resume {run_dir}: the run's data root {root} {state}{where}; "
+            "give --data DIR with the same dataset"
+        )
+    return root
+
+
+def restartable(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether --out holds a run of ``config`` killed before its first checkpoint (to start
+    again); refuses one of another config. False when --out holds no such run."""
+    if not (run_dir.is_dir() and never_started(run_dir)):
+        return False
+    on_disk = run_dir / "config.yaml"
+    stopped = f"--out {run_dir} holds a run stopped before its first checkpoint"
+    try:
+        written = TrainConfig.from_yaml(on_disk)
+    except ValueError as error:
+        raise ValueError(
+            f"{stopped} whose config is unreadable ({error}); choose another folder"
+        ) from error
+    if written != config:
+        ours, theirs = config.to_dict(), written.to_dict()
+        fields = sorted(k for k in ours if ours[k] != theirs.get(k))
+        raise ValueError(
+            f"{stopped} with another config (its {on_disk} differs in {fields}); start it "
+            "again with that config, or choose another folder"
+        )
+    return True
+
+
 @tool_main(build_parser)
 def main(args: argparse.Namespace) -> int:
+    restart = False
     if args.resume:
         if args.config or args.out or args.pretrained:
             raise ValueError(
@@ -87,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
             )
         run_dir = args.resume
         config, content = resumed_config(run_dir)
-        data = args.data or Path(content["data_root"])
+        data = args.data or resumed_data_root(run_dir, content)
     else:
         if not (args.config and args.data and args.out):
             raise ValueError("--config, --data and --out are required (or --resume RUN_DIR)")
@@ -98,7 +147,9 @@ def main(args: argparse.Namespace) -> int:
             config = TrainConfig.from_dict({**config.to_dict(), "pretrained": str(args.pretrained)})
         run_dir, data = args.out, args.data
         if int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 creates it
-            check_new_directory(run_dir, "--out")
+            restart = restartable(run_dir, config)
+            if not restart:
+                check_new_directory(run_dir, "--out")
     context = init_distributed(args.device)
     try:
         trainer = Trainer(
@@ -110,6 +161,12 @@ def main(args: argparse.Namespace) -> int:
             stop_after=args.stop_after,
             progress=not args.no_progress,
         )
+        if restart and context.is_main:  # every check passed: the killed start's files go
+            removed = clear_unstarted(run_dir)
+            trainer.log(
+                f"--out {run_dir}: starting again a run stopped before its first checkpoint "
+                f"(removed its {', '.join(removed)})"
+            )
         trainer.run()
     finally:
         shutdown_distributed()

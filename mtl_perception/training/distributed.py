@@ -15,6 +15,7 @@ class DistributedContext:
     world_size: int
     local_rank: int
     device: torch.device
+    local_world_size: int = 1  # processes of this run on this machine
 
     @property
     def is_main(self) -> bool:
@@ -46,7 +47,8 @@ def init_distributed(device: str | None = None) -> DistributedContext:
         torch.cuda.set_device(chosen)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
-    return DistributedContext(rank, world_size, local_rank, chosen)
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    return DistributedContext(rank, world_size, local_rank, chosen, local_world_size)
 
 
 def shutdown_distributed() -> None:

@@ -10,6 +10,7 @@ resumed one) draw the same numbers.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +21,12 @@ from tqdm import tqdm
 from ..evaluation.evaluate import EVAL_SCORE_THRESHOLD, evaluate
 from ..inference.predictor import Predictor, PredictorConfig
 from ..model.checkpoint import save_checkpoint
-from ..outputs import write_text
+from ..outputs import atomic_file, write_text
 from . import state
+from .schedule import stage_at, stage_ends_at
 
 if TYPE_CHECKING:
+    from .config import TrainConfig
     from .trainer import Trainer
 
 
@@ -98,21 +101,50 @@ class ProgressHook(Hook):
             self.writer.close()
 
 
+def due_checkpoints(config: TrainConfig, done: int) -> set[str]:
+    """The checkpoint files the schedule writes once ``done`` steps are done: ``last.pt`` every
+    ``checkpoint_every`` steps and at each stage end (with ``stage{k}_{name}.pt``), ``final.pt``
+    at the end. (A stop adds ``last.pt``.)"""
+    names = set()
+    if done % config.checkpoint_every == 0:
+        names.add("last.pt")
+    ended = stage_ends_at(config.stages, done)
+    if ended is not None:
+        names |= {"last.pt", f"stage{ended + 1}_{config.stages[ended].name}.pt"}
+    if done == config.total_iterations:
+        names.add("final.pt")
+    return names
+
+
+def validation_due(config: TrainConfig, done: int) -> bool:
+    """Whether the schedule validates once ``done`` steps are done (every ``validate_every``
+    steps and at each stage end)."""
+    every = config.validate_every
+    return bool(every and done % every == 0) or stage_ends_at(config.stages, done) is not None
+
+
 class CheckpointHook(Hook):
-    """``last.pt`` every ``checkpoint_every`` iterations, at each stage end (with
-    ``stage{k}_{name}.pt``), when stopping, and ``final.pt`` at the end (main process)."""
+    """The checkpoints of :func:`due_checkpoints`, and ``last.pt`` when stopping (main process).
+
+    On resume, a named checkpoint of the resumed iteration that a kill kept from being written
+    (after ``last.pt``, whose content it shares) is written first, as a copy of ``last.pt``."""
+
+    def before_train(self) -> None:
+        trainer = self.trainer
+        if not (trainer.resumed and trainer.context.is_main):
+            return
+        folder = trainer.run_dir / "checkpoints"
+        for name in sorted(due_checkpoints(trainer.config, trainer.iteration)):
+            if not (folder / name).exists():
+                with (folder / "last.pt").open("rb") as source, atomic_file(folder / name) as copy:
+                    shutil.copyfileobj(source, copy)
+                trainer.log(f"wrote {name}, which the stopped run owed at {trainer.iteration}")
 
     def after_step(self) -> None:
         trainer = self.trainer
-        names = set()
-        if trainer.iteration % trainer.config.checkpoint_every == 0:
-            names.add("last.pt")
-        if trainer.stage_ended:
-            names |= {"last.pt", f"stage{trainer.stage_index + 1}_{trainer.stage.name}.pt"}
+        names = due_checkpoints(trainer.config, trainer.iteration)
         if trainer.stop_requested:
             names.add("last.pt")
-        if trainer.iteration == trainer.config.total_iterations:
-            names.add("final.pt")
         if names and trainer.context.is_main:
             content = state.capture(trainer)
             for name in sorted(names):
@@ -128,12 +160,20 @@ class ValidationHook(Hook):
         self.progress = progress
         self.last: dict[str, Any] | None = None
 
-    def after_step(self) -> None:
+    def before_train(self) -> None:
+        """On resume: the validation the checkpoint's iteration owed, when a kill came between
+        writing the checkpoint and logging the validation (``metrics.jsonl`` has none)."""
         trainer = self.trainer
-        every = trainer.config.validate_every
-        if not ((every and trainer.iteration % every == 0) or trainer.stage_ended):
-            return
-        if trainer.context.is_main:
+        if trainer.resumed and validation_due(trainer.config, trainer.iteration):
+            self._run(pending=trainer.iteration not in trainer.logged_validations)
+
+    def after_step(self) -> None:
+        if validation_due(self.trainer.config, self.trainer.iteration):
+            self._run(pending=True)
+
+    def _run(self, pending: bool) -> None:
+        trainer = self.trainer
+        if trainer.context.is_main and pending:
             with torch.random.fork_rng(devices=_cuda_devices(trainer)):
                 self.last = self._validate()
             trainer.log(
@@ -167,8 +207,10 @@ class ValidationHook(Hook):
             for path in sorted(overlay_dir.glob("*.png")):
                 picture = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
                 writer.add_image(f"val/{path.stem}", picture, trainer.iteration, dataformats="HWC")
+        # The stage that ended at this iteration (a resumed run has entered the next one).
+        stage = trainer.config.stages[stage_at(trainer.config.stages, trainer.iteration - 1)[0]]
         trainer.append_metrics(
-            {"iteration": trainer.iteration, "stage": trainer.stage.name, "validation": metrics}
+            {"iteration": trainer.iteration, "stage": stage.name, "validation": metrics}
         )
         return metrics
 

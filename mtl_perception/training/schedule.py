@@ -1,4 +1,9 @@
-"""Polynomial learning-rate decay with cyclic restarts (paper section 4.2).
+"""The schedule in time: which stage an iteration is in, and its learning rate (paper 4.2).
+
+:func:`stage_at` maps a global iteration to (stage, iteration within the stage); stages with no
+iterations are passed over.
+
+Polynomial learning-rate decay with cyclic restarts:
 
 Within a stage, at iteration i (counted from the stage's start):
 
@@ -9,6 +14,12 @@ The rate is a pure function of (stage, iteration), so resuming needs no schedule
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import StageConfig
 
 # Paper section 4.2: "polynomial decay of the Learning rate with cyclic restarts for every 10K".
 RESTART_PERIOD = 10_000
@@ -24,3 +35,22 @@ def poly_restart_lr(
     if iteration < 0:
         raise ValueError(f"iteration must be >= 0, got {iteration}")
     return base_lr * (1.0 - (iteration % restart_period) / restart_period) ** power
+
+
+def stage_at(stages: Sequence[StageConfig], iteration: int) -> tuple[int, int]:
+    """(stage index, iteration within the stage) of the global ``iteration`` (0-based)."""
+    start = 0
+    for index, stage in enumerate(stages):
+        if iteration < start + stage.iterations:
+            return index, iteration - start
+        start += stage.iterations
+    raise ValueError(f"iteration {iteration} is past the schedule's {start} iterations")
+
+
+def stage_ends_at(stages: Sequence[StageConfig], done: int) -> int | None:
+    """The index of the stage whose last step is step ``done`` (1-based count of steps done),
+    or None when ``done`` is inside a stage (or 0)."""
+    if done < 1:
+        return None
+    index, local = stage_at(stages, done - 1)
+    return index if local + 1 == stages[index].iterations else None

@@ -91,7 +91,7 @@ def capture(trainer: Trainer) -> dict[str, Any]:
         "iteration": trainer.iteration,
         "rng": rng_states(),
         "train_config": config.to_dict(),
-        "data_root": str(trainer.data_root),
+        "data_root": str(trainer.data_root.resolve()),  # --resume may run from elsewhere
     }
 
 

@@ -9,14 +9,9 @@ run at once. Everything a run needs to continue exactly is saved and restored by
 :mod:`.state`, in one place, so ``--resume`` from any checkpoint equals a run that never
 stopped, bit for bit.
 
-Run directory::
-
-    RUN_DIR/config.yaml             the training config, as run
-    RUN_DIR/checkpoints/last.pt     latest state (what --resume reads)
-    RUN_DIR/checkpoints/stage{k}_{name}.pt, final.pt
-    RUN_DIR/tensorboard/            losses, learning rate, mIoU, mAP, overlay images
-    RUN_DIR/metrics.jsonl           one JSON line per log step and per validation
-    RUN_DIR/overlays/iter_{i}/      validation overlay PNGs
+What a run writes is listed in :mod:`.run_dir`. A resumed run first redoes what its
+checkpoint's iteration still owed (a stage-end validation, a named checkpoint) when the kill came
+between writing ``last.pt`` and finishing them, so its outputs equal a run that never stopped.
 """
 
 from __future__ import annotations
@@ -48,22 +43,10 @@ from . import state
 from .config import StageConfig, TrainConfig
 from .distributed import DistributedContext
 from .hooks import CheckpointHook, Hook, ProgressHook, StopHook, ValidationHook, write_run_config
+from .memory import check_training_fits
+from .run_dir import last_checkpoint
 from .sampler import IterationSampler
-from .schedule import poly_restart_lr
-
-
-def stage_at(stages: tuple[StageConfig, ...], iteration: int) -> tuple[int, int]:
-    """(stage index, iteration within the stage) of the global ``iteration`` (0-based)."""
-    start = 0
-    for index, stage in enumerate(stages):
-        if iteration < start + stage.iterations:
-            return index, iteration - start
-        start += stage.iterations
-    raise ValueError(f"iteration {iteration} is past the schedule's {start} iterations")
-
-
-def last_checkpoint(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints" / "last.pt"
+from .schedule import poly_restart_lr, stage_at
 
 
 class Trainer:
@@ -100,6 +83,14 @@ class Trainer:
         self.device = context.device
         self.class_map = ClassMap.from_yaml(config.data.classes)
         self.model_config = self._model_config_with_names(config.model)
+        check_training_fits(
+            self.model_config,
+            config.batch_size,
+            config.data.scale_range[1],
+            config.data.workers,
+            self.device,
+            context.local_world_size,
+        )
         height, width = self.model_config.input_height, self.model_config.input_width
         self.train_set = CityscapesDataset(
             self.data_root,
@@ -144,6 +135,8 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.network: torch.nn.Module = self.model
         self._resume_content: dict[str, Any] | None = None
+        self.resumed = resume
+        self.logged_validations: set[int] = set()  # iterations metrics.jsonl has validated
         if resume:
             self._load_last()
         elif config.pretrained:
@@ -341,7 +334,8 @@ class Trainer:
         return undo
 
     def _trim_metrics(self) -> None:
-        """Drops records a killed run logged after the checkpoint it resumes from."""
+        """Drops records a killed run logged after the checkpoint it resumes from, and notes
+        which iterations the kept ones validated."""
         path = self.run_dir / "metrics.jsonl"
         if not path.is_file():
             return
@@ -353,6 +347,8 @@ class Trainer:
                 continue  # a line torn by the kill
             if record.get("iteration", 0) <= self.iteration:
                 kept.append(line)
+                if "validation" in record:
+                    self.logged_validations.add(record["iteration"])
         write_text(path, "".join(f"{line}\n" for line in kept))
 
     def _loader(self) -> DataLoader:

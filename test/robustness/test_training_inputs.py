@@ -281,13 +281,157 @@ def _refused_resume(run: Path, data: Path, *mentions: str, extra=()) -> None:
     before.assert_unchanged()
 
 
+def _unstarted_run(folder: Path, **changes) -> Path:
+    """What a run killed before its first checkpoint leaves: config.yaml, metrics.jsonl,
+    tensorboard/ and a torn temporary checkpoint."""
+    run = folder / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "tensorboard").mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({**TINY, **changes}))
+    (run / "metrics.jsonl").write_text('{"iteration": 1, "stage": "joint", "loss": 1.0}\n')
+    (run / "checkpoints" / ".last.pt.0123abcd.tmp").write_bytes(b"PK\x03\x04 torn")
+    return run
+
+
 def test_resume_without_a_checkpoint(data, tmp_path):
-    """A start that died before its first checkpoint: --resume says there is nothing."""
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump(TINY))
-    _refused_resume(run, data, "no checkpoint", "last.pt")
+    """A start that died before its first checkpoint: --resume says there is nothing to
+    resume, and the command that starts it again."""
+    run = _unstarted_run(tmp_path)
+    _refused_resume(
+        run, data, "no checkpoint", "last.pt", "nothing to resume", f"--config {run}/config.yaml"
+    )
     _refused_resume(tmp_path / "nowhere", data, "no such run directory")
+
+
+def test_out_holding_an_unstarted_run_of_another_config(data, tmp_path):
+    """A run killed before its first checkpoint is started again by the same command only:
+    another config is refused naming what differs, and the killed run's files stay."""
+    _unstarted_run(tmp_path, batch_size=1)
+    _refused_start_keeping(
+        tmp_path, data, _config(tmp_path), "stopped before its first", "batch_size"
+    )
+
+
+def test_out_holding_an_unstarted_run_and_a_file_of_the_users(data, tmp_path):
+    """Only a run's own files are removed to start again: a folder with anything else is
+    refused as before."""
+    run = _unstarted_run(tmp_path)
+    (run / "notes.txt").write_text("mine")
+    _refused_start_keeping(tmp_path, data, _config(tmp_path), "--out", "not empty")
+
+
+def test_out_holding_an_unstarted_run_with_an_unreadable_config(data, tmp_path):
+    run = _unstarted_run(tmp_path)
+    (run / "config.yaml").write_text("stages: [\n")
+    _refused_start_keeping(tmp_path, data, _config(tmp_path), "stopped before", "unreadable")
+
+
+def _refused_start_keeping(folder: Path, data: Path, config: Path, *mentions: str) -> None:
+    """Refused, and everything under ``folder`` (the existing --out included) unchanged."""
+    before = Snapshot(folder, data)
+    outcome = invoke(
+        train, "--no-progress", "--config", config, "--data", data, "--out", folder / "run"
+    )
+    assert_refused(outcome, *mentions)
+    before.assert_unchanged()
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+
+def test_input_size_beyond_the_machines_memory_is_refused_before_the_run(data, tmp_path):
+    """The finding: 16384x32768 was accepted; training started and died with exit 3 (OpenCV out
+    of memory). Refused first, naming the fields, the estimate and what is available."""
+    model = {**TINY["model"], "input_height": 16384, "input_width": 32768}
+    config = _config(tmp_path, model=model, batch_size=64)
+    _refused_start(
+        tmp_path, data, config, "model.input_height", "16384x32768", "batch_size 64",
+        "needs about", "TiB (estimated)", "MemAvailable",
+    )  # fmt: skip
+
+
+def test_batch_size_beyond_the_machines_memory_is_refused(data, tmp_path):
+    config = _config(tmp_path, batch_size=10_000_000)
+    _refused_start(tmp_path, data, config, "batch_size 10000000", "64x128", "needs about")
+
+
+@pytest.fixture
+def small_machine(monkeypatch):
+    """A machine with 8 MiB available: less than the tiny config's estimate (~20 MiB)."""
+    from mtl_perception.training import memory
+
+    monkeypatch.setattr(memory, "available_host_memory", lambda: 8 * 2**20)
+
+
+def test_refusal_names_the_memory_available(data, tmp_path, small_machine):
+    line = _refused_start_line(tmp_path, data, _config(tmp_path))
+    assert "more than the 8.0 MiB of memory available on this machine" in line
+    needed = float(line.split("needs about ")[1].split(" MiB")[0])
+    assert 8.0 < needed < 200, line  # the tiny config's estimate, in MiB
+
+
+def test_resume_on_a_machine_with_too_little_memory_changes_nothing(
+    finished_run, data, tmp_path, small_machine
+):
+    run = _copy_run(finished_run, tmp_path)
+    _refused_resume(run, data, "needs about", "8.0 MiB", "batch_size 2")
+
+
+def _refused_start_line(folder: Path, data: Path, config: Path) -> str:
+    before = Snapshot(folder, data)
+    outcome = invoke(
+        train, "--no-progress", "--config", config, "--data", data, "--out", folder / "run"
+    )
+    line = assert_refused(outcome, "needs about")
+    before.assert_unchanged()
+    return line
+
+
+# -- the data root a run resumes with ------------------------------------------------------------
+
+
+def _with_data_root(run: Path, root: object) -> None:
+    path = run / "checkpoints" / "last.pt"
+    content = read_checkpoint(path)
+    content.pop("format")
+    if root is None:
+        content.pop("data_root")
+    else:
+        content["data_root"] = str(root)
+    save_checkpoint(path, content)
+
+
+def test_resume_when_the_data_root_is_gone(finished_run, data, tmp_path):
+    """The run's data root, stored resolved, no longer exists: refused naming it and --data."""
+    run = _copy_run(finished_run, tmp_path)
+    _with_data_root(run, tmp_path / "moved_away")
+    _refused_resume(run, data, str(tmp_path / "moved_away"), "is gone", "give --data")
+
+
+def test_resume_when_the_data_root_is_a_file(finished_run, data, tmp_path):
+    run = _copy_run(finished_run, tmp_path)
+    (tmp_path / "data.tar").write_bytes(b"not a folder")
+    _with_data_root(run, tmp_path / "data.tar")
+    _refused_resume(run, data, "data.tar", "is not a folder", "--data")
+
+
+def test_resume_of_an_old_run_with_a_relative_data_root_elsewhere(
+    finished_run, data, tmp_path, monkeypatch
+):
+    """Checkpoints of older versions hold the data root as given (relative): from another
+    directory it is refused saying so, instead of a dataset error."""
+    run = _copy_run(finished_run, tmp_path)
+    _with_data_root(run, "data")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    _refused_resume(run, data, "data root data is gone", "relative path", str(elsewhere))
+
+
+def test_resume_of_a_checkpoint_naming_no_data_root(finished_run, data, tmp_path):
+    run = _copy_run(finished_run, tmp_path)
+    _with_data_root(run, None)
+    _refused_resume(run, data, "names no data root", "--data")
 
 
 def test_resume_refuses_a_config_yaml_that_changed(finished_run, data, tmp_path):
