@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
 import signal
 import sys
 import threading
@@ -23,6 +24,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
+
+from .outputs import full_disk_errno
 
 EXIT_ERROR = 2  # a known failure: bad input, output collision, unreadable file
 EXIT_BUG = 3  # an unexpected exception (1 is the bag gate's "a criterion failed")
@@ -43,7 +46,7 @@ class ToolError(Exception):
     process that exited)."""
 
 
-KNOWN_ERRORS: tuple[type[BaseException], ...] = (
+KNOWN_ERRORS: tuple[type[BaseException], ...] = (  # and a full disk, whatever it is raised as
     ToolError,
     ValueError,
     OSError,  # FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError, ENOSPC
@@ -79,6 +82,56 @@ def one_line(error: BaseException) -> str:
     return text
 
 
+def _error_line(error: BaseException, args: argparse.Namespace) -> str:
+    """The one line for a known failure. A full disk that named no file (a library's own write,
+    e.g. TensorBoard's event thread) is told against the tool's ``--out``."""
+    text = one_line(error)
+    full = full_disk_errno(error)
+    out = getattr(args, "out", None)
+    if full is not None and out is not None and str(out) not in text:
+        text = f"{os.strerror(full).lower()} writing --out {out}"
+    return text
+
+
+class _ThreadFailures:
+    """While installed, an exception that ends a thread is kept instead of printed with its
+    traceback. One that also reaches the main thread (TensorBoard's writer raises its thread's
+    error again there) is reported once, by the tool; the others as one warning line each when
+    the tool ends. ``--debug`` prints the tracebacks as well."""
+
+    def __init__(self, debug: bool) -> None:
+        self.debug = debug
+        self.failures: list[threading.ExceptHookArgs] = []
+        self.reported: BaseException | None = None  # what the tool's error line told
+
+    def install(self) -> None:
+        self.previous = threading.excepthook
+        threading.excepthook = self._keep
+
+    def _keep(self, failure: threading.ExceptHookArgs) -> None:
+        if self.debug:
+            self.previous(failure)
+        if failure.exc_type is not SystemExit:
+            self.failures.append(failure)
+
+    def uninstall(self) -> None:
+        threading.excepthook = self.previous
+        for failure in self.failures:
+            if failure.exc_value is None or not self._told(failure.exc_value):
+                name = failure.thread.name if failure.thread is not None else "a thread"
+                error = failure.exc_value or failure.exc_type()
+                print(f"warning: {name} failed: {one_line(error)}", file=sys.stderr)
+
+    def _told(self, error: BaseException) -> bool:
+        """Whether ``error`` is the reported one or one it came from."""
+        current = self.reported
+        while current is not None:
+            if current is error:
+                return True
+            current = current.__cause__ or current.__context__
+        return False
+
+
 def tool_main(build_parser: Callable[[], ToolParser]):
     """Decorator: turns ``body(args) -> exit code`` into ``main(argv=None) -> exit code``.
 
@@ -95,6 +148,9 @@ def tool_main(build_parser: Callable[[], ToolParser]):
                 return int(exit_.code or 0)
             in_main_thread = threading.current_thread() is threading.main_thread()
             previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+            threads = _ThreadFailures(args.debug)
+            if in_main_thread:
+                threads.install()
             try:
                 code = body(args)
             except Terminated:
@@ -103,15 +159,14 @@ def tool_main(build_parser: Callable[[], ToolParser]):
             except KeyboardInterrupt:
                 print("error: interrupted", file=sys.stderr)
                 return 130
-            except KNOWN_ERRORS as error:
+            except Exception as error:
+                threads.reported = error
                 if args.debug:
                     traceback.print_exc()
-                print(f"error: {one_line(error)}", file=sys.stderr)
-                return EXIT_ERROR
-            except Exception as error:  # a bug: one line, the traceback with --debug
-                if args.debug:
-                    traceback.print_exc()
-                print(
+                if isinstance(error, KNOWN_ERRORS) or full_disk_errno(error) is not None:
+                    print(f"error: {_error_line(error, args)}", file=sys.stderr)
+                    return EXIT_ERROR
+                print(  # a bug: one line, the traceback with --debug
                     f"error: unexpected {type(error).__name__}: {one_line(error)} "
                     "(a bug; rerun with --debug for the traceback and report it)",
                     file=sys.stderr,
@@ -120,6 +175,7 @@ def tool_main(build_parser: Callable[[], ToolParser]):
             finally:
                 if in_main_thread:
                     signal.signal(signal.SIGTERM, previous)
+                    threads.uninstall()
             return 0 if code is None else int(code)
 
         return main

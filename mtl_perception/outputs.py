@@ -29,12 +29,15 @@ import fcntl
 import os
 import re
 import shutil
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
+
+import numpy as np
 
 
 def _umask() -> int:
@@ -90,20 +93,36 @@ def _described(path: Path, option: str | None) -> str:
     return f"{option} {path}" if option else str(path)
 
 
+def full_disk_errno(error: BaseException) -> int | None:
+    """``ENOSPC`` or ``EDQUOT`` when ``error``, or an error it came from, is a full disk (an
+    ``OSError``, or SQLite's "database or disk is full" from a sqlite3 bag), else ``None``."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in FULL_DISK_ERRNOS:
+            return current.errno
+        if getattr(current, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return errno.ENOSPC
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def told_against_output(
-    error: OSError, path: Path, temporary: Path, option: str | None = None
+    error: BaseException, path: Path, temporary: Path, option: str | None = None
 ) -> OSError | None:
     """The error of a write into ``temporary``, told against ``path`` (what the user asked
     for), or ``None`` when it is about something else (an input, say).
 
-    A full disk (or quota) always counts: the write that hits it may name an inner file or no
-    file at all (``stream.write`` raises without a filename).
+    A full disk (or quota) always counts, whatever it was raised as: the write that hits it may
+    name an inner file or no file at all (``stream.write`` raises without a filename).
     """
     what = _described(path, option)
-    if error.errno in FULL_DISK_ERRNOS:
-        reason = os.strerror(error.errno).lower()
-        return OSError(error.errno, f"{reason} writing {what}; nothing of it was kept", str(path))
-    if str(temporary) in str(error.filename or ""):
+    full = full_disk_errno(error)
+    if full is not None:
+        reason = os.strerror(full).lower()
+        return OSError(full, f"{reason} writing {what}; nothing of it was kept", str(path))
+    if isinstance(error, OSError) and str(temporary) in str(error.filename or ""):
         return OSError(error.errno, f"{error.strerror or error}, writing {what}", str(path))
     return None
 
@@ -136,7 +155,7 @@ def atomic_file(path: str | Path, mode: str = "wb", option: str | None = None) -
             stream.flush()
             os.fsync(stream.fileno())
         temporary.replace(path)
-    except OSError as error:
+    except Exception as error:
         temporary.unlink(missing_ok=True)
         told = told_against_output(error, path, temporary, option)
         if told is None:
@@ -159,6 +178,28 @@ def write_bytes(path: str | Path, data: bytes, option: str | None = None) -> Pat
     with atomic_file(path, "wb", option) as stream:
         stream.write(data)
     return Path(path)
+
+
+def write_image(path: str | Path, image: np.ndarray) -> Path:
+    """``cv2.imwrite`` that fails loudly: encodes ``image`` ((H, W) or (H, W, 3) BGR uint8, as
+    OpenCV takes it) in the format of ``path``'s suffix and writes the bytes with Python, so a
+    failed write raises ``OSError`` (a full disk as such) where ``cv2.imwrite`` returns False
+    and libpng prints "Write Error" on stderr.
+
+    Not atomic on its own: meant for files inside an :func:`atomic_directory`.
+
+    Raises:
+        ValueError: OpenCV cannot encode ``image`` in that format.
+        OSError: the write failed.
+    """
+    import cv2  # here: the rest of this module needs no OpenCV
+
+    path = Path(path)
+    ok, encoded = cv2.imencode(path.suffix or ".png", image)
+    if not ok:
+        raise ValueError(f"cannot encode an image of shape {image.shape} as {path.suffix}: {path}")
+    path.write_bytes(encoded.tobytes())
+    return path
 
 
 def _partial_pattern(path: Path) -> re.Pattern[str]:
@@ -258,7 +299,10 @@ def _owned_temporary_folder(path: Path) -> tuple[Path, int]:
         temporary = Path(
             tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
         )
-        handle = os.open(temporary, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            handle = os.open(temporary, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue  # removed already
         try:
             fcntl.flock(handle, fcntl.LOCK_EX)
         except OSError as error:
@@ -296,7 +340,7 @@ def atomic_directory(path: str | Path, option: str = "--out") -> Iterator[Path]:
         remove_stale_partials(path, option)
         temporary, handle = _owned_temporary_folder(path)
     except OSError as error:  # e.g. a folder of /proc: name what the user gave, not our temp
-        if error.errno in FULL_DISK_ERRNOS:
+        if full_disk_errno(error):
             raise told_against_output(error, path, path, option) from None
         raise ValueError(
             f"cannot create the folder {path}: {error.strerror or error} ({option} {path})"
@@ -308,7 +352,7 @@ def atomic_directory(path: str | Path, option: str = "--out") -> Iterator[Path]:
         if path.is_dir():
             path.rmdir()  # empty (checked): replace it
         temporary.rename(path)
-    except OSError as error:
+    except Exception as error:
         shutil.rmtree(temporary, ignore_errors=True)
         told = told_against_output(error, path, temporary, option)
         if told is None:

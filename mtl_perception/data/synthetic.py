@@ -27,7 +27,7 @@ from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 from tqdm import tqdm
 
 from ..cli import ToolParser, non_negative_int, positive_int, tool_main
-from ..outputs import atomic_directory
+from ..outputs import atomic_directory, write_image
 
 LABEL = {label.name: label.id for label in CITYSCAPES_LABELS if label.id >= 0}
 PALETTE = np.zeros((256, 3), np.uint8)
@@ -299,11 +299,11 @@ def write_dataset(
         image_dir.mkdir(parents=True, exist_ok=True)
         label_dir.mkdir(parents=True, exist_ok=True)
         image_path = image_dir / f"{stem}_leftImg8bit.png"
-        cv2.imwrite(str(image_path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        cv2.imwrite(str(label_dir / f"{stem}_gtFine_labelIds.png"), label_ids)
-        cv2.imwrite(str(label_dir / f"{stem}_gtFine_instanceIds.png"), instances)
+        write_image(image_path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        write_image(label_dir / f"{stem}_gtFine_labelIds.png", label_ids)
+        write_image(label_dir / f"{stem}_gtFine_instanceIds.png", instances)
         colour = cv2.cvtColor(PALETTE[label_ids], cv2.COLOR_RGB2BGR)
-        cv2.imwrite(str(label_dir / f"{stem}_gtFine_color.png"), colour)
+        write_image(label_dir / f"{stem}_gtFine_color.png", colour)
         written.append(image_path)
     return written
 

@@ -34,7 +34,7 @@ from ..cli import ToolParser, non_negative_int, positive_int, tool_main
 from ..data.cityscapes import CityscapesDataset
 from ..data.labels import DEFAULT_CLASSES_FILE, ClassMap
 from ..inference.predictor import Predictor, PredictorConfig
-from ..outputs import atomic_directory, check_new_directory, write_text
+from ..outputs import atomic_directory, check_new_directory, write_image, write_text
 from ..visualization import draw_overlay
 from .ground_truth import counted_boxes
 from .metrics import ConfusionMatrix, DetectionAP
@@ -114,8 +114,7 @@ def evaluate(
                 class_map.seg_colours,
             )
             path = overlay_dir / f"{sample.name}_overlay.png"
-            if not cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
-                raise OSError(f"could not write the overlay {path}")
+            write_image(path, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     seconds = np.array(latencies)
     return {
         "images": count,

@@ -19,6 +19,7 @@ import numpy as np
 from ...data.labels import NETWORK_VOID_ID, class_names
 from ...evaluation.evaluate import format_table
 from ...evaluation.plots import confusion_matrix_png, precision_recall_png, save_figure
+from ...outputs import write_image
 from ...visualization import draw_overlay
 from .criteria import Verdict, format_verdicts, verdict_dicts
 from .peak import peak_lines
@@ -175,8 +176,7 @@ def build_report(
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"cannot write {path}")
+    write_image(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
 def _prediction_picture(run: RunOutputs, rgb: np.ndarray, stamp: int) -> np.ndarray:
