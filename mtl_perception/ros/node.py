@@ -47,7 +47,11 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.exceptions import (
+    InvalidParameterTypeException,
+    InvalidParameterValueException,
+    NameValidationException,
+)
 from rclpy.executors import ExternalShutdownException
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -704,6 +708,18 @@ def main(args: list[str] | None = None) -> int:
         node = PerceptionNode(arguments=arguments)
     except (InvalidParameterValueException, InvalidParameterTypeException) as error:
         print(f"[perception_node] invalid parameter: {error}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return EXIT_BAD_INPUT
+    except NameValidationException as error:  # __node:= / __ns:= too long for its services
+        lines = str(error).splitlines()  # "Invalid <what>: <why>:", "  '<name>'", "  ^"
+        name = lines[1].strip().strip("'") if len(lines) > 1 else ""
+        shown = f"'{name[:50]}...' ({len(name)} characters)" if len(name) > 60 else f"'{name}'"
+        what, _, why = lines[0].removeprefix("Invalid ").partition(": ")
+        print(
+            f"error: the node's name or namespace makes an invalid {what} {shown}: "
+            f"{why.rstrip(':')} (__node:=, __ns:=)",
+            file=sys.stderr,
+        )
         rclpy.try_shutdown()
         return EXIT_BAD_INPUT
     code = 0
