@@ -20,13 +20,35 @@ import re
 import sys
 import tempfile
 import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 _STDERR_LOCK = threading.Lock()
+_SINK: tuple[int, int] | None = None  # (process id, file descriptor) of the capture file
 # OpenCV's log prefix: "[ WARN:0@0.041] global grfmt_png.cpp:793 readFromStreamOrBuffer "
 _OPENCV_LOG_PREFIX = re.compile(r"^\[\s*[A-Z]+:[\d@.]+\]\s+(?:global\s+)?\S+:\d+\s+\S+\s+")
+
+
+def _sink() -> int:
+    """This process's capture file (created once per process: a forked DataLoader worker must
+    not share its parent's file offset; emptied after each use, under the lock)."""
+    global _SINK
+    if _SINK is None or _SINK[0] != os.getpid():
+        descriptor, name = tempfile.mkstemp(prefix="mtl_codec_messages_")
+        Path(name).unlink()  # nothing to clean up at exit; the descriptor keeps it
+        _SINK = (os.getpid(), descriptor)
+    return _SINK[1]
+
+
+def _drain(sink: int) -> bytes:
+    """What the capture file holds; empties it."""
+    size = os.fstat(sink).st_size
+    printed = os.pread(sink, size, 0) if size else b""
+    os.ftruncate(sink, 0)
+    os.lseek(sink, 0, os.SEEK_SET)
+    return printed
 
 
 def codec_message(printed: str) -> str:
@@ -51,7 +73,8 @@ def imdecode_quietly(
         a successful decoding the text is '' and whatever was printed went on to stderr.
 
     Raises:
-        cv2.error: as ``cv2.imdecode`` raises it (stderr restored first).
+        cv2.error: as ``cv2.imdecode`` raises it (stderr restored first; what the codecs
+            printed is dropped, the error carries OpenCV's reason).
     """
     buffer = np.frombuffer(data, np.uint8)
     with _STDERR_LOCK:
@@ -59,19 +82,15 @@ def imdecode_quietly(
             saved = os.dup(2)
         except OSError:  # no stderr at all: nothing to keep quiet
             return cv2.imdecode(buffer, flags), ""
-        with tempfile.TemporaryFile() as sink:
-            sys.stderr.flush()  # Python's buffered text goes where it was meant to
-            os.dup2(sink.fileno(), 2)
-            try:
-                decoded = cv2.imdecode(buffer, flags)
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-            printed = b""
-            if os.fstat(sink.fileno()).st_size:
-                sink.seek(0)
-                printed = sink.read()
-    text = printed.decode(errors="replace")
+        sink = _sink()
+        sys.stderr.flush()  # Python's buffered text goes where it was meant to
+        os.dup2(sink, 2)
+        try:
+            decoded = cv2.imdecode(buffer, flags)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            text = _drain(sink).decode(errors="replace")  # a cv2.error says its own reason
     if decoded is None:
         return None, codec_message(text)
     if text:

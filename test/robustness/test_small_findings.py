@@ -11,6 +11,7 @@ import io
 import json
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import cv2
@@ -21,6 +22,7 @@ from helpers.models import SMALL_NAMED, calibrated_small_model, save_model
 from helpers.refusal import Snapshot, assert_refused, invoke, run_module
 from sensor_msgs.msg import CompressedImage
 
+from mtl_perception.data.quiet_decode import imdecode_quietly
 from mtl_perception.data.synthetic import write_dataset
 from mtl_perception.inference import export
 from mtl_perception.model.checkpoint import read_checkpoint
@@ -114,6 +116,25 @@ def test_a_png_libpng_refuses_gives_its_reason_in_the_rejection_and_prints_nothi
     assert e.value.reason == "undecodable"
     assert "libpng error:" in str(e.value) and "\n" not in str(e.value)
     assert printed.err == "" and printed.out == ""
+
+
+def test_each_failed_decoding_gets_its_own_codec_reason(capfd):
+    """The capture file is emptied after each decoding: a second damaged frame does not carry
+    the first one's complaint (a PNG whose zlib stream is cut, then one whose zlib header is
+    damaged, then the first again)."""
+    at = PNG.index(b"IDAT") - 4
+    length = int.from_bytes(PNG[at : at + 4], "big")
+    body = PNG[at + 8 : at + 8 + length // 2]
+    chunk = len(body).to_bytes(4, "big") + b"IDAT" + body
+    cut = PNG[:at] + chunk + zlib.crc32(b"IDAT" + body).to_bytes(4, "big") + PNG[-12:]
+    reasons = []
+    for data in (cut, _damaged_png(), cut):
+        _, printed = imdecode_quietly(data, cv2.IMREAD_COLOR)
+        reasons.append(printed)
+    assert all(reason.startswith("libpng error:") for reason in reasons), reasons
+    assert reasons[0] == reasons[2] != reasons[1]
+    assert reasons[1] not in reasons[2]
+    assert capfd.readouterr().err == ""
 
 
 def test_a_corrupt_but_decodable_jpeg_still_decodes_and_its_warning_is_not_lost(capfd):
