@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.fast_selection import set_current_test
 
 from mtl_perception.resources import config_file
 from mtl_perception.ros.distribution import ros_distribution
@@ -49,6 +50,13 @@ def pytest_report_header(config: pytest.Config) -> str:
         f"ROS_AUTOMATIC_DISCOVERY_RANGE={os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')}, "
         f"{profiles}"
     )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Module fixtures are made in the set-up of the first test that asks for them: a fast test
+    # that would wait for a training run is refused there (helpers/fast_selection.py).
+    set_current_test(item.nodeid, slow=item.get_closest_marker("slow") is not None)
 
 
 def next_domain_id() -> int:

@@ -7,7 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers.models import SMALL_SCALED_ANCHORS, calibrated_small_model, trained_small_model
+from helpers.models import (
+    SMALL_SCALED_ANCHORS,
+    calibrated_small_model,
+    trained_small_model,
+    untrained_small_model,
+)
 
 from mtl_perception.data.synthetic import generate_scene
 from mtl_perception.detection.boxes import box_iou
@@ -59,8 +64,16 @@ MIN_BOX_IOU = {"cuda_bf16": 0.7}
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
+    """Trained for minutes: only the slow parity tests, whose bars need a trained network."""
     torch.manual_seed(0)
     return trained_small_model(tmp_path_factory.mktemp("scenes"))
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    """Made in seconds, for the fast tests of what holds for any network (issue 22 section 7:
+    the robot's `colcon test -m "not slow"` waited minutes for `model`'s training)."""
+    return untrained_small_model()
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +136,9 @@ def test_cuda_fast_path_matches_fp32_eager(name, model, images, reference):
         assert_parity(reference, candidate, MIN_BOX_IOU.get(name, 0.9))
 
 
-def test_batched_images_give_the_same_results_as_single_ones(model, images):
+def test_batched_images_give_the_same_results_as_single_ones(untrained, images):
     config = PredictorConfig(score_threshold=SCORE_THRESHOLD, preallocate=True, fixed_shapes=True)
-    predictor = Predictor(model, SMALL_SCALED_ANCHORS, config)
+    predictor = Predictor(untrained, SMALL_SCALED_ANCHORS, config)
     frames = [images[0], images[0][:, ::-1].copy(), images[0]]
     batched = predictor.predict(frames)
     # Within a batch size, a frame's results depend on that frame alone: not on its place in the
@@ -179,11 +192,14 @@ def test_fixed_shape_postprocessing_equals_the_dynamic_one():
     assert compared > 100
 
 
-def test_unsettled_fixed_nms_is_finished_exactly(model, images, reference):
+def test_unsettled_fixed_nms_is_finished_exactly(untrained, images):
     config = PredictorConfig(score_threshold=SCORE_THRESHOLD, fixed_shapes=True)
-    predictor = Predictor(model, SMALL_SCALED_ANCHORS, config)
+    predictor = Predictor(untrained, SMALL_SCALED_ANCHORS, config)
     predictor.nms_rounds = 1  # one round settles only frames where nothing is suppressed
-    for image, expected in zip(images, reference, strict=True):
+    dynamic = Predictor(untrained, SMALL_SCALED_ANCHORS, PredictorConfig(score_threshold=0.05))
+    for image in images:
+        expected = dynamic.predict(image)[0]
+        assert _comparable(expected).sum() >= 2, "the reference must have detections to compare"
         got = predictor.predict(image)[0]
         assert np.array_equal(got.classes, expected.classes)  # the same kept set, in order
         assert np.allclose(got.boxes, expected.boxes, atol=1e-3)
@@ -227,7 +243,7 @@ def test_fixed_rounds_report_unsettled_chains():
             assert keep[0].nonzero()[:, 0].tolist() == [0, 2]
 
 
-def test_bad_fast_path_options_are_named(model):
+def test_bad_fast_path_options_are_named(untrained):
     for options, words in (
         ({"compile": "fastest"}, "compile must be one of"),
         ({"resize": "gpu"}, "resize must be one of"),
@@ -235,4 +251,4 @@ def test_bad_fast_path_options_are_named(model):
         ({"precision": "fp16"}, "fp16 needs a CUDA device"),
     ):
         with pytest.raises(ValueError, match=words):
-            Predictor(model, SMALL_SCALED_ANCHORS, PredictorConfig(**options))
+            Predictor(untrained, SMALL_SCALED_ANCHORS, PredictorConfig(**options))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from helpers.fast_selection import refuse_in_fast_test
 from mtl_perception.model import ModelConfig, MultiTaskNet
 from mtl_perception.model.checkpoint import save_checkpoint
 from mtl_perception.model.config import DEFAULT_ANCHORS
@@ -57,6 +59,53 @@ def calibrated_small_model(seed: int = 0, config: ModelConfig = SMALL) -> MultiT
     return model.eval()
 
 
+def untrained_small_model(
+    seed: int = 0, config: ModelConfig = SMALL_SCALED_ANCHORS, head_std: float = 2.0
+) -> MultiTaskNet:
+    """A small network in eval mode that needs no training (a few seconds), with a trained one's
+    spread of outputs: for the fast tests of what holds for any network (batching, post-processing
+    paths, option checks), so the fast selection waits for no training run.
+
+    Its BN statistics come from four synthetic scenes (seeds 101..104, not those tests predict);
+    then each detection head's raw outputs are scaled to ``head_std`` across those scenes (the
+    focal-loss prior biases kept), so scores spread over (0, 1) with tens of overlapping boxes
+    per image above 0.05, as a trained network's do (a network calibrated on random images scores
+    1.0 almost everywhere on scenes).
+
+    Args:
+        seed: the torch seed of the initial weights.
+        config: the network (default :data:`SMALL_SCALED_ANCHORS`, boxes sized for 256x128).
+        head_std: standard deviation of each raw detection output before its bias.
+    """
+    from mtl_perception.data.synthetic import generate_scene
+    from mtl_perception.model import normalize_images
+
+    scenes = [
+        generate_scene(config.input_width, config.input_height, scene_seed)[0]
+        for scene_seed in range(101, 105)
+    ]
+    images = normalize_images(torch.from_numpy(np.stack(scenes)).permute(0, 3, 1, 2))
+    torch.manual_seed(seed)
+    model = MultiTaskNet(config).train()
+    raw: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for _ in range(3):
+            model(images)  # BN running statistics from the scenes
+        model.eval()
+        hooks = [
+            head.register_forward_hook(lambda _m, _i, out, k=k: raw.__setitem__(k, out))
+            for k, head in enumerate(model.detector.heads)
+        ]
+        model(images, segmentation=False)
+        for hook in hooks:
+            hook.remove()
+        for k, head in enumerate(model.detector.heads):
+            outputs = raw[k] - head.bias.view(1, -1, 1, 1)  # (B, A * (5 + K), h, w)
+            spread = outputs.transpose(0, 1).flatten(1).std(dim=1)  # (A * (5 + K),)
+            head.weight.mul_((head_std / spread).view(-1, 1, 1, 1))
+    return model
+
+
 def save_model(path: Path, model: MultiTaskNet) -> Path:
     save_checkpoint(path, {"model_config": model.config.to_dict(), "model": model.state_dict()})
     return path
@@ -82,6 +131,7 @@ def trained_small_models(data_dir: Path, steps: tuple[int, ...]) -> list[MultiTa
     from mtl_perception.losses import LossConfig, MultiTaskLoss
     from mtl_perception.model import normalize_images
 
+    refuse_in_fast_test(f"a {max(steps)}-step training run (minutes on the robot's CPU)")
     write_dataset(data_dir, {"train": 4}, seed=5, width=512, height=256, progress=False)
     dataset = CityscapesDataset(
         data_dir, "train", ClassMap.from_yaml(), ValidationResize(128, 256, min_box_size=2)
