@@ -93,10 +93,11 @@ image=$(find data/leftImg8bit/val -name '*.png' | sort | head -1)
 
 step "colcon test: the fast tests of the workspace copy"
 cd "$ws"
+# test_fast_selection.py: in the robot's layout too, a fast test that reaches a training run
+# fails at once (test/helpers/fast_selection.py); a robot runs all of -m "not slow" (README).
 "$py" -m colcon --log-base log test --packages-select mtl_perception \
-  \
   --pytest-args -q -m "not slow" test/test_package_layout.py test/test_launch_and_params.py \
-  test/test_conversions.py test/test_metrics.py \
+  test/test_conversions.py test/test_metrics.py test/test_fast_selection.py \
   || fail "colcon test failed (log: $ws/log/latest_test)"
 result=$("$py" -m colcon test-result --test-result-base build/mtl_perception) \
   || { echo "$result"; fail "colcon test-result reports failures"; }

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -214,7 +213,9 @@ def test_overlay_and_palette_are_published_to_subscribers(raw_node, client, scen
 
 
 def test_late_subscriber_receives_both_label_infos(raw_node, client):
-    time.sleep(1.0)  # the node published them long before this subscription exists
+    # The node publishes both at activate, before it starts its diagnostics timer: once its
+    # diagnostics have arrived, they were published before these subscriptions exist.
+    assert client.wait_for(lambda: _diagnostics(client), timeout=10), raw_node[1].read_text()
     client.subscribe("/raw_node/label_info", LabelInfo, LATCHED)
     client.subscribe("/raw_node/detection_label_info", LabelInfo, LATCHED)
     seg = client.wait_for(lambda: client.messages("/raw_node/label_info"), timeout=10)
@@ -280,13 +281,15 @@ def test_malformed_frames_are_counted_and_the_node_keeps_running(
     publisher = client.publisher("/image", Image, RELIABLE)
     cases = _malformed()
     assert len(cases) >= 12
-    for _, msg in cases:
+    for sent, (label, msg) in enumerate(cases, start=1):
         publisher.publish(msg)
-        time.sleep(0.15)  # one at a time: a waiting frame replaced would count as dropped instead
-    assert client.wait_for(lambda: _count(client, "rejected") == before + len(cases), timeout=15), (
-        _diagnostics(client),
-        raw_node[1].read_text()[-3000:],
-    )
+        # Each one counted before the next is sent: exactly one more rejection each time.
+        assert client.wait_for(lambda sent=sent: _count(client, "rejected") >= before + sent), (
+            label,
+            _diagnostics(client),
+            raw_node[1].read_text()[-3000:],
+        )
+        assert _count(client, "rejected") == before + sent, (label, _diagnostics(client))
     assert raw_node[0].poll() is None
     log = raw_node[1].read_text()
     for reason in ("data_length", "step", "zero_size", "encoding", "bit_depth", "too_large"):
@@ -296,12 +299,12 @@ def test_malformed_frames_are_counted_and_the_node_keeps_running(
     client.wait_for(lambda: _diagnostics(client, "compressed_node"), timeout=10)
     before = _count(client, "rejected", "compressed_node")
     compressed = client.publisher("/image/compressed", CompressedImage, RELIABLE)
-    for data in (b"", b"\xff\xd8\xff not a jpeg", bytes(1000)):
+    for sent, data in enumerate((b"", b"\xff\xd8\xff not a jpeg", bytes(1000)), start=1):
         compressed.publish(CompressedImage(header=_header(400), format="jpeg", data=data))
-        time.sleep(0.15)
-    assert client.wait_for(
-        lambda: _count(client, "rejected", "compressed_node") == before + 3, timeout=15
-    )
+        assert client.wait_for(
+            lambda sent=sent: _count(client, "rejected", "compressed_node") >= before + sent
+        ), (data, _diagnostics(client, "compressed_node"))
+        assert _count(client, "rejected", "compressed_node") == before + sent, data
     assert compressed_node[0].poll() is None
     assert "rejected frame on /image/compressed" in compressed_node[1].read_text()
     # ...and the next good frame is processed as usual.
@@ -477,20 +480,27 @@ def test_deactivate_activate_deactivate(raw_node, client, scene):
     def state() -> str:
         return client.call(GetState, "/raw_node/get_state", GetState.Request()).current_state.label
 
+    def listening() -> bool:
+        topics = client.node.get_subscriber_names_and_types_by_node("raw_node", "/")
+        return any(topic == "/image" for topic, _ in topics)
+
     small = scene[:384, :768].copy()
     publisher = client.publisher("/image", Image)
+    assert client.wait_for(listening, timeout=10)
     change(Transition.TRANSITION_DEACTIVATE)
     assert state() == "inactive"
+    assert client.wait_for(lambda: not listening(), timeout=10)  # inactive: no input at all
     for sec in range(2000, 2010):
         publisher.publish(_image(small, "rgb8", sec))
-        time.sleep(0.1)
-    time.sleep(1.5)
-    assert not [
-        m for m in client.messages("/raw_node/semantic") if 2000 <= m.header.stamp.sec < 2010
-    ]
     change(Transition.TRANSITION_ACTIVATE)
     assert state() == "active"
     _result(client, "raw_node", 2100, lambda: publisher.publish(_image(small, "rgb8", 2100)))
+    # The node publishes in the order it takes frames, and its outputs reach this reliable
+    # subscription in order: an output for a frame sent while inactive would have come before
+    # 2100's. None did.
+    assert not [
+        m for m in client.messages("/raw_node/semantic") if 2000 <= m.header.stamp.sec < 2010
+    ]
     change(Transition.TRANSITION_DEACTIVATE)
     assert state() == "inactive"
     change(Transition.TRANSITION_ACTIVATE)  # leave it running for the fixture's clean shutdown
