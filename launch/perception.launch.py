@@ -2,13 +2,19 @@
 
     ros2 launch mtl_perception perception.launch.py camera_topic:=/camera/image_raw \
         checkpoint:=/path/model.pt [params_file:=...] [namespace:=...] [use_rviz:=true]
+    ros2 launch mtl_perception perception.launch.py cameras:=front,rear \
+        camera_topics:=front:/front/image_raw,rear:/rear/image_raw checkpoint:=/path/model.pt
 
-Parameters come from ``params_file``; ``checkpoint:=`` overrides the file's checkpoint only when
-it is given. ``use_rviz:=true`` needs rviz2 installed (``sudo apt install ros-$ROS_DISTRO-rviz2``);
-its config is written at launch time with the node's namespace in the topic names.
+Parameters come from ``params_file``; ``checkpoint:=`` and ``cameras:=`` override the file's only
+when given. One unnamed camera reads ``camera_topic``; named cameras (``cameras:=`` or the file's
+``cameras``) read ``camera_topics`` (a camera left out reads ``<name>/image`` in the namespace),
+and ``camera_topic:=`` is refused with them (mtl_perception/ros/launch_support.py decides).
+``use_rviz:=true`` needs rviz2 installed (``sudo apt install ros-$ROS_DISTRO-rviz2``); its config
+is written at launch time with the node's namespace and cameras in the topic names.
 """
 
 import os
+from dataclasses import fields
 from pathlib import Path
 
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
@@ -21,11 +27,11 @@ from launch import LaunchContext, LaunchDescription
 from mtl_perception.ros.fastdds import LARGE_IMAGES_PROFILE, profile_environment
 from mtl_perception.ros.launch_support import (
     NODE_NAME,
-    check_launch_arguments,
-    node_parameters,
+    LaunchArguments,
+    plan_node,
     require_rviz2,
-    write_rviz_config,
 )
+from mtl_perception.ros.rviz_config import write_rviz_config
 
 PACKAGE = "mtl_perception"
 
@@ -36,10 +42,10 @@ def _nodes(context: LaunchContext) -> list[SetEnvironmentVariable | Node]:
     the shipped profile (README), unless the user named a profile of their own."""
     share = FindPackageShare(PACKAGE).perform(context)
     profile = profile_environment(os.environ, str(Path(share, "config", LARGE_IMAGES_PROFILE)))
-    namespace = LaunchConfiguration("namespace").perform(context)
-    camera_topic = LaunchConfiguration("camera_topic").perform(context)
-    params_file = LaunchConfiguration("params_file").perform(context)
-    check_launch_arguments(params_file, camera_topic)
+    arguments = LaunchArguments(
+        **{f.name: LaunchConfiguration(f.name).perform(context) for f in fields(LaunchArguments)}
+    )
+    node = plan_node(arguments)  # checks the arguments together, before anything starts
     use_rviz = IfCondition(LaunchConfiguration("use_rviz")).evaluate(context)
     if use_rviz:
         require_rviz2()  # before any node is started
@@ -51,19 +57,16 @@ def _nodes(context: LaunchContext) -> list[SetEnvironmentVariable | Node]:
             package=PACKAGE,
             executable="perception_node",
             name=NODE_NAME,
-            namespace=namespace,
-            parameters=node_parameters(
-                params_file, LaunchConfiguration("checkpoint").perform(context)
-            ),
-            remappings=[
-                ("image", camera_topic),
-                ("image/compressed", f"{camera_topic}/compressed"),
-            ],
+            namespace=arguments.namespace,
+            parameters=node.parameters,
+            remappings=node.remappings,
             output="screen",
         )
     )
     if use_rviz:
-        rviz_config = write_rviz_config(Path(share, "config", "perception.rviz"), namespace)
+        rviz_config = write_rviz_config(
+            Path(share, "config", "perception.rviz"), arguments.namespace, node.cameras
+        )
         actions.append(
             Node(package="rviz2", executable="rviz2", arguments=["-d", str(rviz_config)])
         )
@@ -76,8 +79,22 @@ def generate_launch_description() -> LaunchDescription:
         [
             DeclareLaunchArgument(
                 "camera_topic",
-                default_value="/camera/image_raw",
-                description="sensor_msgs/Image topic (its /compressed for compressed input)",
+                default_value="",
+                description="the one unnamed camera's sensor_msgs/Image topic (its /compressed "
+                "for compressed input); empty: /camera/image_raw. Refused with named cameras",
+            ),
+            DeclareLaunchArgument(
+                "cameras",
+                default_value="",
+                description="camera names, e.g. front,rear (the node's cameras parameter); "
+                "empty: the params file's cameras",
+            ),
+            DeclareLaunchArgument(
+                "camera_topics",
+                default_value="",
+                description="named cameras' Image topics, e.g. front:/front/image_raw,"
+                "rear:/rear/image_raw (each /compressed for compressed input); a camera left "
+                "out reads <name>/image in the namespace",
             ),
             DeclareLaunchArgument(
                 "params_file",
@@ -97,7 +114,8 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "use_rviz",
                 default_value="false",
-                description="also start rviz2 showing the overlay and colour mask (needs rviz2)",
+                description="also start rviz2 showing each camera's overlay and colour mask "
+                "(needs rviz2)",
             ),
             OpaqueFunction(function=_nodes),
         ]

@@ -19,13 +19,14 @@ from mtl_perception.ros.fastdds import (
     startup_line,
 )
 from mtl_perception.ros.launch_support import (
-    check_launch_arguments,
+    LaunchArguments,
     node_parameters,
+    params_file_cameras,
+    plan_node,
     require_rviz2,
-    rviz_config_for_namespace,
-    write_rviz_config,
 )
 from mtl_perception.ros.parameters import NodeParameters
+from mtl_perception.ros.rviz_config import rviz_config, write_rviz_config
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch" / "perception.launch.py"
@@ -53,8 +54,9 @@ def test_launch_file_compiles_and_names_existing_files_and_executables():
     assert (REPO / "config" / LARGE_IMAGES_PROFILE).is_file()
     assert "perception_node" in strings
     assert "perception_node = mtl_perception.ros.node:main" in (REPO / "setup.py").read_text()
-    for argument in ("camera_topic", "params_file", "namespace", "use_rviz", "checkpoint"):
-        assert argument in strings, argument
+
+
+LAUNCH_ARGUMENTS = {f.name for f in dataclasses.fields(LaunchArguments)} | {"use_rviz"}
 
 
 def test_parameter_file_holds_every_declared_parameter_with_its_default():
@@ -67,8 +69,8 @@ def test_parameter_file_holds_every_declared_parameter_with_its_default():
         expected = list(default) if isinstance(default, tuple) else default  # YAML has lists
         assert params[name] == expected, name
     # Parameters the launch file sets must be declared by the node.
-    overrides = node_parameters("params.yaml", "model.pt")[1]
-    assert overrides and set(overrides) <= set(declared)
+    overrides = node_parameters("params.yaml", "model.pt", ("front",))[1]
+    assert set(overrides) == {"checkpoint", "cameras"} and set(overrides) <= set(declared)
 
 
 def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
@@ -80,32 +82,210 @@ def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
     ]
 
 
-def test_every_launch_argument_has_a_description():
+def test_every_launch_argument_is_declared_once_with_a_description():
+    """The launch file reads every LaunchArguments field by its name (and use_rviz): each must
+    be declared, or ros2 launch would fail on it ("launch configuration ... does not exist")."""
     arguments = _calls(ast.parse(LAUNCH.read_text()), "DeclareLaunchArgument")
-    assert len(arguments) == 5
+    names = [call.args[0].value for call in arguments]
+    assert sorted(names) == sorted(LAUNCH_ARGUMENTS)
     for call in arguments:
-        name = call.args[0].value
         description = {k.arg: k.value for k in call.keywords}.get("description")
-        assert isinstance(description, ast.Constant) and len(description.value) > 10, name
+        assert isinstance(description, ast.Constant) and len(description.value) > 10, call
 
 
-def test_checkpoint_in_the_params_file_survives_unless_the_argument_is_given():
-    # The node's parameters are exactly what node_parameters decides...
+def test_the_node_gets_the_planned_parameters_and_remappings():
     nodes = [
         call
         for call in _calls(ast.parse(LAUNCH.read_text()), "Node")
         if any(k.arg == "executable" and k.value.value == "perception_node" for k in call.keywords)
     ]
     assert len(nodes) == 1
-    parameters = {k.arg: k.value for k in nodes[0].keywords}["parameters"]
-    assert isinstance(parameters, ast.Call) and parameters.func.id == "node_parameters"
-    # ...which adds no checkpoint override when the argument is left at its default "",
+    keywords = {k.arg: ast.unparse(k.value) for k in nodes[0].keywords}
+    assert keywords["parameters"] == "node.parameters"
+    assert keywords["remappings"] == "node.remappings"
+    assert "node = plan_node(arguments)" in LAUNCH.read_text()
+
+
+def test_checkpoint_in_the_params_file_survives_unless_the_argument_is_given():
+    # No checkpoint override when the argument is left at its default "",
     assert node_parameters("/ws/my_params.yaml", "") == ["/ws/my_params.yaml"]
-    # and puts a given one after the file, where it wins.
+    # and a given one after the file, where it wins.
     assert node_parameters("/ws/my_params.yaml", "/m/best.pt") == [
         "/ws/my_params.yaml",
         {"checkpoint": "/m/best.pt"},
     ]
+
+
+def _params_file(tmp_path, text="/**: {ros__parameters: {}}\n"):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_one_unnamed_camera_reads_camera_topic(tmp_path):
+    params = _params_file(tmp_path)
+    default = plan_node(LaunchArguments(params))
+    assert default.cameras == ("",)
+    assert default.parameters == [params]
+    assert default.remappings == [
+        ("image", "/camera/image_raw"),
+        ("image/compressed", "/camera/image_raw/compressed"),
+    ]
+    given = plan_node(LaunchArguments(params, camera_topic="/cam/image", namespace="robot1"))
+    assert given.remappings == [
+        ("image", "/cam/image"),
+        ("image/compressed", "/cam/image/compressed"),
+    ]
+
+
+def test_named_cameras_from_the_argument_are_given_to_the_node_and_remapped(tmp_path):
+    params = _params_file(tmp_path)
+    for value in ("front,rear", "[front, rear]", " front , rear "):
+        plan = plan_node(
+            LaunchArguments(
+                params,
+                checkpoint="/m.pt",
+                cameras=value,
+                camera_topics="rear:/cams/rear/image_raw, front:/cams/front/image_raw",
+            )
+        )
+        assert plan.cameras == ("front", "rear"), value
+        assert plan.parameters == [params, {"checkpoint": "/m.pt", "cameras": ["front", "rear"]}]
+        assert sorted(plan.remappings) == [
+            ("front/image", "/cams/front/image_raw"),
+            ("front/image/compressed", "/cams/front/image_raw/compressed"),
+            ("rear/image", "/cams/rear/image_raw"),
+            ("rear/image/compressed", "/cams/rear/image_raw/compressed"),
+        ]
+    # A camera left out of camera_topics keeps its own <name>/image (no remapping).
+    partly = plan_node(LaunchArguments(params, cameras="front,rear", camera_topics="rear:r/img"))
+    assert partly.remappings == [
+        ("rear/image", "r/img"),
+        ("rear/image/compressed", "r/img/compressed"),
+    ]
+    assert plan_node(LaunchArguments(params, cameras="front,rear")).remappings == []
+
+
+RIG = "/**:\n  ros__parameters:\n    cameras: [front, rear]\n    device: cpu\n"
+
+
+def test_named_cameras_of_the_params_file_are_seen_by_the_launch(tmp_path):
+    """The issue: with cameras in the params file, the launch remapped 'image' (which no camera
+    reads) and showed /perception_node/overlay in rviz; now it knows the file's cameras."""
+    params = _params_file(tmp_path, RIG)
+    plan = plan_node(LaunchArguments(params, camera_topics="front:/f/image_raw"))
+    assert plan.cameras == ("front", "rear")
+    assert plan.parameters == [params]  # the file's cameras stand: nothing overrides them
+    assert plan.remappings == [
+        ("front/image", "/f/image_raw"),
+        ("front/image/compressed", "/f/image_raw/compressed"),
+    ]
+    # cameras:= overrides the file's
+    plan = plan_node(LaunchArguments(params, cameras="left"))
+    assert plan.cameras == ("left",) and plan.parameters[1] == {"cameras": ["left"]}
+
+
+@pytest.mark.parametrize(
+    ("text", "namespace", "expected"),
+    [
+        ("/**: {ros__parameters: {device: cpu}}", "", ("",)),
+        ("/**: {ros__parameters: {cameras: ['']}}", "", ("",)),
+        ("perception_node: {ros__parameters: {cameras: [a]}}", "", ("a",)),
+        ("perception_node: {ros__parameters: {cameras: [a]}}", "robot1", ("",)),
+        ("/robot1/perception_node: {ros__parameters: {cameras: [a]}}", "/robot1/", ("a",)),
+        ("/**/perception_node: {ros__parameters: {cameras: [a]}}", "", ("a",)),
+        ("/*/perception_node: {ros__parameters: {cameras: [a]}}", "x/y", ("",)),
+        ("/*/perception_node: {ros__parameters: {cameras: [a]}}", "x", ("a",)),
+        ("/*: {ros__parameters: {cameras: [a]}}", "x", ("",)),
+        ("other_node: {ros__parameters: {cameras: [a]}}", "", ("",)),
+        # a later section wins (as rclpy reads the file; test_launch_cameras checks rclpy)
+        (
+            "perception_node: {ros__parameters: {cameras: [a]}}\n"
+            "/**: {ros__parameters: {cameras: [b]}}",
+            "",
+            ("b",),
+        ),
+        (
+            "/**: {ros__parameters: {cameras: [b]}}\n"
+            "perception_node: {ros__parameters: {cameras: [a]}}",
+            "",
+            ("a",),
+        ),
+    ],
+)
+def test_the_params_files_cameras_for_the_node_in_its_namespace(
+    tmp_path, text, namespace, expected
+):
+    assert params_file_cameras(_params_file(tmp_path, text + "\n"), namespace) == expected
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        # the issue: camera_topic:= with named cameras was silently ignored
+        (
+            {"cameras": "front,rear", "camera_topic": "/camera/image_raw"},
+            r"camera_topic:=/camera/image_raw is for one unnamed camera, but the node has cameras "
+            r"front, rear; give each camera's topic with "
+            r"camera_topics:=front:/front/image_raw,rear:/rear/image_raw",
+        ),
+        (
+            {"params": RIG, "camera_topic": "/x"},
+            r"camera_topic:=/x is for one unnamed camera, but the node has cameras front, rear",
+        ),
+        (
+            {"camera_topics": "front:/x"},
+            r"camera_topics:=front:/x is for named cameras, but the node has one unnamed camera",
+        ),
+        (
+            {"cameras": "front", "camera_topics": "rear:/x"},
+            r"camera_topics:=rear:/x: 'rear' is not one of the node's cameras \(front\)",
+        ),
+        (
+            {"cameras": "front", "camera_topics": "front:/x,front:/y"},
+            r"camera 'front' is named twice",
+        ),
+        (
+            {"cameras": "front", "camera_topics": "/front/image_raw"},
+            r"'/front/image_raw' is not camera:topic",
+        ),
+        (
+            {"cameras": "front", "camera_topics": "front:/a b"},
+            r"camera_topics:=front:/a b names '/a b', not a topic name \(topic name must not "
+            r"contain",
+        ),
+        (
+            {"cameras": "front", "camera_topics": "front:"},
+            r"names '', not a topic name \(topic name must not be empty",
+        ),
+        ({"camera_topic": " "}, r"camera_topic:=  names ' ', not a topic name"),
+        ({"cameras": "front,2nd"}, r"cameras:=front,2nd: '2nd' is not a camera name"),
+        ({"cameras": "front,front"}, r"cameras:=front,front: names front more than once"),
+        ({"cameras": "front,"}, r"cameras:=front,: '' is not a camera name"),
+        ({"cameras": "[front"}, r"cameras:=\[front is not a list of camera names"),
+        ({"cameras": "[1, 2]"}, r"is not a list of camera names"),
+        ({"cameras": "['']"}, r"names no camera"),
+        (
+            {"params": "/**: {ros__parameters: {cameras: front}}"},
+            r"params_file:=.*: parameter 'cameras' must be a list of camera names, got 'front'",
+        ),
+        (
+            {"params": "/**: {ros__parameters: {cameras: [9]}}"},
+            r"params_file:=.*: parameter 'cameras' must be a list of camera names",
+        ),
+        (
+            {"params": "/**: {ros__parameters: {cameras: [a, a]}}"},
+            r"params_file:=.*: parameter 'cameras' names a more than once",
+        ),
+        ({"params": "/**: [unclosed"}, r"params_file .*params\.yaml"),
+    ],
+)
+def test_bad_camera_arguments_are_refused_in_one_line(tmp_path, arguments, message):
+    arguments = dict(arguments)
+    params = _params_file(tmp_path, arguments.pop("params", "/**: {ros__parameters: {}}") + "\n")
+    with pytest.raises(ValueError, match=message) as refused:
+        plan_node(LaunchArguments(params, **arguments))
+    assert "\n" not in str(refused.value)
 
 
 def _rviz_topics(text: str) -> set[str]:
@@ -119,15 +299,56 @@ def _rviz_topics(text: str) -> set[str]:
 )
 def test_rviz_config_follows_the_namespace(namespace, prefix):
     shipped = (REPO / "config" / "perception.rviz").read_text()
-    text = rviz_config_for_namespace(shipped, namespace)
+    text = rviz_config(shipped, namespace)
     assert _rviz_topics(text) == {
         f"{prefix}/perception_node/overlay",
         f"{prefix}/perception_node/semantic_color",
     }
     # Nothing but the topic names changes.
-    assert len(text.splitlines()) == len(shipped.splitlines())
-    changed = [a for a, b in zip(shipped.splitlines(), text.splitlines(), strict=True) if a != b]
-    assert len(changed) == (2 if prefix else 0)
+    expected = yaml.safe_load(shipped)
+    for display, topic in zip(
+        expected["Visualization Manager"]["Displays"], ("overlay", "semantic_color"), strict=True
+    ):
+        display["Topic"]["Value"] = f"{prefix}/perception_node/{topic}"
+    assert yaml.safe_load(text) == expected
+
+
+@pytest.mark.parametrize(("namespace", "prefix"), [("", ""), ("robot1", "/robot1")])
+def test_rviz_config_has_one_display_per_named_camera(namespace, prefix):
+    """The issue: with named cameras rviz showed /perception_node/overlay, which no camera
+    publishes. Now one group per camera, named after it, shows its overlay and colour mask."""
+    shipped = (REPO / "config" / "perception.rviz").read_text()
+    rviz = yaml.safe_load(rviz_config(shipped, namespace, ("front", "rear")))
+    groups = rviz["Visualization Manager"]["Displays"]
+    assert [(g["Class"], g["Name"], g["Enabled"]) for g in groups] == [
+        ("rviz_common/Group", "front", True),
+        ("rviz_common/Group", "rear", True),
+    ]
+    template = yaml.safe_load(shipped)["Visualization Manager"]["Displays"]
+    for group in groups:
+        camera = group["Name"]
+        assert [d["Topic"]["Value"] for d in group["Displays"]] == [
+            f"{prefix}/perception_node/{camera}/overlay",
+            f"{prefix}/perception_node/{camera}/semantic_color",
+        ]
+        for display, original in zip(group["Displays"], template, strict=True):
+            assert {k: v for k, v in display.items() if k != "Topic"} == {
+                k: v for k, v in original.items() if k != "Topic"
+            }
+    # Everything outside the displays is the shipped config's.
+    rviz["Visualization Manager"].pop("Displays")
+    shipped_rest = yaml.safe_load(shipped)
+    shipped_rest["Visualization Manager"].pop("Displays")
+    assert rviz == shipped_rest
+
+
+def test_rviz_config_refuses_a_template_display_showing_no_node_output():
+    shipped = (REPO / "config" / "perception.rviz").read_text()
+    broken = shipped.replace("/perception_node/overlay", "/camera/image_raw")
+    with pytest.raises(
+        ValueError, match=r"rviz display 'Overlay \(mask \+ detections\)' shows /camera/image_raw"
+    ):
+        rviz_config(broken, "", ("front",))
 
 
 def test_rviz_config_shows_the_node_outputs():
@@ -140,7 +361,7 @@ def test_rviz_config_file_is_one_per_namespace_and_replaced(tmp_path, monkeypatc
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     template = REPO / "config" / "perception.rviz"
     first = write_rviz_config(template, "robot1")
-    again = write_rviz_config(template, "/robot1/")
+    again = write_rviz_config(template, "/robot1/", ("front", "rear"))
     other = write_rviz_config(template, "robot2")
     assert first == again != other
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -148,16 +369,14 @@ def test_rviz_config_file_is_one_per_namespace_and_replaced(tmp_path, monkeypatc
         "mtl_perception_robot2.rviz",
     ]
     assert "/robot2/perception_node/overlay" in other.read_text()
+    assert "/robot1/perception_node/rear/overlay" in again.read_text()
 
 
-def test_bad_launch_arguments_are_refused_before_anything_starts(tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text("/**: {ros__parameters: {}}\n")
-    check_launch_arguments(str(params), "/camera/image_raw")
+def test_a_params_file_that_is_not_a_file_is_refused_before_anything_starts(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"params_file:=.*nope\.yaml is not a file"):
-        check_launch_arguments(str(tmp_path / "nope.yaml"), "/camera/image_raw")
-    with pytest.raises(ValueError, match="camera_topic"):
-        check_launch_arguments(str(params), " ")
+        plan_node(LaunchArguments(str(tmp_path / "nope.yaml")))
+    with pytest.raises(FileNotFoundError, match=r"params_file:=.* is not a file"):
+        plan_node(LaunchArguments(str(tmp_path)))
 
 
 def test_use_rviz_needs_rviz2_and_says_how_to_get_it(tmp_path, monkeypatch):
@@ -176,7 +395,7 @@ def test_launch_file_checks_its_arguments_and_sets_both_profile_variables():
         for node in ast.walk(ast.parse(LAUNCH.read_text()))
         if isinstance(node, ast.Call)
     }
-    assert {"check_launch_arguments", "require_rviz2", "profile_environment"} <= calls
+    assert {"plan_node", "require_rviz2", "profile_environment"} <= calls
 
 
 @pytest.mark.parametrize("distro", ["kilted", "jazzy", "humble", ""])

@@ -1,61 +1,254 @@
 """What perception.launch.py decides, as plain functions (no launch import), so tests can check
-the decisions without launch_ros, which has no wheels."""
+the decisions without launch_ros, which has no wheels.
+
+The launch arguments name the cameras and where their images come from:
+
+* one unnamed camera (the params file's default ``cameras: [""]``): ``camera_topic:=T`` (default
+  :data:`DEFAULT_CAMERA_TOPIC`) is remapped onto the node's ``image`` and ``T/compressed`` onto
+  ``image/compressed``;
+* named cameras (``cameras:=front,rear``, or ``cameras`` in the params file):
+  ``camera_topics:=front:/f/image_raw,rear:/r/image_raw`` remaps each camera's ``<name>/image``
+  (and ``<name>/image/compressed`` onto ``T/compressed``); a camera left out reads
+  ``<name>/image`` in the node's namespace. ``camera_topic:=`` is refused there: it would be
+  silently ignored.
+"""
 
 from __future__ import annotations
 
-import re
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..outputs import write_text
+import yaml
+from rclpy.exceptions import InvalidTopicNameException
+from rclpy.validate_topic_name import validate_topic_name
+
+from ..config_loading import read_yaml
+from .cameras import input_topic
+from .parameters import check_camera_names
 
 NODE_NAME = "perception_node"
-# The rviz config shipped in config/ names the node's topics for the empty namespace.
-_RVIZ_TOPIC = re.compile(rf"^(\s*Value:\s*)/{NODE_NAME}/", re.MULTILINE)
+DEFAULT_CAMERA_TOPIC = "/camera/image_raw"
+UNNAMED = ("",)  # the node's cameras parameter for its one unnamed camera
 
 
-def node_parameters(params_file: str, checkpoint: str) -> list[str | dict[str, str]]:
-    """The node's parameter sources, in order: the params file, then ``checkpoint`` only when the
-    launch argument was given. A later source wins in ROS 2, so an always-present empty
-    ``checkpoint`` would wipe the one in the user's params file."""
-    sources: list[str | dict[str, str]] = [params_file]
+@dataclass(frozen=True)
+class LaunchArguments:
+    """The launch arguments' values as ``ros2 launch`` gives them (strings; "" = not given)."""
+
+    params_file: str
+    checkpoint: str = ""
+    namespace: str = ""
+    cameras: str = ""
+    camera_topic: str = ""
+    camera_topics: str = ""
+
+
+@dataclass(frozen=True)
+class NodeLaunch:
+    """What the launch file gives the node: its cameras ("" for the unnamed one), parameter
+    sources (for launch_ros ``Node(parameters=...)``) and remappings (``(from, to)`` pairs)."""
+
+    cameras: tuple[str, ...]
+    parameters: list[str | dict[str, Any]]
+    remappings: list[tuple[str, str]]
+
+
+def plan_node(arguments: LaunchArguments) -> NodeLaunch:
+    """Checks the launch arguments together and decides the node's parameters and remappings.
+
+    Raises:
+        FileNotFoundError: ``params_file`` is not a file.
+        ValueError: one line naming the launch argument (or the params file) and the problem.
+    """
+    check_params_file(arguments.params_file)
+    given = parse_cameras_argument(arguments.cameras)
+    cameras = given or params_file_cameras(arguments.params_file, arguments.namespace)
+    topics = camera_input_topics(cameras, arguments.camera_topic, arguments.camera_topics)
+    remappings: list[tuple[str, str]] = []
+    for camera, topic in topics.items():
+        remappings.append((input_topic(camera, "raw"), topic))
+        remappings.append((input_topic(camera, "compressed"), f"{topic}/compressed"))
+    return NodeLaunch(
+        cameras=cameras,
+        parameters=node_parameters(arguments.params_file, arguments.checkpoint, given),
+        remappings=remappings,
+    )
+
+
+def node_parameters(
+    params_file: str, checkpoint: str, cameras: tuple[str, ...] | None = None
+) -> list[str | dict[str, Any]]:
+    """The node's parameter sources, in order: the params file, then ``checkpoint`` and
+    ``cameras`` only when their launch argument was given. A later source wins in ROS 2, so an
+    always-present empty ``checkpoint`` would wipe the one in the user's params file."""
+    sources: list[str | dict[str, Any]] = [params_file]
+    overrides: dict[str, Any] = {}
     if checkpoint:
-        sources.append({"checkpoint": checkpoint})
+        overrides["checkpoint"] = checkpoint
+    if cameras:
+        overrides["cameras"] = list(cameras)
+    if overrides:
+        sources.append(overrides)
     return sources
+
+
+def check_params_file(params_file: str) -> None:
+    """Refuses a ``params_file`` that is not a file: launch_ros only warns "Parameter file path
+    is not a file" and starts the node WITHOUT it, so with ``checkpoint:=`` given every setting
+    of the user's file would be silently lost."""
+    if not Path(params_file).is_file():
+        raise FileNotFoundError(
+            f"params_file:={params_file} is not a file; give a node parameters YAML "
+            "(start from a copy of the shipped config/perception.yaml)"
+        )
+
+
+def parse_cameras_argument(value: str) -> tuple[str, ...] | None:
+    """``cameras:=front,rear`` or ``cameras:=[front, rear]`` -> ("front", "rear"); "" (not
+    given) -> None, the params file decides.
+
+    Raises:
+        ValueError: not a list of camera names (naming ``cameras:=``).
+    """
+    text = value.strip()
+    if not text:
+        return None
+    if text.startswith("["):
+        try:
+            items = yaml.safe_load(text)
+        except yaml.YAMLError:
+            items = None
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise ValueError(
+                f"cameras:={value} is not a list of camera names (cameras:=front,rear)"
+            )
+    else:
+        items = [item.strip() for item in text.split(",")]
+    names = tuple(items)
+    try:
+        check_camera_names(names)
+    except ValueError as error:
+        raise ValueError(f"cameras:={value}: {_after_parameter_name(error)}") from None
+    if names == UNNAMED:
+        raise ValueError(f"cameras:={value} names no camera (cameras:=front,rear)")
+    return names
+
+
+def params_file_cameras(params_file: str, namespace: str) -> tuple[str, ...]:
+    """The ``cameras`` the params file gives the node ``<namespace>/perception_node``: from the
+    last section that applies to it (``/**``, ``perception_node``, ``/**/perception_node``, ...;
+    a later section wins, as rclpy reads the file), ``("",)`` where none sets it.
+
+    Raises:
+        ValueError: the file is not YAML, or its ``cameras`` is not a list of camera names.
+    """
+    content = read_yaml(params_file, "params_file")
+    cameras: Any = list(UNNAMED)
+    node = f"{node_namespace_prefix(namespace)}/{NODE_NAME}"
+    for key, section in content.items():
+        parameters = section.get("ros__parameters") if isinstance(section, dict) else None
+        applies = isinstance(parameters, dict) and section_applies(str(key), node)
+        if applies and "cameras" in parameters:
+            cameras = parameters["cameras"]
+    if not isinstance(cameras, list) or not all(isinstance(name, str) for name in cameras):
+        raise ValueError(
+            f"params_file:={params_file}: parameter 'cameras' must be a list of camera names, "
+            f"got {cameras!r}"
+        )
+    try:
+        check_camera_names(tuple(cameras))
+    except ValueError as error:
+        raise ValueError(f"params_file:={params_file}: {error}") from None
+    return tuple(cameras)
+
+
+def section_applies(key: str, node: str) -> bool:
+    """Whether a parameter file's top-level ``key`` applies to the fully qualified ``node``
+    (``/robot1/perception_node``), as rcl matches them: a key without a leading ``/`` is
+    absolute, ``*`` matches one name token, ``**`` any number of tokens (none too); rcl refuses
+    other wildcards (``perception_*``)."""
+    pattern = key.strip("/").split("/")
+    tokens = node.strip("/").split("/")
+
+    def match(p: int, t: int) -> bool:
+        if p == len(pattern):
+            return t == len(tokens)
+        if pattern[p] == "**":
+            return any(match(p + 1, rest) for rest in range(t, len(tokens) + 1))
+        here = t < len(tokens) and pattern[p] in ("*", tokens[t])
+        return here and match(p + 1, t + 1)
+
+    return match(0, 0)
+
+
+def camera_input_topics(
+    cameras: tuple[str, ...], camera_topic: str, camera_topics: str
+) -> dict[str, str]:
+    """Each remapped camera's input topic (its raw image; the compressed one is that
+    ``/compressed``), by camera name ("" for the unnamed camera).
+
+    Raises:
+        ValueError: ``camera_topic:=`` with named cameras, ``camera_topics:=`` with the unnamed
+            camera, an entry that is not ``name:topic``, a camera not in ``cameras``, a camera
+            named twice, or a topic that is not a ROS topic name.
+    """
+    if cameras == UNNAMED:
+        if camera_topics.strip():
+            raise ValueError(
+                f"camera_topics:={camera_topics} is for named cameras, but the node has one "
+                "unnamed camera; give its topic with camera_topic:= (or name the cameras with "
+                "cameras:=front,rear)"
+            )
+        topic = camera_topic or DEFAULT_CAMERA_TOPIC
+        check_topic_name(topic, f"camera_topic:={camera_topic}")
+        return {"": topic}
+    if camera_topic:
+        raise ValueError(
+            f"camera_topic:={camera_topic} is for one unnamed camera, but the node has cameras "
+            f"{', '.join(cameras)}; give each camera's topic with camera_topics:="
+            f"{','.join(f'{name}:/{name}/image_raw' for name in cameras)}"
+        )
+    topics: dict[str, str] = {}
+    for entry in filter(None, (item.strip() for item in camera_topics.split(","))):
+        name, separator, topic = entry.partition(":")
+        name, topic = name.strip(), topic.strip()
+        if not separator:
+            raise ValueError(
+                f"camera_topics:={camera_topics}: '{entry}' is not camera:topic "
+                "(e.g. front:/front/image_raw)"
+            )
+        if name not in cameras:
+            raise ValueError(
+                f"camera_topics:={camera_topics}: '{name}' is not one of the node's cameras "
+                f"({', '.join(cameras)})"
+            )
+        if name in topics:
+            raise ValueError(f"camera_topics:={camera_topics}: camera '{name}' is named twice")
+        check_topic_name(topic, f"camera_topics:={camera_topics}")
+        topics[name] = topic
+    return topics
+
+
+def check_topic_name(topic: str, argument: str) -> None:
+    """Raises ValueError in one line, naming ``argument`` (``camera_topic:=...``), unless
+    ``topic`` is a ROS topic name (rclpy's rule)."""
+    try:
+        validate_topic_name(topic)
+    except InvalidTopicNameException as error:
+        reason = str(error).splitlines()[0].removeprefix("Invalid topic name: ").rstrip(":")
+        raise ValueError(f"{argument} names '{topic}', not a topic name ({reason})") from None
+
+
+def _after_parameter_name(error: ValueError) -> str:
+    """check_camera_names' message without its "parameter 'cameras'" lead."""
+    return str(error).removeprefix("parameter 'cameras'").lstrip(": ")
 
 
 def node_namespace_prefix(namespace: str) -> str:
     """``robot1`` or ``/robot1/`` -> ``/robot1``; the empty namespace -> ``""``."""
     parts = namespace.strip("/")
     return f"/{parts}" if parts else ""
-
-
-def rviz_config_for_namespace(text: str, namespace: str) -> str:
-    """The shipped rviz config, every ``/perception_node/...`` topic moved under ``namespace``."""
-    prefix = node_namespace_prefix(namespace)
-    return _RVIZ_TOPIC.sub(lambda m: f"{m.group(1)}{prefix}/{NODE_NAME}/", text)
-
-
-def write_rviz_config(template: str | Path, namespace: str) -> Path:
-    """Writes the namespaced rviz config for rviz to read: one file per namespace in the
-    temporary folder, replaced atomically at each launch (so launches leave no pile behind)."""
-    text = rviz_config_for_namespace(Path(template).read_text(), namespace)
-    tag = node_namespace_prefix(namespace).replace("/", "_")
-    return write_text(Path(tempfile.gettempdir()) / f"mtl_perception{tag}.rviz", text)
-
-
-def check_launch_arguments(params_file: str, camera_topic: str) -> None:
-    """Refuses what launch_ros would let through: a ``params_file`` that is not a file (it only
-    warns "Parameter file path is not a file" and starts the node WITHOUT it, so with
-    ``checkpoint:=`` given every setting of the user's file is silently lost) and an empty
-    ``camera_topic`` (an rclpy traceback about a remap rule)."""
-    if not Path(params_file).is_file():
-        raise FileNotFoundError(
-            f"params_file:={params_file} is not a file; give a node parameters YAML "
-            "(start from a copy of the shipped config/perception.yaml)"
-        )
-    if not camera_topic.strip():
-        raise ValueError("camera_topic:= must name the camera's sensor_msgs/Image topic")
 
 
 def require_rviz2() -> None:
