@@ -37,8 +37,7 @@ from sensor_msgs.msg import Image
 
 from mtl_perception.ros.node import EXIT_UNEXPECTED, PerceptionNode
 from mtl_perception.ros.node_process import start_node
-
-pytestmark = [pytest.mark.ros, pytest.mark.slow]
+from mtl_perception.ros.parameter_files import override_sources, pattern_matches
 
 NODE_PARAMS = {"input_width": 256, "input_height": 128, "publish_overlay": False}
 EXIT_TIMEOUT = 90  # seconds a node is given to load and exit (2 loaded cores)
@@ -97,6 +96,8 @@ def _assert_reason_logged(text: str, line: str) -> None:
 # -- a transition that raises ---------------------------------------------------------------------
 
 
+@pytest.mark.ros
+@pytest.mark.slow
 def test_an_activation_that_raises_is_logged_and_a_plain_run_exits_3(
     unpublishable_checkpoint, env, tmp_path
 ):
@@ -110,6 +111,8 @@ def test_an_activation_that_raises_is_logged_and_a_plain_run_exits_3(
     assert "surrogates not allowed" in text and "could not activate; exiting" in text
 
 
+@pytest.mark.ros
+@pytest.mark.slow
 def test_a_transition_that_raises_while_running_ends_a_plain_run_with_exit_3(
     checkpoint, unpublishable_checkpoint, env, client, tmp_path
 ):
@@ -156,6 +159,8 @@ def _values(status: DiagnosticStatus) -> dict[str, str]:
     return {kv.key: kv.value for kv in status.values}
 
 
+@pytest.mark.ros
+@pytest.mark.slow
 def test_a_camera_that_sends_nothing_goes_warn_with_how_long_it_has_been_silent(
     checkpoint, env, client, tmp_path
 ):
@@ -238,6 +243,8 @@ def deep_queue_node(ros_env, checkpoint):
     rclpy.try_shutdown(context=context)
 
 
+@pytest.mark.ros
+@pytest.mark.slow
 def test_frames_in_the_reader_queue_at_deactivate_are_counted_as_dropped(ros_env, deep_queue_node):
     """A burst of BURST frames per camera, every one acknowledged by the node's reliable
     readers (which keep the newest DEPTH), then deactivate at once: the DEPTH frames of each
@@ -265,6 +272,8 @@ def test_frames_in_the_reader_queue_at_deactivate_are_counted_as_dropped(ros_env
     assert totals.received == totals.processed + totals.dropped + totals.rejected == 2 * DEPTH
 
 
+@pytest.mark.ros
+@pytest.mark.slow
 def test_a_transition_that_raises_in_process_is_recorded_and_leaves_nothing_set_up(
     deep_queue_node,
 ):
@@ -289,3 +298,45 @@ def test_a_transition_that_raises_in_process_is_recorded_and_leaves_nothing_set_
     assert deep_queue_node.predictor is None and deep_queue_node.params is None
     assert all(camera.subscription is None for camera in deep_queue_node._cameras)
     assert not any(camera.outputs for camera in deep_queue_node._cameras)
+
+
+# -- which keys a parameter file addresses to the node by name (units, no ROS) --------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "name", "matches"),
+    [
+        ("/**", "/ns/node", True),
+        ("/**/node", "/node", True),
+        ("/**/node", "/a/b/node", True),
+        ("/*/node", "/node", False),
+        ("/ns/*", "/ns/node", True),
+        ("/ns/*", "/other/node", False),
+        ("/ns/node", "/ns/node", True),
+        ("node", "/ns/node", False),
+    ],
+)
+def test_a_section_applies_as_rcl_matches_its_wildcards(pattern, name, matches):
+    tokens = [token for token in pattern.split("/") if token]
+    assert pattern_matches(tokens, [t for t in name.split("/") if t]) is matches
+
+
+def test_keys_only_in_wildcard_sections_are_shared_and_the_rest_named(tmp_path):
+    robot = tmp_path / "robot.yaml"
+    robot.write_text(
+        "/**:\n  ros__parameters:\n    frame_id: base\n    both: 1\n"
+        "    qos_overrides:\n      /parameter_events:\n        publisher:\n          depth: 5\n"
+        "/ns/*:\n  ros__parameters:\n    publish_rate: 10.0\n"
+        "ns:\n  node:\n    ros__parameters:\n      both: 2\n      score_threshold: 0.3\n"
+        "/other_node:\n  ros__parameters:\n    elsewhere: 1\n"
+    )
+    arguments = ["node", "--ros-args", "-p", "given:=1", "--params-file", str(robot)]
+    sources = override_sources(arguments, "/ns/node")
+    assert sources.named == {"given", "both", "score_threshold"}
+    assert sources.shared == {
+        "frame_id",
+        "publish_rate",
+        "qos_overrides./parameter_events.publisher.depth",
+    }
+    # outside --ros-args, rcl reads neither flag
+    assert override_sources(["node", "--params-file", str(robot)], "/ns/node").shared == set()

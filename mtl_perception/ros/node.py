@@ -431,13 +431,13 @@ class PerceptionNode(LifecycleNode):
     def _take_queued(self, subscription: Any) -> int:
         """Takes every message the middleware has delivered to ``subscription`` but the executor
         has not yet handed to its callback; how many. Runs on the executor's thread (a
-        transition), so no callback of this subscription runs meanwhile. None once the context
-        is gone (Ctrl-C): nothing can be taken then."""
+        transition), so no callback of this subscription runs meanwhile. 0 once the context is
+        gone (Ctrl-C): nothing can be taken then."""
         if not self.context.ok():
             return 0
         taken = 0
-        with subscription.handle:
-            while subscription.handle.take_message(subscription.msg_type, subscription.raw):
+        with subscription.handle:  # raw: counted, so not worth deserialising
+            while subscription.handle.take_message(subscription.msg_type, True):
                 taken += 1
         return taken
 
