@@ -553,3 +553,26 @@ def test_memory_estimate_scales_with_pixels_and_leaves_the_rng_alone():
     assert large.model == small.model
     assert large.step == pytest.approx(8 * small.step, rel=1e-6)
     assert large.data == pytest.approx(8 * small.data, rel=1e-6)
+
+
+def test_memory_check_compares_each_part_with_where_it_lives(monkeypatch):
+    """CPU: all of it with the host's MemAvailable. CUDA: weights, optimizer and activations with
+    the GPU's free memory, the data in flight with the host's, once per local process."""
+    from mtl_perception.model.config import ModelConfig
+    from mtl_perception.training import memory
+
+    gib = 2**30
+    estimate = memory.MemoryEstimate(model=2 * gib, step=6 * gib, data=1 * gib)
+    config = ModelConfig(input_height=384, input_width=768)
+    monkeypatch.setattr(memory, "available_host_memory", lambda: 4 * gib)
+    monkeypatch.setattr(memory, "available_device_memory", lambda device: 10 * gib)
+    memory.check_memory(estimate, config, 8, torch.device("cuda:0"))  # 8 of 10 GiB, 1 of 4
+    with pytest.raises(ValueError, match=r"384x768 with batch_size 8 needs about 9\.0 GiB "):
+        memory.check_memory(estimate, config, 8, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"of 5 processes needs about 5\.0 GiB .* 4\.0 GiB"):
+        memory.check_memory(estimate, config, 8, torch.device("cuda:0"), processes=5)
+    monkeypatch.setattr(memory, "available_device_memory", lambda device: 7 * gib)
+    with pytest.raises(ValueError, match=r"about 8\.0 GiB \(estimated\), more than the 7\.0 GiB "):
+        memory.check_memory(estimate, config, 8, torch.device("cuda:0"))
+    monkeypatch.setattr(memory, "available_host_memory", lambda: None)  # no /proc/meminfo
+    memory.check_memory(estimate, config, 8, torch.device("cpu"))
