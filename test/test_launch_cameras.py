@@ -85,6 +85,7 @@ def _rclpy_cameras(context, params_file: Path, namespace: str) -> tuple[str, ...
         node.destroy_node()
 
 
+@pytest.mark.slow  # 108 rclpy nodes
 def test_the_launch_reads_the_cameras_rclpy_gives_the_node(tmp_path, context):
     """Every ordered pair of sections (which applies to the node in which namespace, and which
     of two applying ones wins) is read by the launch as rclpy reads it."""
