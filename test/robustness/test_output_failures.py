@@ -7,9 +7,10 @@ on the disk and the inputs unchanged, for every tool. It was a bare ``[Errno 28]
 temporary name (mtl-eval), exit 3 (mtl-train's checkpoint, a sqlite3 bag), or a "success" with
 the images missing (the synthetic dataset writer).
 
-A tool SIGKILLed mid-write leaves its ``.NAME.XXXXXXXX.partial`` folder (nothing can run at a
-SIGKILL); the next run for the same ``--out`` removes it, says so in one line and finishes. The
-tools are stopped at a known write by test/helpers/pause_mid_write.py, then killed from here.
+A tool SIGKILLed mid-write (mtl-eval, record-dataset, and mtl-bag score on a real node's output
+bag) leaves its ``.NAME.XXXXXXXX.partial`` folder: nothing can run at a SIGKILL. The next run for
+the same ``--out`` removes it, says so in one line and finishes. The tools are stopped at a known
+write by test/helpers/pause_mid_write.py, then killed from here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ros_environment
 from helpers.models import SMALL_NAMED, calibrated_small_model, save_model
 from helpers.refusal import Snapshot, assert_refused, invoke
 from helpers.small_disk import entries, small_disk
@@ -30,6 +32,7 @@ from mtl_perception.data.synthetic import write_dataset
 from mtl_perception.evaluation import evaluate
 from mtl_perception.inference import export
 from mtl_perception.ros.bags import cli as bag_cli
+from mtl_perception.ros.bags.record import record_dataset
 from mtl_perception.training.cli import main as train
 
 pytestmark = pytest.mark.bad_input
@@ -139,6 +142,31 @@ def test_train_on_a_disk_that_is_full_from_the_start(inputs, tmp_path):
         assert not [name for name in entries(disk) if name.endswith((".pt", ".tmp"))]
 
 
+@pytest.fixture(scope="module")
+def run_bag(inputs) -> tuple[Path, Path]:
+    """The ground-truth bag of the val split and a run's output bag of it (a real node)."""
+    bag = inputs / "bag"
+    record_dataset(inputs / "data", "val", bag, progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in ros_environment().items():
+            patch.setenv(key, value)
+        argv = ["run", "--bag", bag, "--checkpoint", inputs / "model.pt", "--out", inputs / "run"]
+        outcome = invoke(bag_cli.main, *argv, "--as-fast-as-possible")
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    return bag, inputs / "run"
+
+
+@pytest.mark.ros
+def test_score_on_a_full_disk(inputs, run_bag, tmp_path):
+    bag, run = run_bag
+    with small_disk(tmp_path / "disk", 64) as disk:
+        out = disk / "score"
+        argv = ["score", "--run", run, "--ground-truth", bag, "--out", out, "--overlays", 2]
+        line = _full_disk_refusal(bag_cli.main, argv, out, inputs)
+        assert f"--out {out}" in line
+        assert entries(disk) == []
+
+
 # -- SIGKILL in the middle of a write, then the same command again -----------------------------
 
 
@@ -151,8 +179,10 @@ def _killed_mid_write(target: str, call: int, tool: str, argv: list) -> None:
         text=True,
     )
     try:
-        line = process.stdout.readline()
-        assert line == "paused\n", line + process.stderr.read()[-3000:]
+        printed = []
+        while not printed or printed[-1] not in ("paused\n", ""):  # "": it ended
+            printed.append(process.stdout.readline())
+        assert printed[-1] == "paused\n", "".join(printed) + process.stderr.read()[-3000:]
     finally:
         process.kill()
         process.communicate(timeout=60)
@@ -192,3 +222,15 @@ def test_record_dataset_killed_mid_bag_is_cleaned_up_by_the_next_run(inputs, tmp
     _killed_mid_write("rosbags.rosbag2:Writer.write", 4, "mtl_perception.ros.bags.cli", argv)
     _rerun_removes_the_partial(bag_cli.main, argv, out)
     assert (out / "metadata.yaml").is_file()
+
+
+@pytest.mark.ros
+def test_score_killed_while_writing_its_report_is_cleaned_up_by_the_next_run(run_bag, tmp_path):
+    bag, run = run_bag
+    out = tmp_path / "reports" / "score"
+    argv = ["score", "--run", run, "--ground-truth", bag, "--out", out, "--overlays", 2]
+    _killed_mid_write(
+        "mtl_perception.ros.bags.report:write_image", 2, "mtl_perception.ros.bags.cli", argv
+    )
+    _rerun_removes_the_partial(bag_cli.main, argv, out)
+    assert (out / "report.json").is_file()
