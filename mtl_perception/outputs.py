@@ -13,10 +13,11 @@ Files are created with the usual permissions (``0666`` less the umask), like ``o
 them, so a checkpoint written by one user can be read by a node running as another.
 
 A run killed outright (SIGKILL, the OOM killer, a power cut) cannot remove its temporary folder
-``.NAME.XXXXXXXX.partial``. Each one is owned by an exclusive ``flock`` on the folder, held by
-the process filling it until the rename: the kernel drops it when that process dies, however it
-dies, so it cannot be fooled by a recycled pid. The next :func:`atomic_directory` for the same
-``NAME`` removes the partial folders beside it that nobody holds, and says so in one line.
+``.NAME.XXXXXXXX.partial`` (or file ``.NAME.XXXXXXXX.tmp``). Each one is owned by an exclusive
+``flock`` on it, held by the process writing it until the rename: the kernel drops it when that
+process dies, however it dies, so it cannot be fooled by a recycled pid. The next
+:func:`atomic_directory` or :func:`atomic_file` for the same ``NAME`` removes the temporaries
+beside it that nobody holds, and says so in one line.
 
 A write that fails for lack of space is told against the output the user named (never the
 temporary name) as "no space left on device", and leaves nothing behind.
@@ -86,7 +87,8 @@ def check_new_directory(path: str | Path, option: str = "--out") -> Path:
 
 
 FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # no space left, disk quota exceeded
-PARTIAL_SUFFIX = ".partial"
+PARTIAL_SUFFIX = ".partial"  # atomic_directory's temporary folders
+TMP_SUFFIX = ".tmp"  # atomic_file's temporary files
 
 
 def _described(path: Path, option: str | None) -> str:
@@ -140,21 +142,14 @@ def atomic_file(path: str | Path, mode: str = "wb", option: str | None = None) -
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(100):
-        temporary = path.parent / f".{path.name}.{os.urandom(4).hex()}.tmp"
-        try:
-            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover - 100 random collisions
-        raise FileExistsError(f"cannot create a temporary file beside {path}")
+    remove_stale_partials(path, option)
+    temporary, handle = _owned_temporary_file(path)
     try:
         with os.fdopen(handle, mode) as stream:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
-        temporary.replace(path)
+            temporary.replace(path)  # before the close: unlocked, it could be taken for stale
     except Exception as error:
         temporary.unlink(missing_ok=True)
         told = told_against_output(error, path, temporary, option)
@@ -202,17 +197,22 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
     return path
 
 
-def _partial_pattern(path: Path) -> re.Pattern[str]:
-    """The names :func:`tempfile.mkdtemp` gives ``path``'s temporary folders (8 characters of
-    ``[a-z0-9_]`` between prefix and suffix)."""
-    return re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}{re.escape(PARTIAL_SUFFIX)}")
+def _stale_pattern(path: Path) -> re.Pattern[str]:
+    """The names of ``path``'s temporaries: ``.NAME.XXXXXXXX.partial`` folders
+    (:func:`tempfile.mkdtemp`: 8 characters of ``[a-z0-9_]``) and ``.NAME.XXXXXXXX.tmp`` files
+    (:func:`atomic_file`: 8 hex digits)."""
+    name = re.escape(path.name)
+    return re.compile(
+        rf"\.{name}\.(?:[a-z0-9_]{{8}}{re.escape(PARTIAL_SUFFIX)}|[0-9a-f]{{8}}{re.escape(TMP_SUFFIX)})"
+    )
 
 
-def _try_lock(folder: str | Path) -> int | None:
-    """An open descriptor of ``folder`` with an exclusive flock on it, or ``None`` when another
+def _try_lock(entry: os.DirEntry) -> int | None:
+    """An open descriptor of ``entry`` with an exclusive flock on it, or ``None`` when another
     open descriptor holds it (a living process) or it cannot be opened or locked."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | (os.O_DIRECTORY if entry.is_dir() else 0)
     try:
-        handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        handle = os.open(entry.path, flags)
     except OSError:
         return None
     try:
@@ -243,58 +243,95 @@ def _human(size: int) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def remove_stale_partials(path: str | Path, option: str = "--out") -> list[Path]:
-    """Removes the temporary folders of ``path`` (``.NAME.XXXXXXXX.partial`` beside it) that no
+def remove_stale_partials(path: str | Path, option: str | None = "--out") -> list[Path]:
+    """Removes the temporaries of ``path`` beside it (``.NAME.XXXXXXXX.partial`` folders of
+    :func:`atomic_directory`, ``.NAME.XXXXXXXX.tmp`` files of :func:`atomic_file`) that no
     living process owns: left by a run killed before it could clean up. Prints one line on
     stderr naming what it removed and how much, nothing when there was nothing.
 
-    A folder being filled is locked by its owner (:func:`atomic_directory`) and is left alone;
-    so is one that cannot be opened or locked (another user's, a file system without locks).
+    A temporary being written is locked by its owner and left alone; so is one that cannot be
+    opened or locked (another user's, a file system without locks).
 
     Returns:
-        The folders removed.
+        The temporaries removed.
     """
     path = Path(path)
-    pattern = _partial_pattern(path)
+    pattern = _stale_pattern(path)
     try:
         candidates = [
             entry
             for entry in os.scandir(path.parent)
-            if pattern.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)
+            if pattern.fullmatch(entry.name)
+            and (
+                entry.is_dir(follow_symlinks=False)
+                if entry.name.endswith(PARTIAL_SUFFIX)
+                else entry.is_file(follow_symlinks=False)
+            )
         ]
     except OSError:  # no parent yet, or not readable: nothing of ours can be there
         return []
-    removed, freed = [], 0
+    removed, kinds, freed = [], set(), 0
     for entry in sorted(candidates, key=lambda e: e.name):
-        handle = _try_lock(entry.path)
+        handle = _try_lock(entry)
         if handle is None:
             continue
-        try:  # held while removing: a run that made this very folder an instant ago waits
-            size = _size(entry.path)
-            shutil.rmtree(entry.path, ignore_errors=True)
+        folder = entry.is_dir(follow_symlinks=False)
+        try:  # held while removing: a run that made this very one an instant ago waits
+            if folder:
+                size = _size(entry.path)
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                size = os.fstat(handle).st_size
+                with suppress(OSError):
+                    Path(entry.path).unlink()
         finally:
             os.close(handle)
         if not os.path.lexists(entry.path):
             removed.append(Path(entry.path))
+            kinds.add("folder" if folder else "file")
             freed += size
     if removed:
+        plural = "s" if len(removed) > 1 else ""
+        kind = " and ".join(f"{k}{plural}" for k in sorted(kinds, reverse=True))
         names = ", ".join(p.name for p in removed)
         print(
-            f"note: removed {len(removed)} unfinished temporary folder"
-            f"{'s' if len(removed) > 1 else ''} ({_human(freed)}) left beside {option} {path} "
-            f"by an earlier run that was killed: {names}",
+            f"note: removed {len(removed)} unfinished temporary {kind} ({_human(freed)}) left "
+            f"beside {_described(path, option)} by an earlier run that was killed: {names}",
             file=sys.stderr,
         )
     return removed
 
 
-def _owned_temporary_folder(path: Path) -> tuple[Path, int]:
-    """A new temporary folder beside ``path`` and an open descriptor holding its flock.
+def _locked(temporary: Path, handle: int) -> bool:
+    """Takes the flock of a temporary just made (open as ``handle``). ``False`` when another
+    run's :func:`remove_stale_partials` found it unowned and removed it between its creation
+    and the lock: it is no longer the one locked, and another must be made."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    except OSError:  # no flock here (some network file systems): nobody can remove it
+        return True
+    try:
+        return temporary.lstat().st_ino == os.fstat(handle).st_ino
+    except FileNotFoundError:
+        return False
 
-    Between ``mkdtemp`` and ``flock`` another run's :func:`remove_stale_partials` may find the
-    folder unowned and remove it: the folder is then no longer the one locked, and a new one is
-    made.
-    """
+
+def _owned_temporary_file(path: Path) -> tuple[Path, int]:
+    """A new temporary file beside ``path``, open for writing, its flock held."""
+    for _ in range(100):
+        temporary = path.parent / f".{path.name}.{os.urandom(4).hex()}{TMP_SUFFIX}"
+        try:
+            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        if _locked(temporary, handle):
+            return temporary, handle
+        os.close(handle)
+    raise FileExistsError(f"cannot create a temporary file beside {path}")  # pragma: no cover
+
+
+def _owned_temporary_folder(path: Path) -> tuple[Path, int]:
+    """A new temporary folder beside ``path`` and an open descriptor holding its flock."""
     for _ in range(100):
         temporary = Path(
             tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
@@ -303,15 +340,8 @@ def _owned_temporary_folder(path: Path) -> tuple[Path, int]:
             handle = os.open(temporary, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
             continue  # removed already
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:  # no flock here (some network file systems): nobody can remove it
+        if _locked(temporary, handle):
             return temporary, handle
-        try:
-            if temporary.stat().st_ino == os.fstat(handle).st_ino:
-                return temporary, handle
-        except FileNotFoundError:
-            pass
         os.close(handle)
     raise FileExistsError(f"cannot create a temporary folder beside {path}")  # pragma: no cover
 

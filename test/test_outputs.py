@@ -36,27 +36,36 @@ from mtl_perception.outputs import (
 NO_SPACE = "no space left on device"
 
 HOLDER = """
+import os
 import sys
-from mtl_perception.outputs import atomic_directory
-with atomic_directory(sys.argv[1]) as work:
-    (work / "half.bin").write_bytes(b"x" * 300_000)
-    print(work, flush=True)
-    sys.stdin.readline()  # holds the folder until told to finish
+from mtl_perception.outputs import atomic_directory, atomic_file
+if sys.argv[2] == "folder":
+    with atomic_directory(sys.argv[1]) as work:
+        (work / "half.bin").write_bytes(b"x" * 300_000)
+        print(work, flush=True)
+        sys.stdin.readline()  # holds the folder until told to finish
+else:
+    with atomic_file(sys.argv[1]) as stream:
+        stream.write(b"x" * 300_000)
+        stream.flush()
+        print(os.readlink(f"/proc/self/fd/{stream.fileno()}"), flush=True)
+        sys.stdin.readline()
 """
 
 
-def _start_holder(out: Path) -> tuple[subprocess.Popen, Path]:
-    """A process filling ``out`` through atomic_directory, stopped inside it; returns it and its
-    temporary folder."""
+def _start_holder(out: Path, kind: str = "folder") -> tuple[subprocess.Popen, Path]:
+    """A process writing ``out`` through atomic_directory (``kind`` "folder") or atomic_file
+    ("file"), stopped inside it; returns it and its temporary folder or file."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(out)],
+        [sys.executable, "-c", HOLDER, str(out), kind],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
-    partial = Path(holder.stdout.readline().strip())
-    assert partial.is_dir() and partial.name.endswith(".partial"), partial
-    return holder, partial
+    temporary = Path(holder.stdout.readline().strip())
+    assert temporary.name.startswith(f".{out.name}."), temporary
+    assert temporary.is_dir() if kind == "folder" else temporary.is_file(), temporary
+    return holder, temporary
 
 
 def _hidden(folder: Path) -> list[str]:
@@ -98,6 +107,31 @@ def test_a_partial_folder_a_living_run_holds_is_left_alone(tmp_path, capsys):
         holder.wait()
 
 
+def test_a_temporary_file_of_a_killed_write_is_removed_by_the_next_write(tmp_path, capsys):
+    """atomic_file's .NAME.XXXXXXXX.tmp (an ONNX file, a checkpoint) is cleaned the same way;
+    a living writer's is left alone."""
+    path = tmp_path / "model.onnx"
+    living, held = _start_holder(path, "file")
+    try:
+        killed, stale = _start_holder(path, "file")
+        killed.kill()
+        assert killed.wait() == -signal.SIGKILL
+        write_bytes(path, b"onnx", "--out")
+        assert path.read_bytes() == b"onnx"
+        assert not stale.exists() and held.stat().st_size == 300_000
+        line = capsys.readouterr().err.strip()
+        assert line == (
+            f"note: removed 1 unfinished temporary file (300.0 kB) left beside --out {path} "
+            f"by an earlier run that was killed: {stale.name}"
+        )
+        living.communicate("go\n", timeout=60)
+        assert living.returncode == 0 and path.stat().st_size == 300_000
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    finally:
+        living.kill()
+        living.wait()
+
+
 def test_only_this_output_s_own_unowned_partial_folders_are_removed(tmp_path, capsys):
     out = tmp_path / "eval"
     stale = [Path(tempfile.mkdtemp(prefix=".eval.", suffix=".partial", dir=tmp_path))]
@@ -109,9 +143,10 @@ def test_only_this_output_s_own_unowned_partial_folders_are_removed(tmp_path, ca
         Path(tempfile.mkdtemp(prefix=".evaluation.", suffix=".partial", dir=tmp_path)),
         tmp_path / ".eval.abc.partial",  # not a name mkdtemp gives
         tmp_path / ".eval.abcdefgh.tmp",
+        tmp_path / ".eval.0123abcd.tmp",  # a folder: atomic_file's temporaries are files
     ]
-    others[2].mkdir()
-    others[3].mkdir()
+    for folder in others[2:]:
+        folder.mkdir()
     file_alike = tmp_path / ".eval.zzzzzzzz.partial"
     file_alike.write_text("a file, not a folder")
     target = tmp_path / "kept"
