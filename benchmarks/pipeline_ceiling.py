@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import ROOT, header, write_section
 
-from mtl_perception.inference.standin import STANDIN_DEVICE
+from mtl_perception.inference.device_names import STANDIN_DEVICE
 from mtl_perception.ros.isolation import ensure_private_network
 from mtl_perception.ros.node_process import NodeProcess, start_node
 

@@ -204,7 +204,7 @@ def test_standin_predictor_publishes_every_class_and_its_boxes():
 
 
 def test_standin_is_selected_only_by_its_own_device_value():
-    from mtl_perception.inference.standin import standin_device
+    from mtl_perception.inference.device_names import standin_device
     from mtl_perception.ros.parameters import NodeParameters
 
     assert standin_device("benchmark-standin") == "cpu"

@@ -20,7 +20,8 @@ from test_frame_path import PAPER_PALETTE, _old_colorize
 from vision_msgs.msg import Detection2DArray
 
 from mtl_perception.data.synthetic import generate_scene
-from mtl_perception.inference.standin import STANDIN_BOXES, STANDIN_DEVICE
+from mtl_perception.inference.device_names import STANDIN_DEVICE
+from mtl_perception.inference.standin import STANDIN_BOXES
 from mtl_perception.ros import node as node_module
 from mtl_perception.ros.conversions import encode_image
 from mtl_perception.visualization import colorize, draw_overlay

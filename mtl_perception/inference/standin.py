@@ -16,7 +16,6 @@ detections spread over the image (so post-processing and the detections message 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,10 +27,9 @@ from ..model.checkpoint import load_model
 from ..model.config import ANCHORS_PER_BRANCH, OUTPUT_STRIDE, TRIDENT_DILATIONS, ModelConfig
 from ..model.detector import BOX_PARAMS
 from ..model.network import MultiTaskOutput, check_input_size
+from .device_names import STANDIN_DEVICE
 from .predictor import Predictor, PredictorConfig
 
-STANDIN_DEVICE = "benchmark-standin"  # the node's `device` value that selects it (+ ":cuda")
-_STANDIN_PATTERN = re.compile(rf"{STANDIN_DEVICE}(?::(cpu|cuda(?::\d+)?))?")
 STANDIN_BOXES = 6  # confident detections per image (different cells of the first branch)
 
 
@@ -75,14 +73,6 @@ class StandInNetwork(nn.Module):
                     maps[:, 0, objectness + 1 + index % det_classes, row, column] = 8.0
             detections.append(maps)
         return MultiTaskOutput(logits, None, None, tuple(detections))
-
-
-def standin_device(device: str) -> str | None:
-    """The torch device a stand-in ``device`` value runs its device step on
-    ("benchmark-standin": "cpu", "benchmark-standin:cuda:1": "cuda:1"); None for any other
-    value (a real device)."""
-    match = _STANDIN_PATTERN.fullmatch(device)
-    return (match.group(1) or "cpu") if match else None
 
 
 STANDIN_WARNING = (

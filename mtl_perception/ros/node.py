@@ -67,9 +67,10 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from ..data.labels import class_semantics
+from ..inference.device_names import standin_device
 from ..inference.fallback import FallbackPredictor
 from ..inference.predictor import Prediction, PredictorConfig
-from ..inference.standin import STANDIN_WARNING, standin_device, standin_factory
+from ..inference.standin import STANDIN_WARNING, standin_factory
 from ..visualization import colorize, draw_overlay
 from .cameras import OUTPUTS, Camera, check_topic_names, input_topic, output_topic
 from .conversions import (

@@ -9,7 +9,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 
-from ..inference.standin import STANDIN_DEVICE, standin_device
+from ..inference.device_names import STANDIN_DEVICE, standin_device
 
 
 @dataclass(frozen=True)
