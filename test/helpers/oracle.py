@@ -33,14 +33,15 @@ A real defect moves logits further: with one 640x480 image of a batch shifted by
 near-ties of the untrained test network anyway).
 
 **Detections.** A box coordinate is decoded from its raw outputs by sigmoid and exp, then scaled to
-the image: measured 1.8e-4 px (640 px image, batch 4 vs 1) and 4.3e-3 px (1024 px, a 466 px box);
-:data:`BOX_TOLERANCE_FRACTION` allows 1e-4 of the image's longer side (0.064 px at 640, 0.2 px at
-2048), 25 times the largest measured. A score is a product of sigmoids, whose slope is at most 1/4:
-it moves by at most half the raw outputs' rounding (measured under 1e-4 of it);
-:data:`SCORE_TOLERANCE` is 1e-3. A detection present in only one of the two is accepted only at a
-decision boundary: its score within :data:`SCORE_TOLERANCE` of the score threshold, or of the
-lowest score the other kept where that one kept ``max_detections``, or its IoU with a same-class
-detection of the other within :data:`IOU_TOLERANCE` of the NMS threshold.
+the image, so its rounding grows with the image: measured (batch 3 or 4 vs 1) 1.8e-4 px on a 640 px
+image, 1.5e-3 px (4.3e-3 px for the trained model) on 512 px and 5.2e-3 px on 1024 px.
+:data:`BOX_TOLERANCE_FRACTION` allows 1e-4 of the image's longer side (0.051 px at 512, 0.2 px at
+2048), 12 times the largest measured. A score is a product of sigmoids, whose slope is at most 1/4,
+so it moves by less than the raw outputs' rounding: measured 2.8e-6; :data:`SCORE_TOLERANCE` is
+1e-3. A detection present in only one of the two is accepted only at a decision boundary: its
+score within :data:`SCORE_TOLERANCE` of the score threshold, or of the lowest score the other kept
+where that one kept ``max_detections``, or its IoU with a same-class detection of the other within
+:data:`IOU_TOLERANCE` of the NMS threshold.
 """
 
 from __future__ import annotations
