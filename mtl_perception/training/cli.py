@@ -77,14 +77,19 @@ def resumed_config(run_dir: Path) -> tuple[TrainConfig, dict]:
     if on_disk.is_file():
         written = TrainConfig.from_yaml(on_disk)
         if written != config:
-            ours, theirs = written.to_dict(), config.to_dict()
-            fields = sorted(k for k in ours if ours[k] != theirs.get(k))
             raise ValueError(
-                f"{on_disk} differs from the config {path} was trained with (in {fields}); "
+                f"{on_disk} differs from the config {path} was trained with "
+                f"(in {differing_fields(written, config)}); "
                 "--resume continues a run as it was: restore config.yaml, or start a new run "
                 "with --config and another --out"
             )
     return config, content
+
+
+def differing_fields(ours: TrainConfig, theirs: TrainConfig) -> list[str]:
+    """The top-level config fields whose values differ, sorted (for a one-line refusal)."""
+    mine, other = ours.to_dict(), theirs.to_dict()
+    return sorted(key for key in mine if mine[key] != other.get(key))
 
 
 def resumed_data_root(run_dir: Path, content: dict) -> Path:
@@ -117,10 +122,9 @@ def restartable(run_dir: Path, config: TrainConfig) -> bool:
             f"{stopped} whose config is unreadable ({error}); choose another folder"
         ) from error
     if written != config:
-        ours, theirs = config.to_dict(), written.to_dict()
-        fields = sorted(k for k in ours if ours[k] != theirs.get(k))
         raise ValueError(
-            f"{stopped} with another config (its {on_disk} differs in {fields}); start it "
+            f"{stopped} with another config (its {on_disk} differs in "
+            f"{differing_fields(config, written)}); start it "
             "again with that config, or choose another folder"
         )
     return True
