@@ -427,3 +427,16 @@ def test_fastdds_profile_reaches_the_variable_each_fast_dds_reads(given, expecte
     ).stdout
     unset = {name: given.get(name) or None for name in PROFILE_VARIABLES}
     assert out.strip() == str([expected if n in names else unset[n] for n in PROFILE_VARIABLES])
+
+
+def test_the_launch_checks_import_no_torch():
+    """The launch process lives as long as the node: its checks must not pull in torch (it
+    took the launch process from 48 to 258 MiB when they did)."""
+    probe = (
+        "import sys, mtl_perception.ros.launch_support, mtl_perception.ros.rviz_config\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]", out.stdout[:300]

@@ -25,6 +25,7 @@ from rclpy.validate_topic_name import validate_topic_name
 
 from ..config_loading import read_yaml
 from .cameras import input_topic
+from .parameter_files import parameter_sections, pattern_matches
 from .parameters import check_camera_names
 
 NODE_NAME = "perception_node"
@@ -146,10 +147,9 @@ def params_file_cameras(params_file: str, namespace: str) -> tuple[str, ...]:
     content = read_yaml(params_file, "params_file")
     cameras: Any = list(UNNAMED)
     node = f"{node_namespace_prefix(namespace)}/{NODE_NAME}"
-    for key, section in content.items():
-        parameters = section.get("ros__parameters") if isinstance(section, dict) else None
-        applies = isinstance(parameters, dict) and section_applies(str(key), node)
-        if applies and "cameras" in parameters:
+    target = [token for token in node.split("/") if token]
+    for pattern, parameters in parameter_sections(content):
+        if pattern_matches(pattern, target) and "cameras" in parameters:
             cameras = parameters["cameras"]
     if not isinstance(cameras, list) or not all(isinstance(name, str) for name in cameras):
         raise ValueError(
@@ -161,25 +161,6 @@ def params_file_cameras(params_file: str, namespace: str) -> tuple[str, ...]:
     except ValueError as error:
         raise ValueError(f"params_file:={params_file}: {error}") from None
     return tuple(cameras)
-
-
-def section_applies(key: str, node: str) -> bool:
-    """Whether a parameter file's top-level ``key`` applies to the fully qualified ``node``
-    (``/robot1/perception_node``), as rcl matches them: a key without a leading ``/`` is
-    absolute, ``*`` matches one name token, ``**`` any number of tokens (none too); rcl refuses
-    other wildcards (``perception_*``)."""
-    pattern = key.strip("/").split("/")
-    tokens = node.strip("/").split("/")
-
-    def match(p: int, t: int) -> bool:
-        if p == len(pattern):
-            return t == len(tokens)
-        if pattern[p] == "**":
-            return any(match(p + 1, rest) for rest in range(t, len(tokens) + 1))
-        here = t < len(tokens) and pattern[p] in ("*", tokens[t])
-        return here and match(p + 1, t + 1)
-
-    return match(0, 0)
 
 
 def camera_input_topics(

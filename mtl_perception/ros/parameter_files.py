@@ -64,7 +64,9 @@ def params_file_problem(arguments: Sequence[str]) -> str | None:
     return None
 
 
-def _sections(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], dict]]:
+def parameter_sections(
+    tree: Any, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], dict]]:
     """(node-name tokens, ros__parameters) of every section of a parameter file's YAML, nested
     namespaces joined as rcl joins them (``ns: {node: {ros__parameters: ...}}`` is ns/node)."""
     if not isinstance(tree, dict):
@@ -75,7 +77,7 @@ def _sections(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[s
                 yield prefix, value
             continue
         tokens = tuple(token for token in str(key).split("/") if token)
-        yield from _sections(value, prefix + tokens)
+        yield from parameter_sections(value, prefix + tokens)
 
 
 def _flat_names(parameters: dict, prefix: str = "") -> Iterator[str]:
@@ -118,7 +120,7 @@ def override_sources(arguments: Sequence[str], node_name: str) -> OverrideSource
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             sources.named.add("*")  # unreadable here: treat every key as addressed by name
             continue
-        for pattern, parameters in _sections(tree):
+        for pattern, parameters in parameter_sections(tree):
             if not pattern_matches(pattern, target):
                 continue
             by_wildcard = pattern[-1] in WILDCARDS
