@@ -496,23 +496,32 @@ def test_torchrun_trains_with_two_processes(data, tmp_path):
     assert sum("validation" in r for r in records) == 4  # written once, by rank 0
 
 
+# The step's own peak: VmHWM of this process's memory map, reset to the current RSS just before
+# the step (writing 5 to /proc/self/clear_refs). Not ru_maxrss: Linux carries the parent's peak
+# across fork and exec into it, so under a fat pytest worker it showed no growth at all.
 MEASURE_STEP = """
-import resource, sys, torch
+import sys, torch
 from mtl_perception.model.config import ModelConfig
 from mtl_perception.model.network import MultiTaskNet
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
 torch.set_num_threads(1)
 width, height, batch = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 network = MultiTaskNet(ModelConfig(width_multiplier=width, input_height=height,
                                    input_width=2 * height))
 optimizer = torch.optim.Adam(network.parameters())
 images = torch.randn(batch, 3, height, 2 * height)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as peak:
+    peak.write("5")
 outputs = network(images)
 loss = sum(t.float().square().mean() for o in outputs if o is not None
            for t in (o if isinstance(o, tuple) else (o,)))
 loss.backward()
 optimizer.step()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+print(status("VmHWM") - before)
 """
 
 
