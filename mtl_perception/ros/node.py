@@ -654,7 +654,7 @@ class PerceptionNode(LifecycleNode):
                     {
                         **frame_statistics(camera_counters, latency, then, now),
                         **rejections_by_reason(camera_counters),
-                        "seconds_since_last_frame": f"{silences[camera.name]:.1f}",
+                        "seconds_since_last_frame": f"{silences[camera.name]:.3f}",
                         "stale_timeout_s": self.params.stale_timeout_s,
                     },
                 )
@@ -665,7 +665,7 @@ class PerceptionNode(LifecycleNode):
             **frame_statistics(counters, latencies, then, now),
             **rejections_by_reason(counters),
             "cameras": len(cameras),
-            "seconds_since_last_frame": f"{min(silences.values(), default=0.0):.1f}",
+            "seconds_since_last_frame": f"{min(silences.values(), default=0.0):.3f}",
             "stale_timeout_s": self.params.stale_timeout_s,
             "max_batch": self.max_batch,
             **{f"batch_size_{size}": passes for size, passes in batch_sizes.items()},
