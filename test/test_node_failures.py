@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -246,12 +247,9 @@ def deep_queue_node(ros_env, checkpoint):
     rclpy.try_shutdown(context=context)
 
 
-@pytest.mark.ros
-@pytest.mark.slow
-def test_frames_in_the_reader_queue_at_deactivate_are_counted_as_dropped(ros_env, deep_queue_node):
-    """A burst of BURST frames per camera, every one acknowledged by the node's reliable
-    readers (which keep the newest DEPTH), then deactivate at once: the DEPTH frames of each
-    camera that sat in its reader queue are counted received and dropped, not discarded."""
+def _send_burst(ros_env: dict[str, str], frame: Callable[[int], Image]) -> None:
+    """Publishes ``frame(0) ... frame(BURST - 1)`` to both cameras of ``deep_queue_node`` and
+    waits until its reliable readers have acknowledged every one."""
     sender = RosClient(int(ros_env["ROS_DOMAIN_ID"]), name="burst_sender")
     try:
         qos = QoSProfile(depth=BURST, reliability=ReliabilityPolicy.RELIABLE)
@@ -261,16 +259,53 @@ def test_frames_in_the_reader_queue_at_deactivate_are_counted_as_dropped(ros_env
         )
         for sec in range(BURST):
             for publisher in publishers:
-                publisher.publish(_image(sec))
+                publisher.publish(frame(sec))
         for publisher in publishers:
             assert publisher.wait_for_all_acked(Duration(seconds=30))
     finally:
         sender.close()
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_frames_in_the_reader_queue_at_deactivate_are_counted_as_dropped(ros_env, deep_queue_node):
+    """A burst of BURST frames per camera, every one acknowledged by the node's reliable
+    readers (which keep the newest DEPTH), then deactivate at once: the DEPTH frames of each
+    camera that sat in its reader queue are counted received and dropped, not discarded."""
+    _send_burst(ros_env, _image)
     assert deep_queue_node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
     for camera in deep_queue_node._cameras:
         counters = camera.counters
         assert counters.received == DEPTH, (camera.name, counters)
         assert (counters.processed, counters.dropped, counters.rejected) == (0, DEPTH, 0)
+    totals = deep_queue_node.counters
+    assert totals.received == totals.processed + totals.dropped + totals.rejected == 2 * DEPTH
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_malformed_frames_in_the_reader_queue_at_deactivate_are_rejected_not_dropped(
+    ros_env, deep_queue_node
+):
+    """Every other frame of the burst has 100 bytes of data instead of step x height: of the
+    DEPTH frames left in each reader queue at deactivate, those are rejected with their reason
+    (data_length), as they would have been on arrival, and only the valid ones are dropped.
+    They used to be taken raw and all counted as dropped."""
+
+    def every_other_malformed(sec: int) -> Image:
+        image = _image(sec)
+        if sec % 2:
+            image.data = bytes(100)
+        return image
+
+    _send_burst(ros_env, every_other_malformed)
+    assert deep_queue_node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    for camera in deep_queue_node._cameras:
+        counters = camera.counters
+        assert counters.received == DEPTH, (camera.name, counters)
+        half = DEPTH // 2
+        assert (counters.processed, counters.dropped, counters.rejected) == (0, half, half)
+        assert counters.rejected_by_reason == {"data_length": half}, (camera.name, counters)
     totals = deep_queue_node.counters
     assert totals.received == totals.processed + totals.dropped + totals.rejected == 2 * DEPTH
 

@@ -26,7 +26,8 @@ mix of sizes) and publishes each result with its own frame's header. Latency the
 grows with the input rate.
 
 Every frame is accounted for, per camera: once idle, received = processed + dropped + rejected;
-frames still in a subscription's reader queue at deactivate are taken and counted as dropped.
+frames still in a subscription's reader queue at deactivate are taken and checked as on arrival:
+rejected (with their reason) if they fail, else counted as dropped.
 A camera with no frame for ``stale_timeout_s`` goes WARN in /diagnostics, saying for how long.
 Rejections
 are counted per reason (``rejected_<reason>`` in /diagnostics) and logged per reason: the first
@@ -41,6 +42,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -401,10 +403,11 @@ class PerceptionNode(LifecycleNode):
     def _release_io(self) -> None:
         """Every camera's subscription and publishers, the inference thread, the timer and the
         node's publishers; frames waiting in the slots, or still in a subscription's reader queue
-        (a deep reliable queue), are counted as dropped, not lost."""
+        (a deep reliable queue), are counted as dropped (or rejected, if they fail the arrival
+        checks), not lost."""
         for camera in self._cameras:
             if camera.subscription is not None:
-                queued = self._take_queued(camera.subscription)
+                queued = self._take_queued(camera)
                 with self._counter_lock:
                     camera.counters.received += queued
                     camera.counters.dropped += queued
@@ -429,18 +432,21 @@ class PerceptionNode(LifecycleNode):
         self._outputs = {}
         self._free_gpu_memory()
 
-    def _take_queued(self, subscription: Any) -> int:
-        """Takes every message the middleware has delivered to ``subscription`` but the executor
-        has not yet handed to its callback; how many. Runs on the executor's thread (a
-        transition), so no callback of this subscription runs meanwhile. 0 once the context is
-        gone (Ctrl-C): nothing can be taken then."""
+    def _take_queued(self, camera: Camera) -> int:
+        """Takes every message the middleware has delivered to ``camera``'s subscription but the
+        executor has not yet handed to its callback, and checks each as on arrival: one that
+        fails is counted received and rejected (with its reason) here; returns how many passed
+        (never processed now: the caller counts them received and dropped). Runs on the
+        executor's thread (a transition), so no callback of this subscription runs meanwhile.
+        0 once the context is gone (Ctrl-C): nothing can be taken then."""
         if not self.context.ok():
             return 0
-        taken = 0
-        with subscription.handle:  # raw: counted, so not worth deserialising
-            while subscription.handle.take_message(subscription.msg_type, True):
-                taken += 1
-        return taken
+        subscription = camera.subscription
+        valid = 0
+        with subscription.handle:
+            while taken := subscription.handle.take_message(subscription.msg_type, False):
+                valid += self._admit(camera, taken[0])
+        return valid
 
     def _free_gpu_memory(self) -> None:
         if self.device.startswith("cuda"):
@@ -457,23 +463,30 @@ class PerceptionNode(LifecycleNode):
         received_at = time.monotonic()
         state = self._cameras[camera]
         state.last_frame_at = received_at  # read by the diagnostics timer (one float store)
-        try:
-            if isinstance(msg, CompressedImage):
-                check_compressed(msg, self.params.max_pixels)
-            else:
-                check_image(msg, self.params.max_pixels)
-        except ImageRejectedError as error:
-            self._reject(state, error.reason, str(error), received=True)
-            return
-        except Exception as error:  # a bug in a check must not take the node down
-            problem = f"{type(error).__name__}: {error}"
-            self._reject(state, INTERNAL_ERROR, problem, received=True)
+        if not self._admit(state, msg):
             return
         dropped = self._slots[camera].put((msg, received_at))
         with self._counter_lock:
             state.counters.received += 1
             if dropped:
                 state.counters.dropped += 1
+
+    def _admit(self, camera: Camera, msg: Image | CompressedImage) -> bool:
+        """The arrival checks (O(1): geometry, or the compressed header): True if ``msg`` passes;
+        else it is counted as received and rejected (with its reason) and logged."""
+        try:
+            if isinstance(msg, CompressedImage):
+                check_compressed(msg, self.params.max_pixels)
+            else:
+                check_image(msg, self.params.max_pixels)
+        except ImageRejectedError as error:
+            self._reject(camera, error.reason, str(error), received=True)
+            return False
+        except Exception as error:  # a bug in a check must not take the node down
+            problem = f"{type(error).__name__}: {error}"
+            self._reject(camera, INTERNAL_ERROR, problem, received=True)
+            return False
+        return True
 
     def _reject(self, camera: Camera, reason: str, problem: str, received: bool = False) -> None:
         """Counts a rejected frame of ``camera`` (and, from the callback, its arrival) and logs
@@ -691,6 +704,11 @@ class PerceptionNode(LifecycleNode):
             publisher.publish(diagnostics_message(header, [node, *statuses]))
 
 
+def rcl_reason(error: Exception) -> str:
+    """An ``RCLError``'s message on one line, without rcl's source locations (", at x.c:12")."""
+    return re.sub(r", at \S+:\d+", "", " ".join(str(error).split()))
+
+
 def main(args: list[str] | None = None) -> int:
     """Runs the node until Ctrl-C. With ``autostart`` it configures and activates itself, and
     exits 2 when configure refuses its parameters or checkpoint, 3 when any transition raises
@@ -701,12 +719,14 @@ def main(args: list[str] | None = None) -> int:
         try:
             rclpy.init(args=arguments)
         except _rclpy.RCLError as error:  # a parameter file rcl cannot parse, a bad --ros-args
-            problem = re.sub(r", at \S+:\d+", "", " ".join(str(error).split()))
+            problem = rcl_reason(error)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        node = PerceptionNode(arguments=arguments)
+        with warnings.catch_warnings():  # rclpy's note on the half-made node of a refused name
+            warnings.filterwarnings("ignore", "Failed to fini rosout publisher", RuntimeWarning)
+            node = PerceptionNode(arguments=arguments)
     except (InvalidParameterValueException, InvalidParameterTypeException) as error:
         print(f"[perception_node] invalid parameter: {error}", file=sys.stderr)
         rclpy.try_shutdown()
@@ -719,6 +739,14 @@ def main(args: list[str] | None = None) -> int:
         print(
             f"error: the node's name or namespace makes an invalid {what} {shown}: "
             f"{why.rstrip(':')} (__node:=, __ns:=)",
+            file=sys.stderr,
+        )
+        rclpy.try_shutdown()
+        return EXIT_BAD_INPUT
+    except _rclpy.RCLError as error:  # __node:= / __ns:= longer than the middleware takes
+        reason = rcl_reason(error).removeprefix("error creating node: ")
+        print(
+            f"error: the node's name or namespace is refused: {reason} (__node:=, __ns:=)",
             file=sys.stderr,
         )
         rclpy.try_shutdown()

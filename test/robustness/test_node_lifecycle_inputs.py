@@ -92,6 +92,18 @@ def test_a_node_name_or_namespace_too_long_for_its_services_is_one_line(option, 
     assert_refused(outcome, "invalid service name", "characters", "__ns:=")
 
 
+@pytest.mark.parametrize(
+    ("remap", "refusal"),
+    [("__ns:=/", "invalid node namespace"), ("__node:=", "invalid node name")],
+)
+def test_a_node_name_or_namespace_too_long_for_the_middleware_is_one_line(remap, refusal, ros_env):
+    """Over 255 characters rcl refuses to create the node at all: it was RCLError's traceback,
+    a RuntimeWarning about the half-made node's rosout publisher, and exit 1."""
+    outcome = run_module(NODE_MODULE, "--ros-args", "-r", remap + "n" * 300, env=ros_env)
+    assert_refused(outcome, refusal, "should not exceed", "__node:=", "__ns:=")
+    assert "Warning" not in outcome.stderr, outcome.stderr[-3000:]
+
+
 # -- parameter files ------------------------------------------------------------------------------
 
 
