@@ -80,14 +80,19 @@ def parameter_sections(
         yield from parameter_sections(value, prefix + tokens)
 
 
-def _flat_names(parameters: dict, prefix: str = "") -> Iterator[str]:
-    """Parameter names of a ``ros__parameters`` map, nested maps joined with '.' as rcl does."""
+def flat_parameters(parameters: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(name, value) of a ``ros__parameters`` map, nested maps joined with '.' as rcl does."""
     for key, value in parameters.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            yield from _flat_names(value, f"{name}.")
+            yield from flat_parameters(value, f"{name}.")
         else:
-            yield name
+            yield name, value
+
+
+def _flat_names(parameters: dict) -> Iterator[str]:
+    """Parameter names of a ``ros__parameters`` map (:func:`flat_parameters`)."""
+    return (name for name, _ in flat_parameters(parameters))
 
 
 def pattern_matches(pattern: Sequence[str], name: Sequence[str]) -> bool:

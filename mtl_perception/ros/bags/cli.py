@@ -311,6 +311,19 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _warn_foreign_keys(params_file: Path | None) -> None:
+    """Names, once, the keys of ``--node-params`` that other nodes' wildcard sections (``/**``)
+    hold and the node does not have: it ignores them, as it does with one WARN when started."""
+    from .settings import NODE_NAME, foreign_keys
+
+    ignored = foreign_keys(params_file)
+    if ignored:
+        _warn(
+            f"--node-params {params_file}: ignoring {len(ignored)} parameter(s) of a shared "
+            f"section (/**) that {NODE_NAME} does not have: {', '.join(ignored)}"
+        )
+
+
 def _topics(args: argparse.Namespace):
     from .read import BagTopics
 
@@ -461,6 +474,7 @@ def main(args: argparse.Namespace) -> int:
         )
         return _print_scored(scored, args.out)
     peak = _peak_search(args)  # its options checked before anything starts
+    _warn_foreign_keys(getattr(args, "node_params", None))
     from ..isolation import ensure_private_network
 
     if getattr(args, "attach", None) is None:  # a node of our own: no traffic leaves the machine

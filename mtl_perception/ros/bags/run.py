@@ -46,7 +46,7 @@ from .read import (
 from .record import typestore
 from .replay import Collected, NodeTopics, replay
 from .resources import ResourceSampler, not_sampled
-from .settings import NODE_NAME, node_settings, read_node_params
+from .settings import NODE_NAME, check_forced, node_settings, read_node_params
 
 
 @dataclass
@@ -109,6 +109,7 @@ def prepare_run(
         raise ValueError(f"{error} (--node-params {params_file})") from error
     bag = read_camera(bag_path, topics, params.max_pixels)
     compressed = bag.camera_type == COMPRESSED_TYPE
+    check_forced(params_file, checkpoint, bag.camera_topic, bag.camera_type)
     _, forced, params = node_settings(model_input, overrides, checkpoint, compressed)
     return PreparedRun(
         bag, checkpoint, model_config, params_file, defaults, forced, params, rate_factor, peak

@@ -8,15 +8,25 @@ checkpoint, the transport the bag's camera needs, reliable QoS of depth 1, autos
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from ...config_loading import read_yaml
+from ..parameter_files import (
+    PARAMS_FILE,
+    ROS_ARGS,
+    OverrideSources,
+    flat_parameters,
+    override_sources,
+    parameter_sections,
+    pattern_matches,
+)
 from ..parameters import NodeParameters
+from .read import COMPRESSED_TYPE
 
 NODE_NAME = "perception_node"
+SHARED_SECTION = ("**",)  # ``/**``: one rcl entry with the run's ``-p`` values
 EVALUATION_DEFAULTS = {"score_threshold": 0.001, "max_detections": 100, "diagnostics_period": 0.2}
 # Parameters every rclpy node accepts besides its own.
 STANDARD_PARAMETERS = {"use_sim_time": bool, "start_type_description_service": bool}
@@ -25,6 +35,15 @@ NODE_PARAMETER_TYPES: dict[str, type] = {
     **{spec.name: type(spec.default) for spec in fields(NodeParameters)},
     "autostart": bool,
     **STANDARD_PARAMETERS,
+}
+
+
+FORCED_BY = {
+    "checkpoint": "--checkpoint",
+    "input_transport": "the bag's camera topic type",
+    "qos_reliability": "every bag run",
+    "qos_depth": "every bag run",
+    "autostart": "every bag run",
 }
 
 
@@ -63,13 +82,6 @@ def node_settings(
     return defaults, always, params
 
 
-def _applies_to_node(key: str) -> bool:
-    """Whether a parameter file's top-level key (``/**``, ``perception_node``, ...) names the
-    node the evaluation starts (``/perception_node``)."""
-    pattern = re.escape(str(key).strip("/")).replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
-    return re.fullmatch(pattern, NODE_NAME) is not None
-
-
 def _check_parameter(name: str, value: Any, where: str) -> Any:
     expected = NODE_PARAMETER_TYPES.get(name)
     if expected is None:
@@ -106,9 +118,39 @@ def _check_parameter(name: str, value: Any, where: str) -> Any:
     return value
 
 
+def _sections(content: dict, where: str) -> list[tuple[tuple[str, ...], dict]]:
+    """The sections of a parameter file that apply to ``/perception_node``, in the order rclpy
+    applies them: ``/**`` first (one entry with the run's own ``-p`` values, which come first),
+    then the others as the file orders them (a later one wins).
+
+    Raises:
+        ValueError: a top-level entry holds no ``ros__parameters`` mapping.
+    """
+    for key, entry in content.items():
+        if not any(True for _ in parameter_sections({key: entry})):
+            raise ValueError(
+                f"entry '{key}' has no 'ros__parameters' mapping; a ROS 2 parameter file reads "
+                f"'{NODE_NAME}: {{ros__parameters: {{name: value}}}}' ({where})"
+            )
+    applying = [
+        (pattern, section)
+        for pattern, section in parameter_sections(content)
+        if pattern_matches(pattern, (NODE_NAME,))
+    ]
+    return sorted(applying, key=lambda item: item[0] != SHARED_SECTION)
+
+
+def _sources(path: Path) -> OverrideSources:
+    """Which of the file's keys reach ``/perception_node`` by name and which only through
+    wildcard sections: the node's own rule (:func:`..parameter_files.override_sources`)."""
+    return override_sources([ROS_ARGS, PARAMS_FILE, str(path)], f"/{NODE_NAME}")
+
+
 def read_node_params(path: Path | None) -> dict[str, Any]:
     """The parameters a ROS 2 parameter file gives ``perception_node``, checked as the node
-    would check them (names, types; ROS refuses an integer for a float parameter).
+    would check them (names, types; ROS refuses an integer for a float parameter). Keys the
+    node does not have are refused in sections that name it and skipped in wildcard sections
+    (``/**``: a file shared with other nodes; :func:`foreign_keys` names them).
 
     Raises:
         ValueError: the file is missing, a folder, not YAML, not in the ROS 2 layout
@@ -118,14 +160,61 @@ def read_node_params(path: Path | None) -> dict[str, Any]:
         return {}
     where = f"--node-params {path}"
     content = read_yaml(path, "--node-params")
+    sections = _sections(content, where)
+    shared = _sources(path).shared
     parameters: dict[str, Any] = {}
-    for key, entry in content.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("ros__parameters"), dict):
-            raise ValueError(
-                f"entry '{key}' has no 'ros__parameters' mapping; a ROS 2 parameter file reads "
-                f"'{NODE_NAME}: {{ros__parameters: {{name: value}}}}' ({where})"
-            )
-        if _applies_to_node(key):
-            for name, value in entry["ros__parameters"].items():
-                parameters[str(name)] = _check_parameter(str(name), value, where)
+    for _, section in sections:
+        for name, value in flat_parameters(section):
+            if name in NODE_PARAMETER_TYPES or name not in shared:
+                parameters[name] = _check_parameter(name, value, where)
     return parameters
+
+
+def foreign_keys(path: Path | None) -> list[str]:
+    """The keys of a parameter file (read by :func:`read_node_params` first) that reach
+    ``perception_node`` only through wildcard sections and that it does not have: other
+    nodes' parameters, which the node only warns about. Sorted."""
+    if path is None:
+        return []
+    return sorted(name for name in _sources(path).shared if name not in NODE_PARAMETER_TYPES)
+
+
+def forced_in_file(path: Path | None) -> dict[str, tuple[Any, str]]:
+    """The run's forced parameters (:func:`forced`) that ``path`` sets in a section other
+    than ``/**``: rclpy applies such a section after the run's own ``-p`` values, so the
+    file's value would win. Name -> (value, section)."""
+    if path is None:
+        return {}
+    found: dict[str, tuple[Any, str]] = {}
+    for pattern, section in _sections(read_yaml(path, "--node-params"), f"--node-params {path}"):
+        if pattern == SHARED_SECTION:
+            continue
+        for name, value in flat_parameters(section):
+            if name in FORCED_BY:
+                found[name] = (value, "/".join(pattern))
+    return found
+
+
+def check_forced(path: Path | None, checkpoint: Path, camera_topic: str, camera_type: str) -> None:
+    """Refuses a parameter file that sets what the run decides, to another value, where the
+    file would win (:func:`forced_in_file`): the bag's message type decides the transport,
+    ``--checkpoint`` the checkpoint, the run its QoS and autostart.
+
+    Raises:
+        ValueError: naming the parameter, the file and what decides it.
+    """
+    always = forced(checkpoint, camera_type == COMPRESSED_TYPE)
+    for name, (value, section) in forced_in_file(path).items():
+        if value == always[name]:
+            continue
+        if name == "input_transport":
+            kind = "compressed" if camera_type == COMPRESSED_TYPE else "raw"
+            raise ValueError(
+                f"the bag holds {kind} {camera_type} on {camera_topic}, but --node-params "
+                f"{path} says input_transport {value} (section '{section}'): the bag's message "
+                "type decides the transport; leave input_transport out"
+            )
+        raise ValueError(
+            f"--node-params {path} sets {name} {value!r} (section '{section}'), but "
+            f"{FORCED_BY[name]} sets it to {always[name]!r}; leave {name} out"
+        )
