@@ -68,6 +68,21 @@ def check_topic_names(cameras: Sequence[CameraParameters], resolve: Callable[[st
             _resolve(topic, topic.replace(camera.name, label, 1), resolve, what)
 
 
+def offline_resolver(node_name: str, namespace: str = "/") -> Callable[[str], str]:
+    """A ``resolve`` for :func:`check_topic_names` before the node exists (a tool that will
+    start it): expands ``~`` and relative names for the node ``namespace/node_name`` (no
+    remapping) and raises as rclpy does when the result is not a valid full topic name."""
+    from rclpy.expand_topic_name import expand_topic_name
+    from rclpy.validate_full_topic_name import validate_full_topic_name
+
+    def resolve(topic: str) -> str:
+        full = expand_topic_name(topic, node_name, namespace)
+        validate_full_topic_name(full)
+        return full
+
+    return resolve
+
+
 def _resolve(topic: str, shown: str, resolve: Callable[[str], str], what: str) -> None:
     """Resolves ``topic``; if that fails, raises ValueError "<what> an invalid topic <shown>"."""
     try:

@@ -46,10 +46,10 @@ from .read import (
     read_messages,
     read_run,
 )
-from .replay import PLAYER_NAME, Collected, NodeTopics, replay
+from .replay import Collected, NodeTopics, replay
 from .report import SUMMARY_KEYS, summary_table, write_summary_report
 from .resources import ResourceSampler
-from .rig import RigCamera, rig_cameras
+from .rig import RigCamera, check_rig_cameras, player_name, rig_cameras
 from .run import PreparedRun, load_model_config, prepare_run, run_info, write_output_bag
 from .score import Tally, check_ground_truth, match_ground_truth
 from .settings import NODE_NAME
@@ -126,7 +126,7 @@ def replay_rig(
                 rate_factor=first.rate_factor,
                 node_failure=process.failure,
                 progress=False,
-                player_name=f"{PLAYER_NAME}_{cameras[index].name}",  # one node name each
+                player_name=player_name(cameras[index].name),  # one node name each
             )
         except BaseException as error:  # re-raised in the caller's thread
             errors.append(error)
@@ -157,8 +157,14 @@ def prepare_rig(
     params_file: Path | None,
     model_config,
 ) -> list[PreparedRun]:
-    """Each camera's run, checked as a single-camera run of its topic is (before any node)."""
-    return [
+    """Each camera's run, checked as a single-camera run of its topic is, and the cameras as
+    the node checks them (before any node).
+
+    Raises:
+        ValueError: a bad input, naming the option, file or topic (``--bag`` for cameras the
+            node would refuse).
+    """
+    prepared = [
         prepare_run(
             bag_path,
             checkpoint,
@@ -169,6 +175,12 @@ def prepare_rig(
         )
         for camera in cameras
     ]
+    compressed = [run.bag.camera_type == COMPRESSED_TYPE for run in prepared]
+    try:
+        check_rig_cameras([camera.name for camera in cameras], compressed)
+    except ValueError as error:
+        raise ValueError(f"--bag {bag_path}: {error}") from None
+    return prepared
 
 
 def write_camera_bag(

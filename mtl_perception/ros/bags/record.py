@@ -32,7 +32,7 @@ from ...data.cityscapes import CityscapesDataset
 from ...data.labels import DEFAULT_CLASSES_FILE, ClassMap
 from ...outputs import atomic_directory, check_new_directory
 from ...resources import vision_msgs_definitions as packaged_vision_msgs_definitions
-from .rig import RigCamera, mirror_view, mirrored, scene_index
+from .rig import RigCamera, check_rig_cameras, mirror_view, mirrored, scene_index
 
 CAMERA_TOPIC = "/camera/image_raw"
 GT_SEMANTIC_TOPIC = "/ground_truth/semantic"
@@ -167,10 +167,15 @@ def record_dataset(
 
     Raises:
         ValueError: ``out`` exists (with content, or as a file), a bad rate, class map or
-            dataset (naming the file or option).
+            dataset, camera names the node would refuse (naming the file or option).
     """
     out = check_new_directory(out)
     check_rate(rate)
+    if cameras:
+        try:
+            check_rig_cameras(cameras, [compressed] * len(cameras))
+        except ValueError as error:
+            raise ValueError(f"--cameras: {error}") from None
     if storage not in ("mcap", "sqlite3"):
         raise ValueError(f"unknown storage {storage!r}: mcap or sqlite3 (--storage)")
     class_map = ClassMap.from_yaml(classes_file or DEFAULT_CLASSES_FILE)

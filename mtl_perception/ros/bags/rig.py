@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,41 @@ class RigCamera:
             f"/{name}/ground_truth/semantic",
             f"/{name}/ground_truth/detections",
         )
+
+
+def player_name(camera: str) -> str:
+    """The node name of the player that replays rig camera ``camera`` (one node each)."""
+    from .replay import PLAYER_NAME
+
+    return f"{PLAYER_NAME}_{camera}"
+
+
+def check_rig_cameras(names: Sequence[str], compressed: Sequence[bool]) -> None:
+    """Refuses rig cameras the node started with ``cameras:=names`` would refuse (its own
+    rules: :func:`..parameters.check_camera_names`, :func:`..cameras.check_topic_names`: a long
+    name makes its topics too long). What else a camera's name becomes is valid when those
+    are: the ground-truth topics (``/<name>/ground_truth/detections``) are shorter than the
+    node's outputs (``/perception_node/<name>/semantic_color``, at most 247 characters), and its
+    player's node name (:func:`player_name`, 15 characters more than the name) is then well
+    under rcl's 255.
+
+    Args:
+        names: the cameras' names.
+        compressed: per camera, whether its images are JPEG (``/<name>/image/compressed``).
+
+    Raises:
+        ValueError: the node's message, naming the camera and the topic.
+    """
+    from ..cameras import check_topic_names, offline_resolver
+    from ..parameters import CameraParameters, check_camera_names
+    from .settings import NODE_NAME
+
+    check_camera_names(tuple(names))
+    cameras = [
+        CameraParameters(name, "compressed" if jpeg else "raw")
+        for name, jpeg in zip(names, compressed, strict=True)
+    ]
+    check_topic_names(cameras, offline_resolver(NODE_NAME))
 
 
 def camera_of_topic(camera_topic: str | None) -> RigCamera | None:
