@@ -100,8 +100,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             )
         raise ValueError(f"{path} is not a readable checkpoint: {why}") from error
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as error:
+        # torch's words: one useful clause, then a paragraph of advice. A file cut to a few kB
+        # fails a seek inside torch instead, as a bare "[Errno 22] Invalid argument".
+        why = str(error).split(". ")[0] if isinstance(error, RuntimeError) else ""
         raise ValueError(
-            f"{path} is not a readable checkpoint (truncated or not a torch file): {error}"
+            f"{path} is not a readable checkpoint (truncated or not a torch file; "
+            f"{path.stat().st_size} bytes)" + (f": {why}" if why else "")
         ) from error
     if not isinstance(content, dict) or content.get("format") != CHECKPOINT_FORMAT:
         found = content.get("format") if isinstance(content, dict) else type(content).__name__

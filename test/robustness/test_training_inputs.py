@@ -474,6 +474,22 @@ def test_resume_refuses_a_truncated_checkpoint(finished_run, data, tmp_path):
     _refused_resume(run, data, "last.pt", "not a readable checkpoint")
 
 
+def test_resume_of_a_cut_checkpoint_says_so_without_an_errno(finished_run, data, tmp_path):
+    """The finding: a last.pt cut to a few kB gave '... (truncated or not a torch file):
+    [Errno 22] Invalid argument' (a failed seek inside torch, for 5 to 66 kB); one of 1 kB,
+    torch's paragraph of advice on miniz. The line says what the file is, and its size."""
+    run = _copy_run(finished_run, tmp_path)
+    path = run / "checkpoints" / "last.pt"
+    whole = path.read_bytes()
+    for size in (10_000, 1000):
+        path.write_bytes(whole[:size])
+        before = Snapshot(run.parent, data)
+        line = assert_refused(invoke(train, "--no-progress", "--resume", run))
+        before.assert_unchanged()
+        assert f"truncated or not a torch file; {size} bytes" in line, line
+        assert "Errno" not in line and "miniz" not in line, line
+
+
 def test_resume_refuses_new_config_options(finished_run, data, tmp_path):
     run = _copy_run(finished_run, tmp_path)
     _refused_resume(run, data, "--resume continues a run as it was", extra=["--config", "x.yaml"])
