@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..model.file_kind import check_regular_file, describe_file
+
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("seg_logits", "det_branch1", "det_branch2", "det_branch3")
 CONFIG_KEY = "mtl_perception.model_config"
@@ -22,17 +24,21 @@ EXPORT_HINT = "export it with mtl-export"
 
 
 def check_onnx_file(path: str | Path) -> Path:
-    """Refuses a path that is not a file, naming it.
+    """Refuses a path that is not a regular file, or a file whose first bytes show another
+    kind (a torch checkpoint, a YAML file, an empty file), naming it and what it is.
 
     Raises:
         FileNotFoundError: nothing there.
-        ValueError: a folder.
+        ValueError: a folder, a symlink loop, a FIFO or device (never opened), or a file of a
+            recognised other kind.
     """
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"ONNX model {path} is a folder, not a file")
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX model not found: {path}")
+    check_regular_file(path, "ONNX model")
+    kind = describe_file(path)
+    if kind is not None and not kind.startswith(("an ONNX model", "unrecognised binary")):
+        raise ValueError(f"{path} is not an ONNX model: it is {kind}")
     return path
 
 

@@ -26,7 +26,7 @@ import torch
 
 from ..outputs import atomic_file
 from .config import ModelConfig
-from .file_kind import file_kind
+from .file_kind import check_regular_file, file_kind
 from .network import MultiTaskNet
 
 CHECKPOINT_FORMAT = "mtl_perception/1"
@@ -75,13 +75,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: truncated, not a checkpoint, or not one of ours (names the file).
+        ValueError: a folder, a symlink loop, not a regular file (a FIFO, a device), truncated,
+            not a checkpoint, or not one of ours (names the file).
     """
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"checkpoint {path} is a folder, not a checkpoint file")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    check_regular_file(path, "checkpoint")  # a FIFO is never opened: it would block
     if not os.access(path, os.R_OK):
         raise ValueError(f"checkpoint {path} is not readable (permission denied)")
     kind = file_kind(path)

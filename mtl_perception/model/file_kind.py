@@ -1,14 +1,18 @@
-"""What a file given as a checkpoint is, told from its first bytes, for a refusal that says so.
+"""What a file given as a model is, told from its first bytes, for a refusal that says so.
 
 ``torch.load`` answers a file of another kind with a paragraph about ``weights_only`` (or a bare
-``KeyError`` for some text files); a user who passed an ONNX export, a YAML config or an empty
-file needs to hear which it is, and where an ONNX file goes instead.
+``KeyError`` for some text files), onnx with a bare ``DecodeError``; a user who passed an ONNX
+export as a checkpoint (or the reverse), a YAML config or an empty file needs to hear which it
+is, and where it goes instead. A path that is no regular file (a FIFO, a device, a symlink
+loop) is named as such without being opened: opening a FIFO would block.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import re
+import stat
 import zipfile
 from pathlib import Path
 
@@ -27,22 +31,73 @@ _MAGIC = (
 )
 
 
+TORCH_FILE = (
+    "a torch checkpoint (give it to the node as checkpoint:=FILE with backend:=torch, "
+    "to mtl-eval as --checkpoint FILE)"
+)
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def check_regular_file(path: Path, what: str) -> None:
+    """Refuses a ``path`` that is not a regular file, without opening it.
+
+    Args:
+        path: the file given.
+        what: what it was given as, for the message ("checkpoint", "ONNX model").
+
+    Raises:
+        FileNotFoundError: nothing there, or a symlink to nothing ("<what> not found: PATH").
+        ValueError: a symlink loop, a folder, a FIFO, a device or a socket, named; or a path
+            that cannot be looked at (the system's reason).
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise FileNotFoundError(f"{what} not found: {path}") from None
+        if error.errno == errno.ELOOP:
+            raise ValueError(f"{what} {path} is a symlink loop, not a file") from None
+        raise ValueError(f"{what} {path} cannot be read: {error.strerror}") from None
+    if stat.S_ISREG(mode):
+        return
+    kind = "a folder" if stat.S_ISDIR(mode) else "a special file"
+    for test, name in _SPECIAL_FILES:
+        if test(mode):
+            kind = name
+    raise ValueError(f"{what} {path} is not a regular file: it is {kind}")
+
+
 def file_kind(path: Path) -> str | None:
     """What ``path`` holds when it is not a torch file, in a few words ("an empty file",
     "an ONNX model (...)", "a YAML file ..."); None for a torch file (zip archive with a
     ``data.pkl``, or a pickle) or one that cannot be read."""
+    kind = describe_file(path)
+    return None if kind == TORCH_FILE else kind
+
+
+def describe_file(path: Path) -> str | None:
+    """What ``path`` holds, in a few words: :data:`TORCH_FILE` for a torch file (zip archive
+    with a ``data.pkl``, or a pickle), else as :func:`file_kind`; None for one that cannot be
+    read, is no regular file (never opened) or is a damaged zip archive."""
     try:
-        size = path.stat().st_size
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):
+            return None
         with path.open("rb") as stream:
             head = stream.read(SNIFF_BYTES)
     except OSError:
         return None
-    if size == 0:
+    if status.st_size == 0:
         return "an empty file (0 bytes)"
     if head.startswith(b"PK\x03\x04"):
         return _zip_kind(path)
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return None  # a pickle: torch's legacy format (torch.load judges it)
+        return TORCH_FILE  # a pickle: torch's legacy format (torch.load judges it)
     for magic, kind in _MAGIC:
         if head.startswith(magic):
             return kind
@@ -53,7 +108,7 @@ def file_kind(path: Path) -> str | None:
     text = _text(head)
     if text is None:
         return f"unrecognised binary data (first bytes {head[:8]!r})"
-    return _text_kind(text, whole=size <= SNIFF_BYTES)
+    return _text_kind(text, whole=status.st_size <= SNIFF_BYTES)
 
 
 def _zip_kind(path: Path) -> str | None:
@@ -63,7 +118,7 @@ def _zip_kind(path: Path) -> str | None:
     except (zipfile.BadZipFile, OSError, ValueError):
         return None  # a cut or damaged torch archive: torch.load says what is wrong
     if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
-        return None
+        return TORCH_FILE
     listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     return f"a zip archive that is not a torch checkpoint (it holds {listed or 'nothing'})"
 

@@ -7,6 +7,7 @@ the node runs.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -206,3 +207,37 @@ def test_a_stale_timeout_out_of_range_or_not_a_number_is_refused_naming_it(
     assert code == EXIT_BAD_INPUT, text[-3000:]
     assert "invalid parameter" in text and "stale_timeout_s" in text and problem in text, text
     assert "Traceback" not in text, text[-3000:]
+
+
+# -- model paths that are no model file -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "symlink_loop"])
+def test_a_checkpoint_path_that_is_no_regular_file_is_named_for_what_it_is(kind, ros_env, tmp_path):
+    """The path exists, so "checkpoint not found" (what configure said) was wrong; a FIFO must
+    not be opened (configure would block until a writer came)."""
+    if kind == "fifo":
+        path = tmp_path / "model.pt"
+        os.mkfifo(path)
+        reason = f"checkpoint {path} is not a regular file: it is a FIFO (named pipe)"
+    elif kind == "device":
+        path = Path("/dev/zero")
+        reason = f"checkpoint {path} is not a regular file: it is a character device"
+    else:
+        path = tmp_path / "model.pt"
+        path.symlink_to(path)
+        reason = f"checkpoint {path} is a symlink loop"
+    params = {"checkpoint": path, **NODE_PARAMS}
+    code, text = _run(tmp_path, ros_env, parameters=params)
+    _assert_configure_refused(code, text, reason)
+
+
+def test_a_torch_checkpoint_given_as_onnx_model_is_named_a_checkpoint(
+    checkpoint, ros_env, tmp_path
+):
+    """onnx's bare "(DecodeError)" did not say what the file was nor where it goes."""
+    params = {**NODE_PARAMS, "backend": "onnxruntime", "onnx_model": checkpoint}
+    code, text = _run(tmp_path, ros_env, parameters=params)
+    reason = f"{checkpoint} is not an ONNX model: it is a torch checkpoint (give it to the node"
+    _assert_configure_refused(code, text, reason)
+    assert "checkpoint:=FILE" in text, text[-3000:]
