@@ -39,6 +39,7 @@ from mtl_perception.model.checkpoint import read_checkpoint, save_checkpoint
 from mtl_perception.ros.bags import cli as bag_cli
 from mtl_perception.ros.bags.record import START_NS, record_dataset, typestore
 from mtl_perception.ros.bags.report import OVERLAY_MAX_BOXES, OVERLAY_SCORE
+from mtl_perception.ros.bags.rig import check_rig_cameras, player_name
 from mtl_perception.ros.messages import detections_message
 from mtl_perception.visualization import draw_overlay
 
@@ -521,8 +522,8 @@ NODE_PARAMS = {
     "missing": (None, ["--node-params not found", "nowhere.yaml"]),
     "not-yaml": ("/**:\n  ros__parameters: {unclosed\n", ["not valid YAML", "--node-params"]),
     "not-ros-layout": ("score_threshold: 0.5\n", ["no 'ros__parameters'", "--node-params"]),
-    "unknown-name": (
-        "/**:\n  ros__parameters:\n    score_treshold: 0.5\n",
+    "unknown-name": (  # in the node's own section (under /** it is another node's key)
+        "perception_node:\n  ros__parameters:\n    score_treshold: 0.5\n",
         ["unknown parameter 'score_treshold'", "--node-params"],
     ),
     "int-for-float": (
@@ -918,3 +919,115 @@ def test_a_node_that_cannot_start_is_one_error_and_its_log_is_kept(case):
     assert_refused(outcome, "the node exited", "max_detections", str(kept))
     snapshot.assert_unchanged(allow_new=[kept])
     assert not out.exists() and "max_detections" in kept.read_text()
+
+
+# -- the node's rules in the bag tools (issue 22 follow-up) -----------------------------------
+# A --node-params file shared with other nodes (their keys under /** named once, typos in the
+# node's own section refused), one that would override the bag's transport, and camera names
+# too long for the node's topics: each refused before any node starts.
+
+LONG = "c" * 300  # a camera name: its topics exceed the middleware's 247 characters
+OWN = "perception_node:\n  ros__parameters:\n    {}: 0.3\n"
+SHARED = "/**:\n  ros__parameters:\n    frame_rate: 30.0\n    camera_info_url: file:///c.yaml\n"
+
+
+def _params(case: Case, text: str) -> Path:
+    path = case.tmp / "p_shared.yaml"
+    path.write_text(text)
+    return path
+
+
+# -- a parameter file shared with other nodes --------------------------------------------
+
+
+@bad_input
+def test_other_nodes_keys_under_wildcards_are_warned_once_and_the_run_goes_on(case):
+    """The node accepts them with one WARN: evaluate names them once and goes on (here to the
+    bag's own refusal, which comes after the parameter file is read)."""
+    params = _params(case, SHARED + OWN.format("score_threshold"))
+    bag = _zero_frames(case)
+    argv = evaluate_argv(case, bag, "--as-fast-as-possible", "--node-params", params)
+    outcome = invoke(bag_cli.main, *argv)
+    line = assert_refused(outcome, "no frames on /camera/image_raw", "--bag")
+    assert "frame_rate" not in line
+    warnings = [w for w in outcome.stderr.splitlines() if w.startswith("warning:")]
+    assert len(warnings) == 1, outcome.stderr
+    assert "camera_info_url, frame_rate" in warnings[0] and str(params) in warnings[0]
+
+
+@bad_input
+def test_a_typo_in_the_node_s_own_section_is_refused_not_the_shared_keys(case):
+    params = _params(case, SHARED + OWN.format("scor_threshold"))
+    argv = evaluate_argv(case, case.recorded, "--node-params", params)
+    line = refused(argv, ["unknown parameter 'scor_threshold'", "--node-params"], [case.tmp])
+    assert "frame_rate" not in line and "camera_info_url" not in line
+
+
+# -- the parameters' transport against the bag's message type ----------------------------
+
+
+@bad_input
+@pytest.mark.parametrize("section", ["perception_node", "/**/perception_node", "/*"])
+def test_a_transport_the_bag_does_not_hold_is_refused_before_the_node_starts(case, section):
+    """rclpy applies these sections after the run's own -p values, so the node would listen on
+    image/compressed of a raw bag (and time out after 120 s)."""
+    text = f"{section}:\n  ros__parameters:\n    input_transport: compressed\n"
+    argv = evaluate_argv(case, case.recorded, "--node-params", _params(case, text))
+    mentions = ["sensor_msgs/msg/Image", CAMERA, "input_transport compressed", "--node-params"]
+    refused(argv, mentions, [case.recorded, case.out.parent, case.tmp])
+    assert not case.out.exists()
+
+
+# -- camera names too long for the node's topics -----------------------------------------
+
+
+@bad_input
+def test_record_dataset_refuses_a_camera_name_too_long_for_the_node_s_topics(case):
+    out = case.tmp / "rig_long"
+    argv = ["record-dataset", "--data", case.data, "--split", "val", "--out", out]
+    argv += ["--cameras", f"{LONG},rear"]
+    refused(argv, ["--cameras", "300 characters", "invalid topic"], [case.data, case.tmp])
+    assert not out.exists()
+
+
+def _long_rig(case: Case) -> Path:
+    """A rig bag (as record-dataset used to write it) whose camera ``LONG`` has topics over
+    255 characters, and a camera ``rear``."""
+    topics = {}
+    for name in (LONG, "rear"):
+        for topic, value in scene_topics(case.scenes).items():
+            renamed = {CAMERA: "image", SEMANTIC: "ground_truth/semantic"}
+            suffix = renamed.get(topic, "ground_truth/detections")
+            assert topic in (CAMERA, SEMANTIC, DETECTIONS)
+            topics[f"/{name}/{suffix}"] = value
+    return write_bag(case.tmp / "rig_long", topics)
+
+
+@bad_input
+def test_evaluate_refuses_a_rig_camera_too_long_for_the_node_s_topics(case):
+    bag = _long_rig(case)
+    argv = evaluate_argv(case, bag, "--as-fast-as-possible")
+    snapshot = Snapshot(bag, case.out.parent)
+    line = assert_refused(invoke(bag_cli.main, *argv), "--bag", "300 characters", "invalid topic")
+    snapshot.assert_unchanged()
+    assert "Invalid node name" not in line and not case.out.exists()
+    assert not list(case.out.parent.glob("*failed-node*"))  # no node was started
+
+
+@bad_input
+def test_the_longest_camera_name_the_node_accepts_gives_a_valid_player_node_name():
+    """The player's node name is derived from the camera's (one player each); the node's topic
+    rule is the stricter one, so its check covers the player too."""
+    from rclpy.validate_node_name import validate_node_name
+
+    longest = 0
+    for length in range(180, 260):
+        try:
+            check_rig_cameras(["c" * length], [True])
+        except ValueError:
+            break
+        longest = length
+    assert 180 <= longest < 255
+    validate_node_name(player_name("c" * longest))  # raises when invalid
+    with pytest.raises(ValueError, match="invalid topic"):
+        check_rig_cameras(["c" * (longest + 1)], [False])
