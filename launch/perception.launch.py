@@ -9,8 +9,10 @@ Parameters come from ``params_file``; ``checkpoint:=`` and ``cameras:=`` overrid
 when given. One unnamed camera reads ``camera_topic``; named cameras (``cameras:=`` or the file's
 ``cameras``) read ``camera_topics`` (a camera left out reads ``<name>/image`` in the namespace),
 and ``camera_topic:=`` is refused with them (mtl_perception/ros/launch_support.py decides).
-``use_rviz:=true`` needs rviz2 installed (``sudo apt install ros-$ROS_DISTRO-rviz2``); its config
-is written at launch time with the node's namespace and cameras in the topic names.
+A namespace or camera name that makes a topic or service name the node would refuse stops the
+launch before any node starts. ``use_rviz:=true`` needs rviz2 installed
+(``sudo apt install ros-$ROS_DISTRO-rviz2``); its config is written at launch time with the
+node's namespace and cameras in the topic names.
 """
 
 import os
@@ -57,7 +59,7 @@ def _nodes(context: LaunchContext) -> list[SetEnvironmentVariable | Node]:
             package=PACKAGE,
             executable="perception_node",
             name=NODE_NAME,
-            namespace=arguments.namespace,
+            namespace=node.namespace,
             parameters=node.parameters,
             remappings=node.remappings,
             output="screen",
@@ -65,7 +67,7 @@ def _nodes(context: LaunchContext) -> list[SetEnvironmentVariable | Node]:
     )
     if use_rviz:
         rviz_config = write_rviz_config(
-            Path(share, "config", "perception.rviz"), arguments.namespace, node.cameras
+            Path(share, "config", "perception.rviz"), node.namespace, node.cameras
         )
         actions.append(
             Node(package="rviz2", executable="rviz2", arguments=["-d", str(rviz_config)])

@@ -19,8 +19,11 @@ from mtl_perception.ros.fastdds import (
     startup_line,
 )
 from mtl_perception.ros.launch_support import (
+    NODE_NAME,
     LaunchArguments,
+    check_namespace,
     node_parameters,
+    node_topic_resolver,
     params_file_cameras,
     plan_node,
     require_rviz2,
@@ -103,6 +106,7 @@ def test_the_node_gets_the_planned_parameters_and_remappings():
     keywords = {k.arg: ast.unparse(k.value) for k in nodes[0].keywords}
     assert keywords["parameters"] == "node.parameters"
     assert keywords["remappings"] == "node.remappings"
+    assert keywords["namespace"] == "node.namespace"
     assert "node = plan_node(arguments)" in LAUNCH.read_text()
 
 
@@ -364,12 +368,130 @@ def test_rviz_config_file_is_one_per_namespace_and_replaced(tmp_path, monkeypatc
     again = write_rviz_config(template, "/robot1/", ("front", "rear"))
     other = write_rviz_config(template, "robot2")
     assert first == again != other
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "mtl_perception_robot1.rviz",
-        "mtl_perception_robot2.rviz",
-    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, other.name])
+    assert first.name.startswith("mtl_perception_robot1_") and first.suffix == ".rviz"
     assert "/robot2/perception_node/overlay" in other.read_text()
     assert "/robot1/perception_node/rear/overlay" in again.read_text()
+
+
+def test_namespaces_that_read_alike_get_rviz_files_of_their_own(tmp_path, monkeypatch):
+    """The finding: /a/b and a_b both wrote mtl_perception_a_b.rviz, so two launches running at
+    once showed each other's topics. The longest namespace the node can have is a short name."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    template = REPO / "config" / "perception.rviz"
+    paths = {ns: write_rviz_config(template, ns) for ns in ("/a/b", "a_b", "a/b_", "", "/")}
+    assert paths["/a/b"] != paths["a_b"] != paths["a/b_"] != paths["/a/b"]
+    assert paths[""] == paths["/"]
+    assert "/a/b/perception_node/overlay" in paths["/a/b"].read_text()
+    assert "/a_b/perception_node/overlay" in paths["a_b"].read_text()
+    assert "/perception_node/overlay" in paths[""].read_text()
+    longest = "n" * 204  # /<204 n>/perception_node/get_available_transitions: 247 characters
+    written = write_rviz_config(template, longest, ("front",))
+    assert len(written.name) < 80 and written.parent == tmp_path
+    assert f"/{longest}/perception_node/front/overlay" in written.read_text()
+    # Written atomically: no temporary left beside the files.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        {p.name for p in paths.values()} | {written.name}
+    )
+
+
+LONG_NAMESPACE = "n" * 205  # a namespace, but /<ns>/perception_node/get_available_transitions
+# is 248 characters: longer than rcl's 247
+
+
+@pytest.mark.parametrize(
+    ("namespace", "message"),
+    [
+        (
+            "1bad ns",
+            r"^namespace:=1bad ns is not a ROS namespace \(namespace must not contain characters "
+            r"other than alphanumerics",
+        ),
+        ("a//b", r"^namespace:=a//b is not a ROS namespace \(namespace must not contain repeated"),
+        (
+            "n" * 250,
+            r"^namespace:=n{50}\.\.\. \(250 characters\) is not a ROS namespace \(namespace "
+            r"should not exceed",
+        ),
+        (
+            LONG_NAMESPACE,
+            r"^namespace:=n{50}\.\.\. \(205 characters\) is too long for the node: its service "
+            r"'/n{49}\.\.\. \(248 characters\)' is not a valid name \(topic length should not "
+            r"exceed",
+        ),
+    ],
+)
+def test_a_namespace_the_node_cannot_have_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch, namespace, message
+):
+    """The finding: namespace:='1bad ns' was accepted (and named an rviz file with a space),
+    250 characters raised OSError 'File name too long' from the rviz writer."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    params = _params_file(tmp_path)
+    for refuse in (
+        lambda: plan_node(LaunchArguments(params, namespace=namespace)),
+        lambda: write_rviz_config(REPO / "config" / "perception.rviz", namespace),
+    ):
+        with pytest.raises(ValueError, match=message) as refused:
+            refuse()
+        assert "\n" not in str(refused.value)
+    assert not (tmp_path / "tmp").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        # the finding: 300 c's passed the camera-name check and made an rviz file of bad topics
+        (
+            {"cameras": "c" * 300},
+            r"^cameras:=c{50}\.\.\. \(300 characters\): camera 'c{40}\.\.\.' \(300 characters\) "
+            r"makes an invalid topic 'c{40}\.\.\./image': topic length should not exceed",
+        ),
+        # a name that fits at the root does not under a namespace: topics resolve in it
+        (
+            {"cameras": "front," + "b" * 200, "namespace": "n" * 30},
+            r"^cameras:=front,b{44}\.\.\. \(206 characters\): camera 'b{40}\.\.\.' \(200 "
+            r"characters\) makes an invalid topic '~/b{40}\.\.\./semantic'",
+        ),
+        (
+            {"params": "/**: {ros__parameters: {cameras: [%s]}}" % ("c" * 230)},
+            r"^params_file:=.*params\.yaml: parameter 'cameras': camera 'c{40}\.\.\.' \(230 "
+            r"characters\) makes an invalid topic '~/c{40}\.\.\./semantic'",
+        ),
+        # a remapped input is resolved in the namespace too (and its /compressed)
+        (
+            {"cameras": "front", "camera_topics": "front:" + "r" * 220, "namespace": "n" * 20},
+            r"^camera_topics:=front:r{44}\.\.\. \(226 characters\) makes the node read "
+            r"'/n{20}/r{28}\.\.\. \(253 characters\)', not a topic name \(topic length",
+        ),
+        (
+            {"camera_topic": "/" + "t" * 240},
+            r"^camera_topic:=/t{49}\.\.\. \(241 characters\) makes the node read '/t{49}\.\.\. "
+            r"\(252 characters\)', not a topic name",
+        ),
+    ],
+)
+def test_names_the_node_would_refuse_at_configure_stop_the_launch(tmp_path, arguments, message):
+    arguments = dict(arguments)
+    params = _params_file(tmp_path, arguments.pop("params", "/**: {ros__parameters: {}}") + "\n")
+    with pytest.raises(ValueError, match=message) as refused:
+        plan_node(LaunchArguments(params, **arguments))
+    assert "\n" not in str(refused.value)
+
+
+def test_the_rviz_config_refuses_a_camera_the_node_refuses(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    with pytest.raises(ValueError, match=r"^parameter 'cameras': camera 'c{40}\.\.\.' \(300 "):
+        write_rviz_config(REPO / "config" / "perception.rviz", "", ("front", "c" * 300))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_launch_gives_the_node_its_namespace_as_rclpy_takes_it(tmp_path):
+    """launch_ros refuses '/robot1/' (rclpy: "must not end with a '/'"): the plan's is absolute,
+    without the trailing '/' the rviz config and the params file matching assume."""
+    params = _params_file(tmp_path)
+    for given, planned in (("", ""), ("/", ""), ("robot1", "/robot1"), ("/robot1/", "/robot1")):
+        assert plan_node(LaunchArguments(params, namespace=given)).namespace == planned, given
 
 
 def test_a_params_file_that_is_not_a_file_is_refused_before_anything_starts(tmp_path):
@@ -440,3 +562,97 @@ def test_the_launch_checks_import_no_torch():
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]", out.stdout[:300]
+
+
+@pytest.fixture(scope="module")
+def rclpy_context():
+    """One rclpy context for the comparisons with rclpy's own names (nodes that talk to none)."""
+    import rclpy
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.try_shutdown(context=context)
+
+
+@pytest.mark.ros
+def test_the_longest_namespace_the_launch_takes_is_the_longest_a_lifecycle_node_takes(
+    rclpy_context,
+):
+    """The launch's copy of the node's service names (NODE_SERVICES) against rclpy: the node
+    (a LifecycleNode, which makes its services) is made in the longest namespace the launch
+    accepts and refused in one character more."""
+    from rclpy.lifecycle import LifecycleNode
+
+    longest = max(n for n in range(1, 250) if _namespace_accepted("n" * n))
+    assert not _namespace_accepted("n" * (longest + 1))
+    made = LifecycleNode(NODE_NAME, namespace="/" + "n" * longest, context=rclpy_context)
+    made.destroy_node()
+    with pytest.raises(Exception, match="should not exceed"):
+        LifecycleNode(NODE_NAME, namespace="/" + "n" * (longest + 1), context=rclpy_context)
+
+
+def _namespace_accepted(namespace: str) -> bool:
+    try:
+        check_namespace(namespace)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("namespace", ["", "/robot1", "/" + "n" * 30])
+def test_the_launch_resolves_topics_as_the_node_does(rclpy_context, namespace):
+    """node_topic_resolver against rclpy's resolve_topic_name for a node given the same
+    remappings (as launch_ros passes them): the same name, or both refuse."""
+    from rclpy.node import Node
+
+    remappings = [
+        ("front/image", "/cams/front/image_raw"),
+        ("front/image/compressed", "/cams/front/image_raw/compressed"),
+        ("rear/image", "rel/rear"),
+        (f"{namespace}/side/image", "~/side_in"),
+        ("image", "b" * 220),  # too long in the 30-character namespace only
+    ]
+    cli_args = ["--ros-args"] + [arg for rule in remappings for arg in ("-r", ":=".join(rule))]
+    node = Node(
+        NODE_NAME,
+        namespace=namespace or None,
+        context=rclpy_context,
+        cli_args=cli_args,
+        start_parameter_services=False,
+        enable_rosout=False,
+    )
+    resolve = node_topic_resolver(namespace, remappings)
+    topics = [
+        "front/image",
+        "front/image/compressed",
+        "rear/image",
+        "side/image",
+        "image",
+        "other/image",
+        "~/front/overlay",
+        "~/label_info",
+        "c" * 200 + "/image",
+        "~/" + "c" * 230 + "/semantic_color",
+    ]
+    resolved = {}
+    try:
+        for topic in topics:
+            try:
+                expected = node.resolve_topic_name(topic)
+            except Exception:  # rclpy raises RCLError
+                expected = None
+            try:
+                got = resolve(topic)
+            except ValueError:
+                got = None
+            assert got == expected, (topic[:40], namespace[:10])
+            resolved[topic] = got
+    finally:
+        node.destroy_node()
+    # The comparison covers remapped, private and refused names.
+    assert resolved["rear/image"] == f"{namespace}/rel/rear"
+    assert resolved["side/image"] == f"{namespace}/perception_node/side_in"
+    assert resolved["~/" + "c" * 230 + "/semantic_color"] is None
+    assert (resolved["image"] is None) == (len(namespace) > 10)

@@ -11,26 +11,53 @@ The launch arguments name the cameras and where their images come from:
   (and ``<name>/image/compressed`` onto ``T/compressed``); a camera left out reads
   ``<name>/image`` in the node's namespace. ``camera_topic:=`` is refused there: it would be
   silently ignored.
+
+Names are checked as the node will check them, before anything starts: ``namespace:=`` must be a
+ROS namespace that leaves room for the node's services, and every topic of every camera must
+resolve (namespace and remappings applied, :func:`node_topic_resolver`) to a valid name
+(:func:`~mtl_perception.ros.cameras.check_topic_names`, the node's own check at configure).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from rclpy.exceptions import InvalidTopicNameException
+from rclpy.exceptions import InvalidNamespaceException, NameValidationException
+from rclpy.expand_topic_name import expand_topic_name
+from rclpy.validate_full_topic_name import validate_full_topic_name
+from rclpy.validate_namespace import validate_namespace
 from rclpy.validate_topic_name import validate_topic_name
 
 from ..config_loading import read_yaml
-from .cameras import input_topic
+from .cameras import NODE_OUTPUTS, check_topic_names, input_topic
 from .parameter_files import parameter_sections, pattern_matches
-from .parameters import check_camera_names
+from .parameters import TRANSPORTS, CameraParameters, check_camera_names
 
 NODE_NAME = "perception_node"
 DEFAULT_CAMERA_TOPIC = "/camera/image_raw"
 UNNAMED = ("",)  # the node's cameras parameter for its one unnamed camera
+# What rclpy's LifecycleNode serves under the node's name (lifecycle, parameters, type
+# description) and publishes (transition_event): the namespace must leave room for each.
+NODE_SERVICES = (
+    "~/change_state",
+    "~/get_state",
+    "~/get_available_states",
+    "~/get_available_transitions",
+    "~/get_transition_graph",
+    "~/describe_parameters",
+    "~/get_parameter_types",
+    "~/get_parameters",
+    "~/list_parameters",
+    "~/set_parameters",
+    "~/set_parameters_atomically",
+    "~/get_type_description",
+)
+NODE_TOPICS = ("~/transition_event", *NODE_OUTPUTS)
+SHOWN_CHARACTERS = 50  # a longer name is shown cut, with its length
 
 
 @dataclass(frozen=True)
@@ -47,9 +74,11 @@ class LaunchArguments:
 
 @dataclass(frozen=True)
 class NodeLaunch:
-    """What the launch file gives the node: its cameras ("" for the unnamed one), parameter
-    sources (for launch_ros ``Node(parameters=...)``) and remappings (``(from, to)`` pairs)."""
+    """What the launch file gives the node: its namespace (absolute, ``""`` for the root), its
+    cameras ("" for the unnamed one), parameter sources (for launch_ros ``Node(parameters=...)``)
+    and remappings (``(from, to)`` pairs)."""
 
+    namespace: str
     cameras: tuple[str, ...]
     parameters: list[str | dict[str, Any]]
     remappings: list[tuple[str, str]]
@@ -63,14 +92,25 @@ def plan_node(arguments: LaunchArguments) -> NodeLaunch:
         ValueError: one line naming the launch argument (or the params file) and the problem.
     """
     check_params_file(arguments.params_file)
+    check_namespace(arguments.namespace)
     given = parse_cameras_argument(arguments.cameras)
     cameras = given or params_file_cameras(arguments.params_file, arguments.namespace)
-    topics = camera_input_topics(cameras, arguments.camera_topic, arguments.camera_topics)
+    topics = camera_input_topics(
+        cameras, arguments.camera_topic, arguments.camera_topics, arguments.namespace
+    )
     remappings: list[tuple[str, str]] = []
     for camera, topic in topics.items():
         remappings.append((input_topic(camera, "raw"), topic))
         remappings.append((input_topic(camera, "compressed"), f"{topic}/compressed"))
+    try:
+        check_camera_topics(cameras, arguments.namespace, remappings)
+    except ValueError as error:
+        if given:
+            shown = shown_name(arguments.cameras)
+            raise ValueError(f"cameras:={shown}: {_after_parameter_name(error)}") from None
+        raise ValueError(f"params_file:={arguments.params_file}: {error}") from None
     return NodeLaunch(
+        namespace=node_namespace_prefix(arguments.namespace),
         cameras=cameras,
         parameters=node_parameters(arguments.params_file, arguments.checkpoint, given),
         remappings=remappings,
@@ -164,7 +204,7 @@ def params_file_cameras(params_file: str, namespace: str) -> tuple[str, ...]:
 
 
 def camera_input_topics(
-    cameras: tuple[str, ...], camera_topic: str, camera_topics: str
+    cameras: tuple[str, ...], camera_topic: str, camera_topics: str, namespace: str = ""
 ) -> dict[str, str]:
     """Each remapped camera's input topic (its raw image; the compressed one is that
     ``/compressed``), by camera name ("" for the unnamed camera).
@@ -172,7 +212,7 @@ def camera_input_topics(
     Raises:
         ValueError: ``camera_topic:=`` with named cameras, ``camera_topics:=`` with the unnamed
             camera, an entry that is not ``name:topic``, a camera not in ``cameras``, a camera
-            named twice, or a topic that is not a ROS topic name.
+            named twice, or a topic that is not a ROS topic name in ``namespace``.
     """
     if cameras == UNNAMED:
         if camera_topics.strip():
@@ -182,7 +222,7 @@ def camera_input_topics(
                 "cameras:=front,rear)"
             )
         topic = camera_topic or DEFAULT_CAMERA_TOPIC
-        check_topic_name(topic, f"camera_topic:={camera_topic}")
+        check_topic_name(topic, f"camera_topic:={shown_name(camera_topic)}", namespace)
         return {"": topic}
     if camera_topic:
         raise ValueError(
@@ -206,19 +246,113 @@ def camera_input_topics(
             )
         if name in topics:
             raise ValueError(f"camera_topics:={camera_topics}: camera '{name}' is named twice")
-        check_topic_name(topic, f"camera_topics:={camera_topics}")
+        check_topic_name(topic, f"camera_topics:={shown_name(camera_topics)}", namespace)
         topics[name] = topic
     return topics
 
 
-def check_topic_name(topic: str, argument: str) -> None:
+def check_topic_name(topic: str, argument: str, namespace: str = "") -> None:
     """Raises ValueError in one line, naming ``argument`` (``camera_topic:=...``), unless
-    ``topic`` is a ROS topic name (rclpy's rule)."""
+    ``topic`` is a ROS topic name (rclpy's rule) and, with its ``/compressed`` (the launch
+    remaps both), still is one once expanded in the node's ``namespace`` (not too long)."""
     try:
         validate_topic_name(topic)
-    except InvalidTopicNameException as error:
-        reason = str(error).splitlines()[0].removeprefix("Invalid topic name: ").rstrip(":")
-        raise ValueError(f"{argument} names '{topic}', not a topic name ({reason})") from None
+    except NameValidationException as error:
+        reason = _validation_reason(error)
+        raise ValueError(
+            f"{argument} names '{shown_name(topic)}', not a topic name ({reason})"
+        ) from None
+    for name in (topic, f"{topic}/compressed"):
+        full = expand_topic_name(name, NODE_NAME, node_namespace_prefix(namespace) or "/")
+        try:
+            validate_full_topic_name(full)
+        except NameValidationException as error:
+            raise ValueError(
+                f"{argument} makes the node read '{shown_name(full)}', not a topic name "
+                f"({_validation_reason(error)})"
+            ) from None
+
+
+def check_namespace(namespace: str) -> None:
+    """Raises ValueError in one line naming ``namespace:=`` unless ``namespace`` (``robot1``,
+    ``/robot1/``; "" for the root) is a ROS namespace in which every service and topic of the
+    node is a valid name (rcl's length limit counts the namespace)."""
+    absolute = node_namespace_prefix(namespace) or "/"
+    try:
+        validate_namespace(absolute)
+    except InvalidNamespaceException as error:
+        raise ValueError(
+            f"namespace:={shown_name(namespace)} is not a ROS namespace "
+            f"({_validation_reason(error)})"
+        ) from None
+    for name, kind in [(s, "service") for s in NODE_SERVICES] + [(t, "topic") for t in NODE_TOPICS]:
+        full = expand_topic_name(name, NODE_NAME, absolute)
+        try:
+            validate_full_topic_name(full, is_service=kind == "service")
+        except NameValidationException as error:
+            raise ValueError(
+                f"namespace:={shown_name(namespace)} is too long for the node: its {kind} "
+                f"'{shown_name(full)}' is not a valid name ({_validation_reason(error)})"
+            ) from None
+
+
+def node_topic_resolver(
+    namespace: str, remappings: Sequence[tuple[str, str]] = ()
+) -> Callable[[str], str]:
+    """The node's ``resolve_topic_name`` for the node :data:`NODE_NAME` in ``namespace`` started
+    with ``remappings``, as rcl does it: the topic is expanded (``~`` and relative names), the
+    first remapping whose expanded ``from`` is that name replaces it with its expanded ``to``,
+    and the result must be a valid full topic name.
+
+    Returns:
+        A function of a topic name giving its absolute name, raising ValueError (one line: the
+        reason) where rcl would refuse it.
+    """
+    absolute = node_namespace_prefix(namespace) or "/"
+
+    def expand(topic: str) -> str:
+        return expand_topic_name(topic, NODE_NAME, absolute)
+
+    def resolve(topic: str) -> str:
+        name = expand(topic)
+        for source, target in remappings:
+            if expand(source) == name:
+                name = expand(target)
+                break
+        try:
+            validate_full_topic_name(name)
+        except NameValidationException as error:
+            raise ValueError(_validation_reason(error)) from None
+        return name
+
+    return resolve
+
+
+def check_camera_topics(
+    cameras: tuple[str, ...], namespace: str, remappings: Sequence[tuple[str, str]] = ()
+) -> None:
+    """The node's own check of its cameras' topics (:func:`check_topic_names`), for the node in
+    ``namespace`` started with ``remappings``, with either input transport.
+
+    Raises:
+        ValueError: "parameter 'cameras': camera ... makes an invalid topic ...", as the node
+            would refuse its configure.
+    """
+    configs = [CameraParameters(name, transport) for name in cameras for transport in TRANSPORTS]
+    check_topic_names(configs, node_topic_resolver(namespace, remappings))
+
+
+def shown_name(name: str) -> str:
+    """``name`` for a message: as it is, or cut with its length where it is long."""
+    if len(name) <= SHOWN_CHARACTERS + 10:
+        return name
+    return f"{name[:SHOWN_CHARACTERS]}... ({len(name)} characters)"
+
+
+def _validation_reason(error: NameValidationException) -> str:
+    """rclpy's "Invalid <what>: <reason>:" first line -> "<reason>"."""
+    first = str(error).splitlines()[0]
+    return first.partition(": ")[2].rstrip(":") or first
 
 
 def _after_parameter_name(error: ValueError) -> str:

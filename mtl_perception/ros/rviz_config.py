@@ -5,11 +5,16 @@ namespace (``/perception_node/overlay``, ``/perception_node/semantic_color``). A
 displays are pointed at the node's namespace and, with named cameras, repeated once per camera:
 one group display named after the camera holding that camera's displays
 (``/<ns>/perception_node/<camera>/overlay``, ...), the topics the node publishes.
+
+The file goes to the temporary folder under a name of its own per node namespace
+(:func:`rviz_config_path`), so launches in different namespaces never share one.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,7 +23,15 @@ import yaml
 
 from ..outputs import write_text
 from .cameras import OUTPUTS, output_topic
-from .launch_support import NODE_NAME, UNNAMED, node_namespace_prefix
+from .launch_support import (
+    NODE_NAME,
+    UNNAMED,
+    check_camera_topics,
+    check_namespace,
+    node_namespace_prefix,
+)
+
+READABLE_CHARACTERS = 40  # of the namespace in the file name; a hash tells the rest apart
 
 
 def rviz_config(template: str, namespace: str, cameras: tuple[str, ...] = UNNAMED) -> str:
@@ -26,8 +39,12 @@ def rviz_config(template: str, namespace: str, cameras: tuple[str, ...] = UNNAME
     ``cameras`` (its ``cameras`` parameter; ``("",)`` for the one unnamed camera).
 
     Raises:
-        ValueError: a display of the template shows no output of the node.
+        ValueError: ``namespace`` is not a namespace the node can have (naming
+            ``namespace:=``), a camera makes an invalid topic (as the node refuses it), or a
+            display of the template shows no output of the node.
     """
+    check_namespace(namespace)
+    check_camera_topics(tuple(cameras), namespace)
     config = yaml.safe_load(template)
     manager = config["Visualization Manager"]
     displays = manager["Displays"]
@@ -78,8 +95,23 @@ def node_output_topic(namespace: str, camera: str, output: str) -> str:
 def write_rviz_config(
     template: str | Path, namespace: str, cameras: tuple[str, ...] = UNNAMED
 ) -> Path:
-    """Writes :func:`rviz_config` for rviz to read: one file per namespace in the temporary
-    folder, replaced atomically at each launch (so launches leave no pile behind)."""
+    """Writes :func:`rviz_config` for rviz to read to :func:`rviz_config_path`, replaced
+    atomically at each launch (so launches leave no pile behind).
+
+    Raises:
+        ValueError: as :func:`rviz_config`; nothing is written then.
+    """
     text = rviz_config(Path(template).read_text(), namespace, cameras)
-    tag = node_namespace_prefix(namespace).replace("/", "_")
-    return write_text(Path(tempfile.gettempdir()) / f"mtl_perception{tag}.rviz", text)
+    return write_text(rviz_config_path(namespace), text)
+
+
+def rviz_config_path(namespace: str) -> Path:
+    """``$TMPDIR/mtl_perception_<namespace>_<hash>.rviz``: one file per node namespace
+    (``robot1`` and ``/robot1/`` are one). The hash of the exact namespace keeps apart those
+    that read alike (``/a/b``, ``a_b``); the readable part is cut short, so the name never
+    exceeds a file name's limit."""
+    absolute = node_namespace_prefix(namespace) or "/"
+    digest = hashlib.sha256(absolute.encode()).hexdigest()[:12]
+    readable = re.sub(r"[^A-Za-z0-9_]", "_", absolute.strip("/"))[:READABLE_CHARACTERS]
+    name = "_".join(part for part in ("mtl_perception", readable, digest) if part)
+    return Path(tempfile.gettempdir()) / f"{name}.rviz"
