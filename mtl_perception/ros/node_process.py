@@ -3,23 +3,35 @@
 The one way the bag tools (:mod:`.bags.node_process`), the benchmarks, the scripts and the tests
 start a node process and stop it. No ROS import: it only builds a command line.
 
+A node dies with the process that started it, however that one dies (SIGKILL, the OOM killer):
+it is given SIGTERM, its clean shutdown, by the kernel (Linux's parent-death signal). It also
+holds the folder of its log as this process does: the flock by which
+:func:`mtl_perception.outputs.atomic_directory` owns a temporary output folder is shared with a
+node logging into it, so the next run cannot remove that folder while the node still writes there.
+
     with start_node("perception_node", parameters={"checkpoint": path}, log=log) as node:
         ...  # node.process is the Popen; node.failure() says whether it died and why
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
 NODE_MODULE = "mtl_perception.ros.node"
 STOP_TIMEOUT = 15.0  # seconds a node is given to shut down after SIGINT before SIGKILL
+PARENT_DEATH_SIGNAL = signal.SIGTERM  # what a node gets when the process that started it dies
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass
@@ -163,15 +175,80 @@ def start_node(
     )
     stream = log.open("w") if log is not None else None
     try:
-        process = subprocess.Popen(
+        process = _spawn(
             args,
             stdout=stream,
             stderr=subprocess.STDOUT if stream is not None else None,
             env=dict(env) if env is not None else None,
             cwd=cwd,
+            preexec_fn=_dies_with_this_process(),
+            pass_fds=_descriptors_of(log.parent) if log is not None else (),
         )
     except BaseException:
         if stream is not None:
             stream.close()
         raise
     return NodeProcess(process, log, stream)
+
+
+@cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` (loaded here, never in a forked child), or None where there is none."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (AttributeError, OSError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+def _dies_with_this_process() -> Callable[[], None] | None:
+    """The ``preexec_fn`` of a child to be sent :data:`PARENT_DEATH_SIGNAL` when this process
+    dies (None where the system has no ``prctl``). Run in the child between fork and exec: it
+    only calls what is loaded already."""
+    prctl, parent = _prctl(), os.getpid()
+    if prctl is None:
+        return None
+
+    def set_parent_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL, 0, 0, 0)
+        if os.getppid() != parent:  # it died before the prctl: no signal will come
+            os._exit(128 + PARENT_DEATH_SIGNAL)
+
+    return set_parent_death_signal
+
+
+def _descriptors_of(folder: Path) -> tuple[int, ...]:
+    """This process's open descriptors of ``folder`` (Linux's /proc/self/fd; none elsewhere):
+    given to the node, so that a flock held on one of them is held by the node too."""
+    try:
+        wanted = folder.stat()
+        descriptors = [int(entry.name) for entry in Path("/proc/self/fd").iterdir()]
+    except OSError:
+        return ()
+    found = []
+    for descriptor in descriptors:
+        try:
+            status = os.fstat(descriptor)
+        except OSError:  # the listing's own descriptor, closed since
+            continue
+        if (status.st_dev, status.st_ino) == (wanted.st_dev, wanted.st_ino):
+            found.append(descriptor)
+    return tuple(found)
+
+
+@cache
+def _spawner() -> ThreadPoolExecutor:
+    """One thread that starts nodes for threads other than the main one and lives until this
+    process exits."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="node-spawner")
+
+
+def _spawn(args: list[str], **options: Any) -> subprocess.Popen:
+    """``subprocess.Popen(args, **options)`` forked by a thread that lives as long as this
+    process: the parent-death signal is sent when the forking THREAD ends, so a node started from
+    a short-lived thread would be stopped with it."""
+    if threading.current_thread() is threading.main_thread():
+        return subprocess.Popen(args, **options)
+    return _spawner().submit(subprocess.Popen, args, **options).result()

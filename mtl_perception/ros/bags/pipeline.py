@@ -2,7 +2,8 @@
 
 Every input is checked before the node starts (or before scoring begins); output folders are new
 and written atomically (complete or absent). If a run fails after the node started, the node's log
-is kept beside the output as ``<out>.failed-node.log`` and the error names it.
+is kept beside the output as ``<out>.failed-node.log`` and the error names it; not on a full disk,
+which leaves nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ...cli import ToolError, one_line
 from ...data.labels import DEFAULT_CLASSES_FILE, ClassMap
 from ...evaluation.evaluate import check_classes
 from ...model.config import ModelConfig
-from ...outputs import atomic_directory, check_new_directory
+from ...outputs import atomic_directory, check_new_directory, full_disk_errno
 from .criteria import Criterion, Verdict, check_gate_options, judge
 from .node_process import keep_node_log
 from .peak import PeakSearch
@@ -227,6 +228,10 @@ def run_bag(
 
 
 def _fail(error: BaseException, log: Path, out: Path):
+    """Re-raises a failed run's ``error``, naming the node's ``log`` kept beside ``out``; on a
+    full disk the log goes with the rest of the output folder (the error says nothing was kept)."""
+    if full_disk_errno(error) is not None:
+        raise error
     kept = keep_node_log(log, out)
     if kept is not None and isinstance(error, Exception):
         raise ToolError(f"{one_line(error)} (node log kept in {kept})") from error
