@@ -40,6 +40,8 @@ from typing import IO
 
 import numpy as np
 
+from .file_locks import lock_exclusively
+
 
 def _umask() -> int:
     try:
@@ -210,17 +212,10 @@ def _stale_pattern(path: Path) -> re.Pattern[str]:
 def _try_lock(entry: os.DirEntry) -> int | None:
     """An open descriptor of ``entry`` with an exclusive flock on it, or ``None`` when another
     open descriptor holds it (a living process) or it cannot be opened or locked."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | (os.O_DIRECTORY if entry.is_dir() else 0)
     try:
-        handle = os.open(entry.path, flags)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return lock_exclusively(entry.path)
     except OSError:  # EWOULDBLOCK: owned; anything else: cannot tell, so not ours to remove
-        os.close(handle)
         return None
-    return handle
 
 
 def _size(folder: str | Path) -> int:
