@@ -5,16 +5,21 @@ python -m mtl_perception.training --resume RUN_DIR [--data DIR]
 torchrun --nproc_per_node=N -m mtl_perception.training --config ... --data DIR --out RUN_DIR
 
 A new run needs an --out that does not exist (or an empty folder), or one where a run of the
-same config was killed before its first checkpoint (it is started again). ``--resume``
+same config was killed before its first checkpoint (it is started again); a folder holding a
+run with checkpoints is refused with the ``--resume`` command that continues it. ``--resume``
 continues from ``RUN_DIR/checkpoints/last.pt`` with the config that checkpoint was trained with,
 and refuses a ``RUN_DIR/config.yaml`` that says otherwise; its data root is the one the run was
 trained on (stored resolved), unless ``--data`` gives another.
+
+One run folder takes one training at a time: rank 0 holds it for the whole run
+(:func:`.run_dir.owned_run_dir`), and a second command for the same folder is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 from ..cli import ToolParser, positive_int, tool_main
@@ -22,7 +27,7 @@ from ..model.checkpoint import read_checkpoint
 from ..outputs import check_new_directory
 from .config import TrainConfig
 from .distributed import init_distributed, shutdown_distributed
-from .run_dir import clear_unstarted, last_checkpoint, never_started
+from .run_dir import clear_unstarted, last_checkpoint, never_started, owned_run_dir
 from .trainer import Trainer
 
 
@@ -108,6 +113,30 @@ def resumed_data_root(run_dir: Path, content: dict) -> Path:
     return root
 
 
+def check_out(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether ``--out`` takes a new run of ``config``: True when it holds a run of that config
+    killed before its first checkpoint (to start again), False when it is new or empty.
+
+    Raises:
+        ValueError: it holds a run with checkpoints (naming the ``--resume`` command that
+            continues it), a finished run, another config's unstarted run, or other files.
+    """
+    if last_checkpoint(run_dir).is_file():
+        final = run_dir / "checkpoints" / "final.pt"
+        if final.is_file():
+            raise ValueError(
+                f"--out {run_dir} holds a finished run ({final}); choose another folder"
+            )
+        raise ValueError(
+            f"--out {run_dir} holds a run with checkpoints, stopped before its end; continue "
+            f"it with: mtl-train --resume {run_dir} (or choose another folder for a new run)"
+        )
+    if restartable(run_dir, config):
+        return True
+    check_new_directory(run_dir, "--out")
+    return False
+
+
 def restartable(run_dir: Path, config: TrainConfig) -> bool:
     """Whether --out holds a run of ``config`` killed before its first checkpoint (to start
     again); refuses one of another config. False when --out holds no such run."""
@@ -132,28 +161,41 @@ def restartable(run_dir: Path, config: TrainConfig) -> bool:
 
 @tool_main(build_parser)
 def main(args: argparse.Namespace) -> int:
-    restart = False
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # torchrun: rank 0 holds the run folder
     if args.resume:
         if args.config or args.out or args.pretrained:
             raise ValueError(
                 "--resume continues a run as it was: drop --config, --out and --pretrained"
             )
         run_dir = args.resume
-        config, content = resumed_config(run_dir)
-        data = args.data or resumed_data_root(run_dir, content)
-    else:
-        if not (args.config and args.data and args.out):
-            raise ValueError("--config, --data and --out are required (or --resume RUN_DIR)")
-        config = TrainConfig.from_yaml(args.config)
-        if args.pretrained:
-            if not args.pretrained.is_file():
-                raise ValueError(f"--pretrained {args.pretrained}: no such file")
-            config = TrainConfig.from_dict({**config.to_dict(), "pretrained": str(args.pretrained)})
-        run_dir, data = args.out, args.data
-        if int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 creates it
-            restart = restartable(run_dir, config)
-            if not restart:
-                check_new_directory(run_dir, "--out")
+        with owned_run_dir(run_dir, "--resume", create=False) if main_rank else nullcontext():
+            config, content = resumed_config(run_dir)
+            data = args.data or resumed_data_root(run_dir, content)
+            source = f"the training config of {last_checkpoint(run_dir)}"
+            return train(args, config, data, run_dir, source)
+    if not (args.config and args.data and args.out):
+        raise ValueError("--config, --data and --out are required (or --resume RUN_DIR)")
+    config = TrainConfig.from_yaml(args.config)
+    if args.pretrained:
+        if not args.pretrained.is_file():
+            raise ValueError(f"--pretrained {args.pretrained}: no such file")
+        config = TrainConfig.from_dict({**config.to_dict(), "pretrained": str(args.pretrained)})
+    with owned_run_dir(args.out, "--out", create=True) if main_rank else nullcontext():
+        restart = check_out(args.out, config) if main_rank else False
+        return train(args, config, args.data, args.out, str(args.config), restart=restart)
+
+
+def train(
+    args: argparse.Namespace,
+    config: TrainConfig,
+    data: Path,
+    run_dir: Path,
+    source: str,
+    *,
+    restart: bool = False,
+) -> int:
+    """Trains (rank 0 holding ``run_dir``); ``source`` says where ``config`` came from, and
+    ``restart`` clears the files of a run of it killed before its first checkpoint."""
     context = init_distributed(args.device)
     try:
         trainer = Trainer(
@@ -164,6 +206,7 @@ def main(args: argparse.Namespace) -> int:
             resume=bool(args.resume),
             stop_after=args.stop_after,
             progress=not args.no_progress,
+            config_source=source,
         )
         if restart and context.is_main:  # every check passed: the killed start's files go
             removed = clear_unstarted(run_dir)

@@ -66,7 +66,8 @@ class ProgressHook(Hook):
         self.bar = tqdm(
             total=trainer.config.total_iterations,
             initial=trainer.iteration,
-            disable=not (self.enabled and trainer.context.is_main),
+            disable=not (self.enabled and trainer.context.is_main)
+            or trainer.iteration >= trainer.config.total_iterations,  # complete: a line says so
             unit="it",
             dynamic_ncols=True,
         )

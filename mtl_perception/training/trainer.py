@@ -44,9 +44,18 @@ from .config import StageConfig, TrainConfig
 from .distributed import DistributedContext
 from .hooks import CheckpointHook, Hook, ProgressHook, StopHook, ValidationHook, write_run_config
 from .memory import check_training_fits
-from .run_dir import last_checkpoint
+from .run_dir import finished, last_checkpoint, metrics_records
 from .sampler import IterationSampler
 from .schedule import poly_restart_lr, stage_at
+
+
+def _class_map(config: TrainConfig, source: str | Path | None) -> ClassMap:
+    """The class map ``data.classes`` names; a failure names that field and ``source``."""
+    try:
+        return ClassMap.from_yaml(config.data.classes)
+    except ValueError as error:
+        where = f" in {source}" if source else ""
+        raise ValueError(f"data.classes{where}: {error}") from error
 
 
 class Trainer:
@@ -61,6 +70,8 @@ class Trainer:
             state are checked against ``config`` first).
         stop_after: stop (with a checkpoint) after this many iterations of this invocation.
         progress: show the tqdm bar.
+        config_source: where ``config`` came from (its YAML file, a checkpoint), named in
+            errors about what its fields point to (``data.classes``).
     """
 
     def __init__(
@@ -73,6 +84,7 @@ class Trainer:
         resume: bool = False,
         stop_after: int | None = None,
         progress: bool = True,
+        config_source: str | Path | None = None,
     ) -> None:
         if stop_after is not None and stop_after < 1:
             raise ValueError(f"--stop-after must be >= 1, got {stop_after}")
@@ -81,7 +93,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.context = context
         self.device = context.device
-        self.class_map = ClassMap.from_yaml(config.data.classes)
+        self.class_map = _class_map(config, config_source)
         self.model_config = self._model_config_with_names(config.model)
         check_training_fits(
             self.model_config,
@@ -275,9 +287,17 @@ class Trainer:
     def run(self) -> dict[str, Any] | None:
         """Trains to the end of the schedule (or ``stop_after``); returns the last validation.
 
-        A new run whose start fails before its first checkpoint leaves no run directory.
+        A new run whose start fails before its first checkpoint leaves no run directory; a
+        finished run resumed says so in one line and changes nothing.
         """
+        if self.resumed and finished(self.run_dir, self.config, self.iteration):
+            self.log(
+                f"--resume {self.run_dir}: the run is already complete "
+                f"({self.iteration} iterations); nothing to do"
+            )
+            return None
         created = self._prepare_run_dir()
+        complete = self.iteration >= self.config.total_iterations  # resumed to redo what it owed
         try:
             loader = self._loader()
             batches = iter(loader)
@@ -308,6 +328,8 @@ class Trainer:
             if created is not None and self.checkpoints_written == 0 and self.context.is_main:
                 created()  # a start that failed leaves nothing behind
             raise
+        if complete:
+            self.log(f"the run is complete ({self.iteration} iterations)")
         return self.validation.last
 
     def _prepare_run_dir(self):
@@ -340,11 +362,7 @@ class Trainer:
         if not path.is_file():
             return
         kept = []
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by the kill
+        for line, record in metrics_records(self.run_dir):  # less lines torn by the kill
             if record.get("iteration", 0) <= self.iteration:
                 kept.append(line)
                 if "validation" in record:

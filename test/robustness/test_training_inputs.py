@@ -6,6 +6,7 @@ traceback, and every file that existed before byte-identical after (nothing left
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -141,9 +142,9 @@ CONFIG_CASES = {
     "scale_range_reversed": ({"data": {"scale_range": [1.5, 1.0]}}, ["scale_range"]),
     "flip_probability": ({"data": {"flip_probability": 2}}, ["flip_probability", "[0, 1]"]),
     "val_images_zero": ({"val_images": 0}, ["val_images"]),
-    "classes_file_missing": (
+    "classes_file_missing": (  # the finding: neither the field nor the config file was named
         {"data": {"classes": "nowhere/classes.yaml", "workers": 0}},
-        ["classes.yaml"],
+        ["data.classes in", "train.yaml", "class map not found: nowhere/classes.yaml"],
     ),
     "lr_nan": ({"stages": [{**TINY["stages"][0], "lr": float("nan")}]}, ["finite number"]),
 }
@@ -334,6 +335,148 @@ def _refused_start_keeping(folder: Path, data: Path, config: Path, *mentions: st
     )
     assert_refused(outcome, *mentions)
     before.assert_unchanged()
+
+
+def test_out_holding_a_stopped_run_gives_the_resume_command(finished_run, data, tmp_path):
+    """The finding: the same command again after a kill with last.pt present said only
+    "exists and is not empty; choose another folder". It says the folder holds a run with
+    checkpoints and how to continue it."""
+    run = _copy_run(finished_run, tmp_path)
+    (run / "checkpoints" / "final.pt").unlink()
+    _refused_start_keeping(
+        tmp_path, data, _config(tmp_path), "holds a run with checkpoints",
+        f"mtl-train --resume {run}",
+    )  # fmt: skip
+
+
+def test_out_holding_a_finished_run_says_so(finished_run, data, tmp_path):
+    _copy_run(finished_run, tmp_path)
+    _refused_start_keeping(tmp_path, data, _config(tmp_path), "holds a finished run", "final.pt")
+
+
+def test_a_class_map_error_names_the_field_and_the_config_file(data, tmp_path):
+    """The finding: 'class map not found: nope.yaml', naming neither ``data.classes`` nor the
+    config file. Refused before any work, leaving no folder (its missing parents included)."""
+    config = _config(tmp_path, data={"classes": "nope.yaml", "workers": 0})
+    before = Snapshot(tmp_path, data)
+    out = tmp_path / "runs" / "first"
+    outcome = invoke(train, "--no-progress", "--config", config, "--data", data, "--out", out)
+    assert_refused(outcome, f"data.classes in {config}: class map not found: nope.yaml")
+    before.assert_unchanged()
+
+
+# -- one run folder, one training at a time ------------------------------------------------------
+
+PAUSER = Path(__file__).parent.parent / "helpers" / "pause_mid_write.py"
+
+
+def test_a_second_start_is_refused_while_the_first_runs_and_works_once_it_is_killed(data, tmp_path):
+    """The finding: the same command started twice at once: the second took the first's
+    folder (no checkpoint yet) for a killed run and removed its config.yaml, metrics.jsonl
+    and tensorboard/; the first died on its missing events file. The first run holds its
+    folder: the second is refused naming it and the first's pid, and nothing changes. Once the
+    first is SIGKILLed, the kernel drops its lock and the same command starts again.
+    Deterministic: the first run pauses after its first step (config.yaml and tensorboard/
+    written, no checkpoint yet)."""
+    config = _config(tmp_path)
+    out = tmp_path / "run"
+    command = ["--no-progress", "--config", config, "--data", data, "--out", out]
+    first = subprocess.Popen(
+        [sys.executable, str(PAUSER), "mtl_perception.training.trainer:Trainer.train_step", "1",
+         "mtl_perception.training.cli", *map(str, command)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        for line in first.stdout:
+            if line.strip() == "paused":
+                break
+        else:
+            pytest.fail(f"the first run ended before its first step: {first.stderr.read()}")
+        assert (out / "config.yaml").is_file() and (out / "tensorboard").is_dir()
+        before = Snapshot(tmp_path, data)
+        second = invoke(train, *command)
+        assert_refused(
+            second, f"--out {out} is in use by a running mtl-train (pid {first.pid})",
+            "choose another folder",
+        )  # fmt: skip
+        before.assert_unchanged()
+    finally:
+        first.kill()
+        first.communicate()
+    again = invoke(train, *command)
+    assert again.code == 0, again.stderr
+    assert "starting again a run stopped before its first checkpoint" in again.stdout
+    assert (out / "checkpoints" / "final.pt").is_file()
+
+
+def test_resume_of_a_run_in_use_is_refused(finished_run, data, tmp_path):
+    """--resume too: while another process holds the folder (here this test, by the same
+    flock a running mtl-train takes), nothing is read, trimmed or written."""
+    from mtl_perception.file_locks import lock_exclusively
+
+    run = _copy_run(finished_run, tmp_path)
+    (run / "checkpoints" / "final.pt").unlink()
+    holder = lock_exclusively(run)
+    try:
+        _refused_resume(
+            run, data, f"--resume {run} is in use by a running mtl-train (pid {os.getpid()})"
+        )
+    finally:
+        os.close(holder)
+
+
+def test_an_empty_out_in_use_is_refused_and_kept(data, tmp_path):
+    from mtl_perception.file_locks import lock_exclusively
+
+    (tmp_path / "run").mkdir()
+    holder = lock_exclusively(tmp_path / "run")
+    try:
+        _refused_start_keeping(tmp_path, data, _config(tmp_path), "--out", "is in use by")
+    finally:
+        os.close(holder)
+    assert (tmp_path / "run").is_dir()
+
+
+def test_resume_of_a_finished_run_says_it_is_complete_and_changes_nothing(
+    finished_run, data, tmp_path
+):
+    """The finding: --resume of a finished run printed only a 100% bar (and added an events
+    file to tensorboard/)."""
+    run = _copy_run(finished_run, tmp_path)
+    before = Snapshot(tmp_path, data)
+    outcome = invoke(train, "--resume", run)
+    assert outcome.code == 0, outcome.stderr
+    assert outcome.stdout.splitlines() == [
+        f"--resume {run}: the run is already complete (2 iterations); nothing to do"
+    ]
+    assert "100%" not in outcome.stderr
+    before.assert_unchanged()
+
+
+def test_resume_of_a_run_killed_before_its_last_validation_was_logged_does_it(
+    finished_run, data, tmp_path
+):
+    """A run at its last iteration is complete only with that iteration's validation logged:
+    killed before it, --resume still does it (and then says the run is complete)."""
+    run = _copy_run(finished_run, tmp_path)
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("".join(f"{line}\n" for line in lines if '"validation"' not in line))
+    outcome = invoke(train, "--no-progress", "--resume", run)
+    assert outcome.code == 0, outcome.stderr
+    assert "iteration 2: mIoU" in outcome.stdout
+    assert outcome.stdout.splitlines()[-1] == "the run is complete (2 iterations)"
+    assert _without_latency(metrics.read_text()) == _without_latency("\n".join(lines))
+
+
+def _without_latency(text: str) -> list[dict]:
+    """metrics.jsonl's records less the validations' wall-clock latency (no two runs share
+    it)."""
+    records = [json.loads(line) for line in text.splitlines()]
+    for record in records:
+        record.get("validation", {}).pop("latency_ms", None)
+    return records
 
 
 # -- memory -------------------------------------------------------------------------------------
