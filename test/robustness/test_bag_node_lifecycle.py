@@ -225,12 +225,13 @@ def _tool_args(command: str, inputs: Path, out: Path) -> list[str]:
 
 
 @pytest.mark.ros
-def test_sigkilled_evaluate_takes_its_node_with_it_and_the_rerun_cleans_up(
-    inputs, tmp_path, ros_process_env
+@pytest.mark.parametrize("command", ["evaluate", "run"])
+def test_a_sigkilled_bag_tool_takes_its_node_with_it_and_the_rerun_cleans_up(
+    inputs, tmp_path, ros_process_env, command
 ):
     """The node had stayed alive (PID 1's child) for good; the rerun removed its folder."""
     out = tmp_path / "ev"
-    argv = _tool_args("evaluate", inputs, out)
+    argv = _tool_args(command, inputs, out)
     # paused once the node runs: the first of its messages (/diagnostics) is being recorded
     tool = subprocess.Popen(
         [sys.executable, str(PAUSE), PAUSED_AT, "1", "mtl_perception.ros.bags.cli", *argv],
@@ -266,7 +267,7 @@ def test_sigkilled_evaluate_takes_its_node_with_it_and_the_rerun_cleans_up(
     assert len(notes) == 1 and "removed 1 unfinished temporary folder" in notes[0], notes
     assert partials[0].name in notes[0]
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
-    assert (out / "report.json").is_file()
+    assert (out / "node.log").is_file() if command == "run" else (out / "report.json").is_file()
 
 
 @pytest.mark.ros
