@@ -402,6 +402,34 @@ def test_resume_from_another_directory_finds_a_relative_data_root(data, tmp_path
     assert read_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 2
 
 
+def test_a_run_folder_taken_by_another_run_between_its_creation_and_the_lock_stays(
+    tmp_path, monkeypatch
+):
+    """Two starts for a missing --out at the same instant: both see it missing, one makes it,
+    the other locks it first. The one refused must not remove the folder it made (empty then),
+    which the other is about to fill. Deterministic: the other run's lock is taken (by this
+    test) right before ours."""
+    from mtl_perception.file_locks import lock_exclusively
+    from mtl_perception.training import run_dir
+
+    run = tmp_path / "runs" / "run"
+    other: list[int] = []
+
+    def other_run_first(path, **kwargs):
+        other.append(lock_exclusively(path, **kwargs))
+        return lock_exclusively(path, **kwargs)
+
+    monkeypatch.setattr(run_dir, "lock_exclusively", other_run_first)
+    refused = pytest.raises(ValueError, match=f"--out {run} is in use by a running mtl-train")
+    try:
+        with refused, run_dir.owned_run_dir(run, "--out", create=True):
+            pass
+        assert run.is_dir()
+    finally:
+        for handle in other:
+            os.close(handle)
+
+
 def test_checkpoints_follow_the_umask_so_other_users_can_read_them(tmp_path):
     from mtl_perception.model.checkpoint import save_checkpoint
 

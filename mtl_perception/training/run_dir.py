@@ -135,6 +135,7 @@ def owned_run_dir(run_dir: str | Path, option: str, *, create: bool) -> Iterator
             try:
                 handle = lock_exclusively(run_dir, follow_symlinks=True)
             except BlockingIOError:
+                made = []  # another run took it between our mkdir and our lock: now its own
                 raise ValueError(_in_use(run_dir, option)) from None
             except FileNotFoundError:
                 continue
