@@ -175,20 +175,37 @@ def start_node(
     )
     stream = log.open("w") if log is not None else None
     try:
-        process = _spawn(
+        process = start_child(
             args,
+            holds=log.parent if log is not None else None,
             stdout=stream,
             stderr=subprocess.STDOUT if stream is not None else None,
             env=dict(env) if env is not None else None,
             cwd=cwd,
-            preexec_fn=_dies_with_this_process(),
-            pass_fds=_descriptors_of(log.parent) if log is not None else (),
         )
     except BaseException:
         if stream is not None:
             stream.close()
         raise
     return NodeProcess(process, log, stream)
+
+
+def start_child(args: Sequence[str], holds: Path | None = None, **options: Any) -> subprocess.Popen:
+    """``subprocess.Popen(args, **options)`` for a child that must not outlive this process (a
+    node, a tool's worker): it is sent :data:`PARENT_DEATH_SIGNAL` when this process dies, even
+    by SIGKILL.
+
+    Args:
+        holds: a folder whose open descriptors (and so the flock of an output being written,
+            mtl_perception/outputs.py) the child inherits, so that the folder counts as in use
+            while the child lives.
+    """
+    return _spawn(
+        list(args),
+        preexec_fn=_dies_with_this_process(),
+        pass_fds=_descriptors_of(holds) if holds is not None else (),
+        **options,
+    )
 
 
 @cache

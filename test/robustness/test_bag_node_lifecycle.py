@@ -283,3 +283,58 @@ def test_a_full_disk_leaves_no_node_log(inputs, tmp_path, ros_process_env, comma
         assert "nothing of it was kept" in line
         assert entries(disk) == ["filler"]
         before.assert_unchanged()
+
+
+def _descendants_when(tool: subprocess.Popen, ready, timeout: float) -> list[psutil.Process]:
+    """The tool's descendants once ``ready(descendants)`` holds (polled; bounded by timeout)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and tool.poll() is None:
+        descendants = psutil.Process(tool.pid).children(recursive=True)
+        if ready(descendants):
+            return descendants
+        time.sleep(0.1)
+    raise AssertionError(f"the tool's workers and nodes never all ran (exit {tool.poll()})")
+
+
+@pytest.mark.ros
+def test_a_sigkilled_jobs_evaluation_takes_its_workers_and_their_nodes_with_it(
+    inputs, tmp_path, ros_process_env
+):
+    """``evaluate --jobs 2``: the per-bag workers (and so their nodes) had lived on as PID 1's
+    children, and written into the hidden folder after a rerun had removed it."""
+    bags = tmp_path / "bags"
+    bags.mkdir()
+    for name in ("a", "b"):
+        (bags / name).symlink_to(inputs / "bag", target_is_directory=True)
+    out = tmp_path / "ev"
+    argv = [*_tool_args("evaluate", inputs, out)[:-1], "--jobs", "2"]
+    argv[argv.index(inputs / "bag")] = bags
+    tool = subprocess.Popen(
+        [sys.executable, "-m", "mtl_perception.ros.bags.cli", *map(str, argv)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def two_workers_with_their_nodes(descendants: list[psutil.Process]) -> bool:
+        lines = [" ".join(p.cmdline()) for p in descendants if p.is_running()]
+        nodes = [line for line in lines if "mtl_perception.ros.node " in f"{line} "]
+        return len(nodes) == 2
+
+    try:
+        descendants = _descendants_when(tool, two_workers_with_their_nodes, 10 * EXIT_TIMEOUT)
+    finally:
+        tool.kill()
+        tool.communicate(timeout=EXIT_TIMEOUT)
+    survivors = [p for p in descendants if not _wait_gone(p.pid)]
+    for process in survivors:
+        process.kill()
+    assert not survivors, [" ".join(p.cmdline()) for p in survivors]
+    # an orphaned worker finished its bag (report.json) in the folder left behind; killed with
+    # the tool, none did
+    finished = [str(path) for partial in _partials(out) for path in partial.rglob("report.json")]
+    assert not finished, finished
+    outcome = invoke(bag_cli.main, *argv)
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    assert "removed 1 unfinished temporary folder" in outcome.stderr, outcome.stderr[-3000:]
+    assert not _partials(out)

@@ -30,6 +30,7 @@ from typing import Any
 
 from ...cli import ToolError
 from ...outputs import atomic_directory
+from ..node_process import start_child
 from .criteria import judge, verdict_dicts
 from .pipeline import Scored, ScoreOptions, _check_out, _class_map
 from .read import BagTopics, read_ground_truth, read_run
@@ -177,10 +178,16 @@ def _last_error(log: Path) -> str:
 
 
 def run_jobs(
-    jobs: list[BagJob], options: list[str], parallel: int, logs: Path, say: Callable[[str], None]
+    jobs: list[BagJob],
+    options: list[str],
+    parallel: int,
+    logs: Path,
+    say: Callable[[str], None],
+    holds: Path | None = None,
 ) -> None:
     """Runs one ``mtl-bag evaluate`` per job, at most ``parallel`` at once, each logging to
-    ``logs/<name>.log``.
+    ``logs/<name>.log``. Each dies with this process (and its node with it) and inherits the
+    descriptors of ``holds`` (the output being written), so a rerun never removes it under them.
 
     Raises:
         ToolError: a bag's evaluation failed (names the bag, its error and its log).
@@ -193,8 +200,9 @@ def run_jobs(
             command = [sys.executable, "-m", "mtl_perception.ros.bags.cli", "evaluate"]
             command += ["--bag", str(job.bag), "--out", str(job.out), *options]
             with log.open("w") as stream:
-                running[job] = subprocess.Popen(
+                running[job] = start_child(
                     command,
+                    holds=holds,
                     stdout=stream,
                     stderr=subprocess.STDOUT,
                     env=_child_environment(job.domain_id),
@@ -269,7 +277,7 @@ def evaluate_bags(
             BagJob(name, bag, work / "bags" / name, domain)
             for name, bag, domain in zip(names, bags, ids, strict=True)
         ]
-        run_jobs(jobs, child_options(args), args.jobs, logs, say)
+        run_jobs(jobs, child_options(args), args.jobs, logs, say, holds=work)
         total, summaries, reports, frames = None, [], [], []
         for job in jobs:
             run = read_run(job.out / "outputs_bag")
