@@ -16,7 +16,10 @@ path through ``python -m``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -1031,3 +1034,23 @@ def test_the_longest_camera_name_the_node_accepts_gives_a_valid_player_node_name
     validate_node_name(player_name("c" * longest))  # raises when invalid
     with pytest.raises(ValueError, match="invalid topic"):
         check_rig_cameras(["c" * (longest + 1)], [False])
+
+
+@bad_input
+def test_the_shared_keys_warning_is_printed_once_by_the_command_a_user_runs(case):
+    """Run as a user runs it (no MTL_NETNS: the tool moves itself into a private namespace by
+    running itself again), the warning was printed before and after that, twice."""
+    params = _params(case, SHARED + OWN.format("score_threshold"))
+    bag = _zero_frames(case)
+    argv = evaluate_argv(case, bag, "--as-fast-as-possible", "--node-params", params)
+    env = {key: value for key, value in os.environ.items() if key != "MTL_NETNS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "mtl_perception.ros.bags.cli", *map(str, argv)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    warnings = [w for w in done.stderr.splitlines() if "ignoring 2 parameter(s)" in w]
+    assert len(warnings) == 1, done.stderr[-3000:]

@@ -474,11 +474,11 @@ def main(args: argparse.Namespace) -> int:
         )
         return _print_scored(scored, args.out)
     peak = _peak_search(args)  # its options checked before anything starts
-    _warn_foreign_keys(getattr(args, "node_params", None))
     from ..isolation import ensure_private_network
 
     if getattr(args, "attach", None) is None:  # a node of our own: no traffic leaves the machine
-        ensure_private_network()
+        ensure_private_network()  # may run this tool again inside a namespace: warn after it
+    _warn_foreign_keys(getattr(args, "node_params", None))
     # what every run of the node takes, one camera or a rig, run or evaluate
     node_run = {
         "rate_factor": None if args.as_fast_as_possible else args.rate_factor,
