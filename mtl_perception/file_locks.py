@@ -63,3 +63,27 @@ def lock_holder(path: str | Path) -> int | None:
             if (int(major, 16), int(minor, 16), int(inode)) == wanted and int(fields[4]) > 0:
                 return int(fields[4])
     return None
+
+
+_KEPT_FROM_FORKED_CHILDREN: set[int] = set()
+
+
+def _close_in_forked_child() -> None:
+    for handle in _KEPT_FROM_FORKED_CHILDREN:
+        with suppress(OSError):
+            os.close(handle)
+    _KEPT_FROM_FORKED_CHILDREN.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_forked_child)
+
+
+def keep_from_forked_children(handle: int, keep: bool = True) -> None:
+    """Whether a lock's descriptor is closed in children forked from now on (``keep=False``
+    undoes it). A forked child shares the lock, so a child that outlives its parent for a while
+    (a DataLoader worker notices its trainer's death only after seconds) would hold it on; closing
+    the child's copy leaves the lock to this process alone."""
+    if keep:
+        _KEPT_FROM_FORKED_CHILDREN.add(handle)
+    else:
+        _KEPT_FROM_FORKED_CHILDREN.discard(handle)

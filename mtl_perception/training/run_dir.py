@@ -31,7 +31,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..file_locks import lock_exclusively, lock_holder
+from ..file_locks import keep_from_forked_children, lock_exclusively, lock_holder
 from ..outputs import check_new_directory
 from .hooks import due_checkpoints, validation_due
 
@@ -142,6 +142,7 @@ def owned_run_dir(run_dir: str | Path, option: str, *, create: bool) -> Iterator
             except OSError:
                 break  # no flock here: unlocked, as before
             if _still_there(run_dir, handle):
+                keep_from_forked_children(handle)  # its data-loader workers must not hold it on
                 break
             os.close(handle)
             handle = None
@@ -151,6 +152,7 @@ def owned_run_dir(run_dir: str | Path, option: str, *, create: bool) -> Iterator
             with suppress(OSError):
                 folder.rmdir()
         if handle is not None:
+            keep_from_forked_children(handle, keep=False)
             os.close(handle)
 
 

@@ -6,6 +6,7 @@ traceback, and every file that existed before byte-identical after (nothing left
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import psutil
 import pytest
 import torch
 import yaml
@@ -408,6 +410,42 @@ def test_a_second_start_is_refused_while_the_first_runs_and_works_once_it_is_kil
     assert again.code == 0, again.stderr
     assert "starting again a run stopped before its first checkpoint" in again.stdout
     assert (out / "checkpoints" / "final.pt").is_file()
+
+
+def test_a_killed_runs_data_loader_workers_do_not_hold_its_folder(data, tmp_path):
+    """Second outside test: SIGKILL a run with a data-loader worker, rerun at once: refused "in
+    use by a running mtl-train (pid N)" naming the dead run, since its forked worker (alive for
+    seconds until it notices) shared the folder's lock. The worker's copy is closed at fork."""
+    config = _config(tmp_path, data={"workers": 1})
+    out = tmp_path / "run"
+    command = ["--no-progress", "--config", config, "--data", data, "--out", out]
+    first = subprocess.Popen(
+        [sys.executable, str(PAUSER), "mtl_perception.training.trainer:Trainer.train_step", "1",
+         "mtl_perception.training.cli", *map(str, command)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        for line in first.stdout:
+            if line.strip() == "paused":
+                break
+        else:
+            pytest.fail(f"the first run ended before its first step: {first.stderr.read()}")
+        workers = psutil.Process(first.pid).children()
+        assert workers, "the run has no data-loader worker"
+    finally:
+        first.kill()
+        first.wait()  # not communicate(): the worker keeps the pipes open until it notices
+    try:
+        again = invoke(train, *command)
+        assert again.code == 0, again.stderr
+        assert "starting again a run stopped before its first checkpoint" in again.stdout
+    finally:
+        for worker in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
+        first.stdout.close()
+        first.stderr.close()
 
 
 def test_resume_of_a_run_in_use_is_refused(finished_run, data, tmp_path):
