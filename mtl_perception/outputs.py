@@ -40,7 +40,7 @@ from typing import IO
 
 import numpy as np
 
-from .file_locks import lock_exclusively
+from .file_locks import lock_exclusively, lock_holder
 
 
 def _umask() -> int:
@@ -218,6 +218,36 @@ def _try_lock(entry: os.DirEntry) -> int | None:
         return None
 
 
+def refuse_output_in_progress(path: Path, option: str) -> None:
+    """Refuses ``path`` while another living process fills a ``.partial`` folder for it (the
+    same command started twice): without this, both did the whole job and the second was
+    refused only at its rename.
+
+    Raises:
+        ValueError: naming ``option``, ``path`` and the writer's pid where it can be told.
+    """
+    pattern = _stale_pattern(path)
+    with suppress(OSError):
+        for entry in os.scandir(path.parent):
+            if not (
+                entry.name.endswith(PARTIAL_SUFFIX)
+                and pattern.fullmatch(entry.name)
+                and entry.is_dir(follow_symlinks=False)
+            ):
+                continue
+            try:
+                os.close(lock_exclusively(entry.path))
+            except BlockingIOError:
+                pid = lock_holder(entry.path)
+                writer = f"another running process (pid {pid})" if pid else "another process"
+                raise ValueError(
+                    f"{option} {path} is being written by {writer} into {entry.name}; wait for "
+                    "it to finish or choose another folder"
+                ) from None
+            except OSError:  # cannot tell (not ours, no flock here): not in the way
+                continue
+
+
 def _size(folder: str | Path) -> int:
     """Bytes of the regular files under ``folder`` (links not followed)."""
     total = 0
@@ -360,6 +390,7 @@ def atomic_directory(path: str | Path, option: str = "--out") -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_partials(path, option)
+        refuse_output_in_progress(path, option)
         temporary, handle = _owned_temporary_folder(path)
     except OSError as error:  # e.g. a folder of /proc: name what the user gave, not our temp
         if full_disk_errno(error):

@@ -7,6 +7,7 @@ mounts (test/helpers/small_disk.py)."""
 
 from __future__ import annotations
 
+import re
 import signal
 import sqlite3
 import subprocess
@@ -92,10 +93,11 @@ def test_a_partial_folder_a_living_run_holds_is_left_alone(tmp_path, capsys):
     holder, partial = _start_holder(out)
     try:
         assert remove_stale_partials(out) == []
-        with pytest.raises(RuntimeError), atomic_directory(out) as work:  # a second run
-            assert (partial / "half.bin").stat().st_size == 300_000  # untouched
-            assert sorted(_hidden(tmp_path)) == sorted([partial.name, work.name])
-            raise RuntimeError("the second run fails")
+        # a second run for the same output (the same command twice) is refused before its work
+        expected = f"--out {out} is being written by another running process (pid {holder.pid})"
+        with pytest.raises(ValueError, match=re.escape(expected)), atomic_directory(out):
+            pytest.fail("the second run was let in")
+        assert (partial / "half.bin").stat().st_size == 300_000  # untouched
         assert _hidden(tmp_path) == [partial.name]
         assert capsys.readouterr().err == ""
         holder.communicate("go\n", timeout=60)
