@@ -372,6 +372,23 @@ def test_a_class_map_error_names_the_field_and_the_config_file(data, tmp_path):
 PAUSER = Path(__file__).parent.parent / "helpers" / "pause_mid_write.py"
 
 
+def _paused_after_its_first_step(command: list) -> subprocess.Popen:
+    """``mtl-train *command`` in a process of its own, returned once it has paused after its
+    first step (config.yaml and tensorboard/ written, no checkpoint yet)."""
+    run = subprocess.Popen(
+        [sys.executable, str(PAUSER), "mtl_perception.training.trainer:Trainer.train_step", "1",
+         "mtl_perception.training.cli", *map(str, command)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    for line in run.stdout:
+        if line.strip() == "paused":
+            return run
+    run.kill()
+    run.wait()
+    pytest.fail(f"the run ended before its first step: {run.stderr.read()}")
+
+
 def test_a_second_start_is_refused_while_the_first_runs_and_works_once_it_is_killed(data, tmp_path):
     """The finding: the same command started twice at once: the second took the first's
     folder (no checkpoint yet) for a killed run and removed its config.yaml, metrics.jsonl
@@ -383,18 +400,8 @@ def test_a_second_start_is_refused_while_the_first_runs_and_works_once_it_is_kil
     config = _config(tmp_path)
     out = tmp_path / "run"
     command = ["--no-progress", "--config", config, "--data", data, "--out", out]
-    first = subprocess.Popen(
-        [sys.executable, str(PAUSER), "mtl_perception.training.trainer:Trainer.train_step", "1",
-         "mtl_perception.training.cli", *map(str, command)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    first = _paused_after_its_first_step(command)
     try:
-        for line in first.stdout:
-            if line.strip() == "paused":
-                break
-        else:
-            pytest.fail(f"the first run ended before its first step: {first.stderr.read()}")
         assert (out / "config.yaml").is_file() and (out / "tensorboard").is_dir()
         before = Snapshot(tmp_path, data)
         second = invoke(train, *command)
@@ -419,18 +426,8 @@ def test_a_killed_runs_data_loader_workers_do_not_hold_its_folder(data, tmp_path
     config = _config(tmp_path, data={"workers": 1})
     out = tmp_path / "run"
     command = ["--no-progress", "--config", config, "--data", data, "--out", out]
-    first = subprocess.Popen(
-        [sys.executable, str(PAUSER), "mtl_perception.training.trainer:Trainer.train_step", "1",
-         "mtl_perception.training.cli", *map(str, command)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    first = _paused_after_its_first_step(command)
     try:
-        for line in first.stdout:
-            if line.strip() == "paused":
-                break
-        else:
-            pytest.fail(f"the first run ended before its first step: {first.stderr.read()}")
         workers = psutil.Process(first.pid).children()
         assert workers, "the run has no data-loader worker"
     finally:
