@@ -1,10 +1,11 @@
 """The node's cameras: topic names and per-camera state.
 
 One node serves N cameras through one network. Camera ``name`` reads ``<name>/image`` (or
-``<name>/image/compressed``) and publishes ``~/<name>/semantic``, ``~/<name>/detections``,
-``~/<name>/semantic_color`` and ``~/<name>/overlay``; the unnamed default camera ("") keeps the
-single-camera topics ``image`` and ``~/semantic``, .... LabelInfo (``~/label_info``,
-``~/detection_label_info``) is the node's, published once for all cameras.
+``<name>/image/compressed``) and publishes ``~/<name>/semantic`` and ``~/<name>/detections``; the
+overlay node draws ``~/<name>/semantic_color`` and ``~/<name>/overlay`` from them, under the same
+perception node's name (so drawing costs the perception node nothing). The unnamed default camera
+("") keeps the single-camera topics ``image`` and ``~/semantic``, .... LabelInfo
+(``~/label_info``, ``~/detection_label_info``) is the node's, published once for all cameras.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any
 from .frame_slot import FrameCounters
 from .parameters import CameraParameters
 
-OUTPUTS = ("semantic", "detections", "semantic_color", "overlay")
+PERCEPTION_OUTPUTS = ("semantic", "detections")  # published by the perception node
+DRAWN_OUTPUTS = ("semantic_color", "overlay")  # drawn from those by overlay_node.py
+OUTPUTS = (*PERCEPTION_OUTPUTS, *DRAWN_OUTPUTS)  # every per-camera topic under the perception node
 LATENCY_WINDOW = 200  # latencies kept per camera for p50/p95
 NODE_OUTPUTS = ("~/label_info", "~/detection_label_info")  # the node's own, one for all cameras
 

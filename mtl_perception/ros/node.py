@@ -1,4 +1,4 @@
-"""``perception_node``: camera images in; semantic mask, detections and overlays out.
+"""``perception_node``: camera images in; semantic mask and detections out.
 
 A managed lifecycle node and a thin shell around the Predictor:
 
@@ -73,8 +73,7 @@ from ..inference.device_names import standin_device
 from ..inference.fallback import FallbackPredictor
 from ..inference.predictor import Prediction, PredictorConfig
 from ..inference.standin import STANDIN_WARNING, standin_factory
-from ..visualization import colorize, draw_overlay
-from .cameras import OUTPUTS, Camera, check_topic_names, input_topic, output_topic
+from .cameras import PERCEPTION_OUTPUTS, Camera, check_topic_names, input_topic, output_topic
 from .conversions import (
     CONVERTER,
     REJECTION_REASONS,
@@ -328,13 +327,12 @@ class PerceptionNode(LifecycleNode):
             "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", 10),
         }
         kinds = {"detections": Detection2DArray}
-        outputs = [o for o in OUTPUTS if o != "overlay" or params.publish_overlay]
         for camera in self._cameras:
             camera.outputs = {
                 output: self.create_publisher(
                     kinds.get(output, Image), output_topic(camera.name, output), OUTPUT_QOS
                 )
-                for output in outputs
+                for output in PERCEPTION_OUTPUTS
             }
         self._publish_label_info()
         reliability = (
@@ -582,39 +580,17 @@ class PerceptionNode(LifecycleNode):
     def _publish(
         self, camera: Camera, header: Header, rgb: np.ndarray, prediction: Prediction
     ) -> None:
-        """Publishes one frame's outputs. The colour mask is computed once, and only when
-        ``semantic_color`` or ``overlay`` has subscribers; the overlay goes out as rgb8 (the
-        Predictor's colour order: no conversion)."""
+        """Publishes one frame's mask and detections. Overlay and colour images are the overlay
+        node's (ros/overlay_node.py): drawing them here cost this node's frame path 20-40 ms per
+        2048x1024 frame (docs/benchmarks.md)."""
         publishers = camera.outputs
         if not publishers:
             return  # deactivated while this frame was in the model
-        semantics = class_semantics(self.predictor.model_config)
         # The network never predicts void, so the mask needs no void -> UNLABELED pass.
         publishers["semantic"].publish(encode_image(prediction.mask, "mono8", header))
         publishers["detections"].publish(
             detections_message(header, prediction.boxes, prediction.scores, prediction.classes)
         )
-        colour_publisher = publishers["semantic_color"]
-        overlay = publishers.get("overlay")
-        want_colour = colour_publisher.get_subscription_count() > 0
-        want_overlay = overlay is not None and overlay.get_subscription_count() > 0
-        if not (want_colour or want_overlay):
-            return
-        colour = colorize(prediction.mask, semantics.seg_colours)
-        if want_colour:
-            colour_publisher.publish(encode_image(colour, "rgb8", header))
-        if want_overlay:
-            picture = draw_overlay(
-                rgb,
-                prediction.mask,
-                prediction.boxes,
-                prediction.classes,
-                prediction.scores,
-                semantics.det_names,
-                semantics.seg_colours,
-                coloured_mask=colour,
-            )
-            overlay.publish(encode_image(picture, "rgb8", header))
 
     def _publish_label_info(self) -> None:
         semantics = class_semantics(self.predictor.model_config)

@@ -36,7 +36,6 @@ class NodeParameters:
     max_batch: int = 0  # 0: every camera on CUDA, 1 on the CPU
     qos_reliability: str = "best_effort"
     qos_depth: int = 1
-    publish_overlay: bool = True
     max_pixels: int = 4096 * 4096
     diagnostics_period: float = 1.0
     stale_timeout_s: float = 3.0  # a camera silent this long is WARN in /diagnostics
@@ -176,7 +175,6 @@ _DESCRIPTIONS = {
     "max_batch": "most cameras' frames in one forward pass; 0: all cameras on CUDA, 1 on the CPU",
     "qos_reliability": "input subscription reliability: best_effort (sensor data) or reliable",
     "qos_depth": "input subscription queue depth (keep last)",
-    "publish_overlay": "publish ~/overlay (only computed while it has subscribers)",
     "max_pixels": "frames with more pixels are rejected",
     "diagnostics_period": "seconds between /diagnostics messages",
     "stale_timeout_s": "seconds without a frame after which a camera's diagnostics go WARN (> 0)",
