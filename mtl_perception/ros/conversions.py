@@ -23,6 +23,7 @@ import threading
 import warnings
 from array import array as ByteArray
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -32,6 +33,9 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from ..data.quiet_decode import imdecode_quietly
+
+if TYPE_CHECKING:
+    from .raw_messages import RawCompressedImage, RawImage
 
 try:  # a system ROS 2 has cv_bridge; the pip wheels do not
     from cv_bridge import CvBridge
@@ -95,6 +99,9 @@ REJECTION_REASONS = (
     "ancillary",  # PNG with more compressed ancillary chunks than MAX_COMPRESSED_CHUNKS
     "undecodable",  # OpenCV could not decode it
     "size_mismatch",  # decoded size differs from the declared one
+    # a serialised (CDR) frame that cannot be read: truncated, a length past its end, not plain
+    # CDR, a string without its NUL or not UTF-8 (raw_messages.MalformedMessageError)
+    "serialization",
 )
 # A JPEG's header (every marker segment before the first scan) must fit in this many bytes:
 # camera JPEGs need a few hundred, an EXIF segment at most 64 KiB. It bounds the time Pillow's
@@ -129,6 +136,15 @@ class ImageRejectedError(ValueError):
         self.reason = reason
 
 
+class MalformedMessageError(ImageRejectedError):
+    """A serialised message that cannot be read (truncated, a length past the end, an unknown
+    encapsulation, a string without its terminating NUL or not UTF-8, ...); the message names
+    what and the byte offset. Its reason is always ``serialization``."""
+
+    def __init__(self, message: str, reason: str = "serialization") -> None:
+        super().__init__(message, reason)
+
+
 @dataclass(frozen=True)
 class DeclaredImage:
     """What a compressed frame's header declares, read before any decoding."""
@@ -150,9 +166,10 @@ def _uint32(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32
 
 
-def check_image(msg: Image, max_pixels: int) -> None:
+def check_image(msg: Image | RawImage, max_pixels: int) -> None:
     """Raises :class:`ImageRejectedError` unless ``msg`` is a well-formed image we can convert.
 
+    ``msg`` is a sensor_msgs/Image (rclpy or rosbags) or a :class:`.raw_messages.RawImage`.
     Geometry only, O(1): the pixel data are not read.
     """
     height, width, step = msg.height, msg.width, msg.step
@@ -198,8 +215,11 @@ def check_image(msg: Image, max_pixels: int) -> None:
         )
 
 
-def image_to_rgb(msg: Image, max_pixels: int) -> np.ndarray:
-    """A checked sensor_msgs/Image -> (H, W, 3) uint8 RGB."""
+def image_to_rgb(msg: Image | RawImage, max_pixels: int) -> np.ndarray:
+    """A checked sensor_msgs/Image or RawImage -> (H, W, 3) uint8 RGB.
+
+    An unpadded rgb8 image comes back as a view of its data (read-only for a RawImage).
+    """
     check_image(msg, max_pixels)
     channels = BYTES_PER_PIXEL[msg.encoding]
     if _BRIDGE is not None:
@@ -301,7 +321,7 @@ def _byte_view(data: object) -> memoryview:
             ) from error
 
 
-def check_compressed(msg: CompressedImage, max_pixels: int) -> DeclaredImage:
+def check_compressed(msg: CompressedImage | RawCompressedImage, max_pixels: int) -> DeclaredImage:
     """Reads a sensor_msgs/CompressedImage's declared format and size without decoding it.
 
     Raises :class:`ImageRejectedError` for empty data, content other than JPEG or PNG (named),
@@ -367,8 +387,8 @@ def _has_end_marker(fmt: str, data: memoryview, header_end: int) -> bool:
     return marker in bytes(data[header_end : tail_start + overlap])
 
 
-def compressed_to_rgb(msg: CompressedImage, max_pixels: int) -> np.ndarray:
-    """A sensor_msgs/CompressedImage (JPEG or PNG) -> (H, W, 3) uint8 RGB.
+def compressed_to_rgb(msg: CompressedImage | RawCompressedImage, max_pixels: int) -> np.ndarray:
+    """A sensor_msgs/CompressedImage or RawCompressedImage (JPEG or PNG) -> (H, W, 3) uint8 RGB.
 
     :func:`check_compressed` first; OpenCV decodes only a frame whose declared size is within
     ``max_pixels``, and its output must have exactly the declared size.
@@ -405,16 +425,27 @@ def compressed_to_rgb(msg: CompressedImage, max_pixels: int) -> np.ndarray:
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
+def encodable_array(array: np.ndarray, encoding: str) -> tuple[np.ndarray, int]:
+    """``array`` as C-contiguous uint8 and its channel count, if ``encoding`` can hold it:
+    (H, W) for mono8, (H, W, 3) for rgb8 / bgr8.
+
+    Raises:
+        ValueError: any other shape or encoding.
+    """
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    channels = 1 if array.ndim == 2 else array.shape[2] if array.ndim == 3 else 0
+    if (encoding == "mono8") != (channels == 1) or channels not in (1, 3):
+        raise ValueError(f"cannot encode an array of shape {array.shape} as {encoding}")
+    return array, channels
+
+
 def encode_image(array: np.ndarray, encoding: str, header: Header) -> Image:
     """(H, W) mono8 or (H, W, 3) rgb8/bgr8 uint8 -> sensor_msgs/Image with ``header``.
 
     The pixels are copied once, straight into the message's ``array('B')`` (``tobytes()`` and
     the message's own conversion of bytes would copy them twice more).
     """
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    channels = 1 if array.ndim == 2 else array.shape[2]
-    if (encoding == "mono8") != (channels == 1) or channels not in (1, 3):
-        raise ValueError(f"cannot encode an array of shape {array.shape} as {encoding}")
+    array, channels = encodable_array(array, encoding)
     height, width = array.shape[:2]
     data = ByteArray("B")
     data.frombytes(memoryview(array).cast("B"))
