@@ -51,6 +51,7 @@ from ..detection.postprocess import (
 from ..model.checkpoint import load_model
 from ..model.config import OUTPUT_STRIDE, ModelConfig
 from ..model.network import MultiTaskNet, check_input_size, normalize_images
+from .device_names import standin_device
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 COMPILE_MODES = ("none", "default", "max-autotune", "reduce-overhead")
@@ -124,6 +125,53 @@ class PredictorConfig:
             )
         if self.backend == "onnxruntime" and (self.compile != "none" or self.channels_last):
             raise ValueError("compile and channels_last apply to the torch backend only")
+
+
+def default_fast_path(device: str) -> dict[str, object]:
+    """The :class:`PredictorConfig` fast-path fields of the fastest correct path measured for a
+    device (docs/benchmarks.md, "Model latency"), for the node's defaults.
+
+    CUDA: a CUDA graph of the whole device step in fp16 autocast with pinned, reused buffers
+    (4.2 ms per 768x384 frame on an H200, against 18.6 ms fp32 eager; its parity with fp32
+    eager is tested in test/test_fast_paths.py). The FallbackPredictor falls back from it
+    through fp16+preallocate, fp16 and fp32 eager when it fails.
+
+    CPU: channels-last fp32 (690 ms against 874 ms eager on the 2-core reference CPU).
+    ``compile`` measured 683 ms there, 1 % faster and within the runs' spread, but compiles for
+    tens of seconds at the first frame and again at every new batch size (a node batching a
+    varying number of cameras would stall), and needs a C++ compiler; bf16 is slower on a CPU.
+
+    Args:
+        device: "cpu", "cuda", "cuda:N", or a stand-in device ("benchmark-standin[:cuda]").
+
+    Returns:
+        precision, channels_last, compile, cuda_graph and preallocate values.
+
+    Raises:
+        ValueError: not a device name.
+    """
+    name = standin_device(device) or device
+    try:
+        kind = torch.device(name).type
+    except RuntimeError as error:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
+    if kind == "cuda":
+        return {
+            "precision": "fp16",
+            "channels_last": False,
+            "compile": "none",
+            "cuda_graph": True,
+            "preallocate": True,
+        }
+    if kind == "cpu":
+        return {
+            "precision": "fp32",
+            "channels_last": True,
+            "compile": "none",
+            "cuda_graph": False,
+            "preallocate": False,
+        }
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
 @dataclass
