@@ -18,6 +18,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
+# A benchmark's own child for the node of ``--baseline`` (benchmarks/baseline.py) imports that
+# version's package: its folder goes before this checkout's (imported below, not before).
+if os.environ.get("MTL_BENCH_PACKAGE"):
+    sys.path.insert(0, os.environ["MTL_BENCH_PACKAGE"])
 
 
 def machine() -> str:

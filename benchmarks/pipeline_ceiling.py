@@ -2,7 +2,8 @@
 network replaced by a zero-cost stand-in (no GPU needed; no GPU can make the node faster).
 
     .venv/bin/python benchmarks/pipeline_ceiling.py [--device cpu|cuda]
-        [--sizes 640x480,1280x720,2048x1024] [--cameras 1,2,4,6] [--seconds 3] [--write]
+        [--sizes 640x480,1280x720,2048x1024] [--cameras 1,2,4,6] [--seconds 3]
+        [--baseline REF] [--write]
 
 Runs the real perception_node (its own process, over DDS, inside a loopback-only namespace) with
 ``device:=benchmark-standin`` (``benchmark-standin:cuda`` with ``--device cuda``: the device
@@ -11,25 +12,35 @@ resize, normalisation, mask argmax and up-sampling, post-processing, message bui
 serialisation, publishing), the network's outputs are fixed tensors of its shapes. One node per
 camera count (``cameras`` parameter; where the node has none, counts above 1 are reported as not
 measured). Per frame size, first without and then with subscribers on ``overlay`` and
-``semantic_color`` (as rviz has), a client feeds every camera bgr8 frames (the usual camera
-driver encoding; reliable QoS) keeping two frames in flight per camera: each output lets the
-next frame go. After a warm-up, for ``--seconds``:
+``semantic_color`` (as rviz has; drawn by the perception node itself where it has
+``publish_overlay``, else by the overlay node, started for those cases), a client feeds every
+camera bgr8 frames (the usual camera driver encoding; reliable QoS) keeping two frames in flight
+per camera: each output lets the next frame go. After a warm-up, for ``--seconds``:
 
 - outputs/s: detections messages received per second (all cameras);
-- host ms/frame: the node process's CPU time (user + system, all threads) per output;
-- of which device step: the CPU time of the stand-in Predictor's ``predict`` on one such frame
-  (median of 10, measured in this process before the nodes start): upload, resize,
+- host ms/frame: the perception node process's CPU time (user + system, all threads) per output;
+- device step: the CPU time of the stand-in Predictor's ``predict`` on one such frame (median
+  of 10, measured in a process of that version before the nodes start): upload, resize,
   normalisation, class ids, mask up-sampling, post-processing. With ``--device cpu`` it runs on
-  the CPU; a GPU node runs it on the GPU, so host ms minus it is what that node's host pays;
+  the CPU; a GPU node runs it on the GPU;
+- host ms without device step: host ms/frame minus the device step, what the host of a GPU node
+  pays (the issue 23 goals on the 2-core CPU);
+- overlay node ms/frame: the overlay node's CPU time per output (not counted in host ms);
+  overlays/s: overlay messages received per second;
 - latency p50: camera stamp sent -> detections received.
 
-The goals (issue 15, 2048x1024, one camera): host cost <= 8 ms/frame without overlay
-subscribers, <= 20 ms with overlay and semantic_color subscribed.
+``--baseline REF`` (benchmarks/baseline.py) runs the node of REF as well (before, after, case by
+case; the two nodes in their own namespaces, the idle one waiting) and adds a before/after table.
+
+Goals (issue 23, 2048x1024, one camera): on the CPU, host ms without the device step <= 6
+without overlay subscribers and <= 8 with them; on CUDA, host ms/frame <= 8 without overlay;
+with overlay and semantic_color subscribed, the perception node's host cost rises by <= 2 ms.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -41,18 +52,25 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import ROOT, header, write_section
+from baseline import Version, add_argument, before_after_table, versions, versions_line
+from common import header, write_section
 
 from mtl_perception.inference.device_names import STANDIN_DEVICE
 from mtl_perception.ros.isolation import ensure_private_network
-from mtl_perception.ros.node_process import NodeProcess, start_node
+from mtl_perception.ros.node_process import NodeProcess, start_node, stop_nodes
 
 NODE = "ceiling_node"
+OVERLAY_MODULE = "mtl_perception.ros.overlay_node"
 IN_FLIGHT = 2  # frames per camera between the client and the node's outputs
 WARMUP_OUTPUTS = 4  # per camera, before the measurement starts
+OVERLAY_WARMUP_S = 60.0  # the longest wait for every camera's first overlay
 STALL_S = 2.0  # a camera without an output this long gets a new frame (a frame was dropped)
-GOALS_MS = {False: 8.0, True: 20.0}  # host cost at 2048x1024, one camera, without / with overlay
+GOAL_SIZE = (2048, 1024)
+CPU_GOALS_MS = {False: 6.0, True: 8.0}  # host ms without the device step, without / with overlay
+CUDA_GOAL_MS = 8.0  # host ms/frame without overlay
+OVERLAY_RISE_MS = 2.0  # the perception node's host cost with overlay minus without
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+NAN = float("nan")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -75,6 +93,7 @@ class Camera:
     counter: int = 0
     sent: dict[int, float] = field(default_factory=dict)
     outputs: int = 0
+    overlays: int = 0
     last_output: float = 0.0
     latencies: list[float] = field(default_factory=list)
 
@@ -84,12 +103,37 @@ class Case:
     size: tuple[int, int]
     cameras: int
     overlay: bool
-    rate: float = float("nan")
-    host_ms: float = float("nan")
-    device_ms: float = float("nan")
-    latency_ms: float = float("nan")
-    per_camera: tuple[float, float] = (float("nan"), float("nan"))
+    version: str = ""
+    rate: float = NAN
+    host_ms: float = NAN
+    device_ms: float = NAN
+    overlay_ms: float = NAN  # the overlay node's CPU per output (NaN: no overlay node)
+    overlay_rate: float = NAN
+    latency_ms: float = NAN
+    per_camera: tuple[float, float] = (NAN, NAN)
     note: str = ""
+
+    @property
+    def rest_ms(self) -> float:
+        """Host ms/frame without the device step."""
+        return self.host_ms - self.device_ms
+
+    @property
+    def key(self) -> str:
+        size = f"{self.size[0]}x{self.size[1]}"
+        return f"{size}, {self.cameras} camera(s), overlay {'yes' if self.overlay else 'no'}"
+
+
+@dataclass
+class Setup:
+    """One version's node for one camera count: its process, topics and overlay nodes."""
+
+    version: Version
+    namespace: str
+    node: NodeProcess
+    log: Path
+    cameras: list[Camera] | None = None
+    overlay_nodes: list[NodeProcess] = field(default_factory=list)
 
 
 def device_step_ms(size: tuple[int, int], device: str, threads: int) -> float:
@@ -113,23 +157,66 @@ def device_step_ms(size: tuple[int, int], device: str, threads: int) -> float:
     return 1e3 * float(np.median(times))
 
 
+def device_steps(
+    version: Version, sizes: list[tuple[int, int]], device: str, threads: int
+) -> dict[tuple[int, int], float]:
+    """:func:`device_step_ms` per size, measured by a process of ``version`` (its Predictor)."""
+    command = [
+        sys.executable, __file__, "--device-step-only", "--device", device,
+        "--node-threads", str(threads), "--sizes", ",".join(f"{w}x{h}" for w, h in sizes),
+    ]  # fmt: skip
+    result = subprocess.run(command, env=version.env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"device step of {version.label} failed:\n{result.stderr[-3000:]}")
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    return {parse_size(size): ms for size, ms in found.items()}
+
+
 def parse_size(text: str) -> tuple[int, int]:
     width, height = (int(v) for v in text.lower().split("x"))
     return width, height
 
 
-def start_ceiling_node(device: str, cameras: int, threads: int, log: Path) -> NodeProcess:
+def camera_names(cameras: int) -> list[str]:
+    """The cameras of a node: the unnamed default camera alone, else cam0, cam1, ..."""
+    return [""] if cameras == 1 else [f"cam{i}" for i in range(cameras)]
+
+
+def start_ceiling_node(
+    version: Version, namespace: str, device: str, cameras: int, threads: int, log: Path
+) -> NodeProcess:
     params: dict[str, object] = {
         "device": device,
-        "publish_overlay": True,
         "qos_reliability": "reliable",
         "qos_depth": IN_FLIGHT,
         "max_pixels": 4096 * 4096,
+        **version.overlay_parameters(),
     }
     if cameras > 1:
-        params["cameras"] = f"[{','.join(f'cam{i}' for i in range(cameras))}]"
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    return start_node(NODE, parameters=params, env=env, cwd=ROOT, log=log)
+        params["cameras"] = f"[{','.join(camera_names(cameras))}]"
+    env = version.env({**os.environ, "OMP_NUM_THREADS": str(threads)})
+    return start_node(
+        NODE, namespace=namespace or None, parameters=params, env=env, cwd=version.cwd, log=log
+    )
+
+
+def start_overlay_node(setup: Setup, cameras: int, threads: int) -> NodeProcess:
+    """The overlay node that draws ``setup``'s node's overlay and semantic_color (a version
+    without ``publish_overlay``): one for all its cameras, publishing under the perception
+    node's name."""
+    params: dict[str, object] = {"perception_node": NODE}
+    if cameras > 1:
+        params["cameras"] = f"[{','.join(camera_names(cameras))}]"
+    env = setup.version.env({**os.environ, "OMP_NUM_THREADS": str(threads)})
+    return start_node(
+        f"{NODE}_overlay",
+        namespace=setup.namespace or None,
+        parameters=params,
+        module=OVERLAY_MODULE,
+        env=env,
+        cwd=setup.version.cwd,
+        log=setup.log.with_suffix(".overlay.log"),
+    )
 
 
 class Client:
@@ -147,20 +234,21 @@ class Client:
         self.cameras: list[Camera] = []
         self.running = False
         self._subscriptions: list[object] = []
-        self.pid = 0  # the node process (set per node)
-        self.cpu = 0.0  # its CPU seconds in the last measurement
+        self.pids: dict[str, list[int]] = {"node": [], "overlay": []}  # per process role
+        self.cpu: dict[str, float] = {}  # their CPU seconds in the last measurement
         threading.Thread(target=self.executor.spin, daemon=True).start()
 
-    def discover(self, process: subprocess.Popen, cameras: int, log: Path) -> list[Camera] | None:
+    def discover(self, setup: Setup, cameras: int) -> list[Camera] | None:
         """The node's cameras (input and output topics), once it is active; None where the node
         came up with fewer cameras than asked for (no ``cameras`` parameter)."""
+        namespace = setup.namespace or "/"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"the node exited:\n{log.read_text()[-3000:]}")
+            if setup.node.process.poll() is not None:
+                raise RuntimeError(f"the node exited:\n{setup.log.read_text()[-3000:]}")
             try:
-                outputs = self.node.get_publisher_names_and_types_by_node(NODE, "/")
-                inputs = self.node.get_subscriber_names_and_types_by_node(NODE, "/")
+                outputs = self.node.get_publisher_names_and_types_by_node(NODE, namespace)
+                inputs = self.node.get_subscriber_names_and_types_by_node(NODE, namespace)
             except Exception:  # not discovered yet
                 outputs, inputs = [], []
             detections = sorted(t for t, _ in outputs if t.endswith("/detections"))
@@ -169,10 +257,10 @@ class Client:
                 break
             time.sleep(0.2)
         else:
-            raise RuntimeError(f"the node did not come up:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"the node did not come up:\n{setup.log.read_text()[-3000:]}")
         time.sleep(1.0)  # every camera's topics (they are created one after another)
-        outputs = [t for t, _ in self.node.get_publisher_names_and_types_by_node(NODE, "/")]
-        inputs = [t for t, _ in self.node.get_subscriber_names_and_types_by_node(NODE, "/")]
+        outputs = [t for t, _ in self.node.get_publisher_names_and_types_by_node(NODE, namespace)]
+        inputs = [t for t, _ in self.node.get_subscriber_names_and_types_by_node(NODE, namespace)]
         detections = sorted(t for t in outputs if t.endswith("/detections"))
         images = sorted(t for t in inputs if t.endswith("image"))
         if len(images) != cameras or len(detections) != cameras:
@@ -190,6 +278,30 @@ class Client:
                 )
             )
         return found
+
+    def wait_for_drawers(self, setup: Setup, timeout: float = 120.0) -> None:
+        """Waits until every camera's overlay and semantic_color have a publisher (the overlay
+        node's, started just before)."""
+        topics = [t for c in setup.cameras or [] for t in (c.overlay_topic, c.colour_topic)]
+        deadline = time.monotonic() + timeout
+        while any(self.node.count_publishers(topic) == 0 for topic in topics):
+            for process in setup.overlay_nodes:
+                if process.process.poll() is not None:
+                    raise RuntimeError(f"the overlay node exited: {process.failure()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no publisher of {topics} within {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def _qos_of(self, topic: str, depth: int):
+        """Reliable QoS of ``depth``, best effort where the topic's publishers are."""
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        publishers = self.node.get_publishers_info_by_topic(topic)
+        best_effort = any(
+            p.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT for p in publishers
+        )
+        reliability = ReliabilityPolicy.BEST_EFFORT if best_effort else ReliabilityPolicy.RELIABLE
+        return QoSProfile(depth=depth, reliability=reliability)
 
     def use(self, cameras: list[Camera], size: tuple[int, int], overlay: bool) -> None:
         """Publishers and subscriptions for one case; frames of ``size`` (a synthetic scene)."""
@@ -218,11 +330,25 @@ class Client:
                     qos,
                 )
             )
-            topics = [camera.semantic_topic]
-            topics += [camera.overlay_topic, camera.colour_topic] if overlay else []
-            for topic in topics:
+            self._subscriptions.append(
+                self.node.create_subscription(Image, camera.semantic_topic, lambda _: None, qos)
+            )
+            if overlay:
                 self._subscriptions.append(
-                    self.node.create_subscription(Image, topic, lambda _: None, qos)
+                    self.node.create_subscription(
+                        Image,
+                        camera.overlay_topic,
+                        lambda _, camera=camera: self._overlay_arrived(camera),
+                        self._qos_of(camera.overlay_topic, IN_FLIGHT + 1),
+                    )
+                )
+                self._subscriptions.append(
+                    self.node.create_subscription(
+                        Image,
+                        camera.colour_topic,
+                        lambda _: None,
+                        self._qos_of(camera.colour_topic, IN_FLIGHT + 1),
+                    )
                 )
         self.cameras = cameras
 
@@ -246,41 +372,56 @@ class Client:
             if self.running:
                 self._publish(camera)
 
-    def run(self, seconds: float) -> tuple[float, list[int], list[float]]:
-        """Feeds every camera; returns (measured seconds, outputs per camera, latencies s)."""
+    def _overlay_arrived(self, camera: Camera) -> None:
+        with self.lock:
+            camera.overlays += 1
+
+    def _cpu(self) -> dict[str, float]:
+        return {role: sum(cpu_seconds(pid) for pid in pids) for role, pids in self.pids.items()}
+
+    def run(self, seconds: float, overlay: bool) -> tuple[float, list[int], list[float], int]:
+        """Feeds every camera; returns (measured seconds, outputs per camera, latencies s,
+        overlays received)."""
         with self.lock:
             for camera in self.cameras:
                 camera.sent.clear()
-                camera.outputs, camera.last_output = 0, time.monotonic()
+                camera.outputs, camera.overlays = 0, 0
+                camera.last_output = time.monotonic()
                 camera.latencies = []
             self.running = True
             for camera in self.cameras:
                 for _ in range(IN_FLIGHT):
                     self._publish(camera)
-        deadline = time.monotonic() + 120
-        while min(c.outputs for c in self.cameras) < WARMUP_OUTPUTS:
+        begun = time.monotonic()
+        while min(c.outputs for c in self.cameras) < WARMUP_OUTPUTS or (
+            overlay
+            and min(c.overlays for c in self.cameras) == 0
+            and time.monotonic() - begun < OVERLAY_WARMUP_S
+        ):
             self._unstall()
-            if time.monotonic() > deadline:
+            if time.monotonic() - begun > 120:
                 raise RuntimeError("no outputs from the node within 120 s")
             time.sleep(0.02)
         with self.lock:
             start = time.monotonic()
             before = [c.outputs for c in self.cameras]
+            overlays_before = sum(c.overlays for c in self.cameras)
             for camera in self.cameras:
                 camera.latencies = []
-        cpu_before = cpu_seconds(self.pid)
+        cpu_before = self._cpu()
         while time.monotonic() - start < seconds:
             self._unstall()
             time.sleep(0.05)
         with self.lock:
             elapsed = time.monotonic() - start
-            cpu = cpu_seconds(self.pid) - cpu_before
+            cpu_after = self._cpu()
             outputs = [c.outputs - b for c, b in zip(self.cameras, before, strict=True)]
+            overlays = sum(c.overlays for c in self.cameras) - overlays_before
             latencies = [v for c in self.cameras for v in c.latencies]
             self.running = False
-        self.cpu = cpu
+        self.cpu = {role: cpu_after[role] - cpu_before[role] for role in cpu_after}
         time.sleep(0.5)  # frames in flight come back before the next case
-        return elapsed, outputs, latencies
+        return elapsed, outputs, latencies, overlays
 
     def _unstall(self) -> None:
         now = time.monotonic()
@@ -297,58 +438,161 @@ class Client:
         rclpy.try_shutdown()
 
 
-def measure(client: Client, cameras: list[Camera], case: Case, seconds: float) -> None:
-    client.use(cameras, case.size, case.overlay)
-    elapsed, outputs, latencies = client.run(seconds)
+def measure(client: Client, setup: Setup, case: Case, seconds: float) -> None:
+    client.pids = {"node": [setup.node.pid], "overlay": [n.pid for n in setup.overlay_nodes]}
+    client.use(setup.cameras, case.size, case.overlay)
+    elapsed, outputs, latencies, overlays = client.run(seconds, case.overlay)
     total = sum(outputs)
     case.rate = total / elapsed
-    case.host_ms = 1e3 * client.cpu / max(total, 1)
-    case.latency_ms = 1e3 * float(np.median(latencies)) if latencies else float("nan")
+    case.host_ms = 1e3 * client.cpu["node"] / max(total, 1)
+    if setup.overlay_nodes:
+        case.overlay_ms = 1e3 * client.cpu["overlay"] / max(total, 1)
+    if case.overlay:
+        case.overlay_rate = overlays / elapsed
+    case.latency_ms = 1e3 * float(np.median(latencies)) if latencies else NAN
     rates = [n / elapsed for n in outputs]
     case.per_camera = (min(rates), max(rates))
 
 
-def table(cases: list[Case]) -> str:
+def _cell(value: float, digits: int = 1) -> str:
+    return "-" if value != value else f"{value:.{digits}f}"
+
+
+def table(cases: list[Case], with_version: bool) -> str:
+    version_header, version_rule = ("node | ", "--- | ") if with_version else ("", "")
     lines = [
-        "| frame | cameras | overlay + semantic_color subscribed | outputs/s (all cameras) | "
-        "per camera min-max | host ms/frame | of which device step | latency p50 ms |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| frame | cameras | overlay + semantic_color subscribed | {version_header}"
+        "outputs/s (all cameras) | per camera min-max | host ms/frame | device step | "
+        "host ms without device step | overlay node ms/frame | overlays/s | latency p50 ms |",
+        f"| --- | ---: | --- | {version_rule}"
+        "---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in cases:
         size = f"{c.size[0]}x{c.size[1]}"
+        start = f"| {size} | {c.cameras} | {'yes' if c.overlay else 'no'} | "
+        start += f"{c.version} | " if with_version else ""
         if c.note:
-            lines.append(f"| {size} | {c.cameras} | {'yes' if c.overlay else 'no'} | {c.note} ||||")
+            lines.append(f"{start}{c.note} |||||||||")
             continue
         lines.append(
-            f"| {size} | {c.cameras} | {'yes' if c.overlay else 'no'} | {c.rate:.1f} | "
-            f"{c.per_camera[0]:.1f}-{c.per_camera[1]:.1f} | {c.host_ms:.1f} | "
-            f"{c.device_ms:.1f} | {c.latency_ms:.0f} |"
+            f"{start}{c.rate:.1f} | {c.per_camera[0]:.1f}-{c.per_camera[1]:.1f} | "
+            f"{c.host_ms:.1f} | {c.device_ms:.1f} | {c.rest_ms:.1f} | {_cell(c.overlay_ms)} | "
+            f"{_cell(c.overlay_rate)} | {c.latency_ms:.0f} |"
         )
     return "\n".join(lines)
 
 
-def goals(cases: list[Case]) -> str:
+def comparison(cases: list[Case], before: str, after: str) -> str:
+    """The before/after table: one row per case measured with both versions."""
+    pairs = []
+    for old in cases:
+        if old.version != before or old.note:
+            continue
+        new = next(
+            (c for c in cases if c.version == after and c.key == old.key and not c.note), None
+        )
+        if new is not None:
+            pairs.append((old, new))
+
+    def values(c: Case) -> list[float]:
+        return [c.rate, c.host_ms, c.rest_ms, c.latency_ms]
+
+    return before_after_table(
+        [old.key for old, _ in pairs],
+        ["outputs/s", "host ms/frame", "host ms without device step", "latency p50 ms"],
+        [values(old) for old, _ in pairs],
+        [values(new) for _, new in pairs],
+    )
+
+
+def goals(cases: list[Case], device: str, version: str) -> list[str]:
+    """The issue 23 goals at 2048x1024, one camera, for the cases of ``version``."""
+    found = {
+        c.overlay: c
+        for c in cases
+        if c.size == GOAL_SIZE and c.cameras == 1 and c.version == version and not c.note
+    }
+    prefix = f"{version}: " if version else ""
     lines = []
-    for overlay, limit in GOALS_MS.items():
-        found = [
-            c
-            for c in cases
-            if c.size == (2048, 1024) and c.cameras == 1 and c.overlay == overlay and not c.note
-        ]
+    for overlay in (False, True):
         what = "with overlay and semantic_color subscribed" if overlay else "without overlay"
-        if not found:
-            lines.append(f"- 2048x1024, one camera, {what}: not measured in this run.")
+        case = found.get(overlay)
+        if case is None:
+            lines.append(f"- {prefix}2048x1024, one camera, {what}: not measured in this run.")
             continue
-        ms, device_ms = found[0].host_ms, found[0].device_ms
-        verdict = "met" if ms <= limit else "NOT met"
-        rest = ms - device_ms
-        verdict += (
-            f" ({rest:.1f} ms without the device step: {'met' if rest <= limit else 'NOT met'})"
-        )
+        if device == "cpu":
+            limit, value, measure_name = CPU_GOALS_MS[overlay], case.rest_ms, "without device step"
+        elif not overlay:
+            limit, value, measure_name = CUDA_GOAL_MS, case.host_ms, "host ms/frame"
+        else:
+            continue  # on CUDA only the rise is a goal with overlay
+        verdict = "met" if value <= limit else "NOT met"
         lines.append(
-            f"- 2048x1024, one camera, {what}: {ms:.1f} ms/frame, goal <= {limit:g}: {verdict}."
+            f"- {prefix}2048x1024, one camera, {what}: {value:.1f} ms/frame {measure_name} "
+            f"(host {case.host_ms:.1f}, device step {case.device_ms:.1f}), goal <= {limit:g}: "
+            f"{verdict}."
         )
-    return "\n".join(lines)
+    if len(found) == 2:
+        rise = found[True].host_ms - found[False].host_ms
+        verdict = "met" if rise <= OVERLAY_RISE_MS else "NOT met"
+        lines.append(
+            f"- {prefix}host cost rise with overlay and semantic_color subscribed: {rise:+.1f} "
+            f"ms/frame (goal <= {OVERLAY_RISE_MS:g}: {verdict}; the overlay node's own "
+            f"{_cell(found[True].overlay_ms)} ms/frame not counted)."
+        )
+    return lines
+
+
+def measure_all(args, found: list[Version], device: str) -> list[Case]:
+    """Every case with every version: per camera count, one node per version (started together),
+    then per overlay choice and frame size the versions one after the other."""
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    torch_device = "cpu" if args.device == "cpu" else "cuda"
+    steps = {v.label: device_steps(v, sizes, torch_device, args.node_threads) for v in found}
+    named = len(found) > 1
+    client = Client()
+    cases: list[Case] = []
+    try:
+        for count in (int(n) for n in args.cameras.split(",")):
+            setups = []
+            try:
+                for version in found:
+                    namespace = f"/{version.label}" if named else ""
+                    log = Path(f"/tmp/mtl_pipeline_ceiling_{count}{version.label[:6]}.log")
+                    node = start_ceiling_node(
+                        version, namespace, device, count, args.node_threads, log
+                    )
+                    setups.append(Setup(version, namespace, node, log))
+                for setup in setups:
+                    setup.cameras = client.discover(setup, count)
+                for overlay in (False, True):
+                    if overlay:
+                        for setup in setups:
+                            if setup.cameras and setup.version.overlay_node:
+                                drawer = start_overlay_node(setup, count, args.node_threads)
+                                setup.overlay_nodes.append(drawer)
+                                client.wait_for_drawers(setup)
+                    for size in sizes:
+                        for setup in setups:
+                            label = setup.version.label
+                            case = Case(size, count, overlay, label if named else "")
+                            case.device_ms = steps[label][size]
+                            if setup.cameras is None:
+                                case.note = "not measured: the node has no `cameras` parameter"
+                            elif overlay and not setup.version.draws_overlay:
+                                case.note = "not measured: no overlay node, no publish_overlay"
+                            else:
+                                measure(client, setup, case, args.seconds)
+                            cases.append(case)
+                            print(table([case], named).splitlines()[-1], flush=True)
+                    for setup in setups:
+                        stop_nodes(setup.overlay_nodes, timeout=30)
+                        setup.overlay_nodes = []
+            finally:
+                stop_nodes([n for s in setups for n in (*s.overlay_nodes, s.node)], timeout=30)
+    finally:
+        client.close()
+    return cases
 
 
 def main() -> int:
@@ -364,50 +608,43 @@ def main() -> int:
         help="torch threads of the node (OMP_NUM_THREADS); 1: the device step of a GPU node "
         "runs on the GPU, and on a shared 2-core machine a second thread only adds waiting",
     )
+    add_argument(parser)
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--device-step-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    sizes = [parse_size(s) for s in args.sizes.split(",")]
-    counts = [int(n) for n in args.cameras.split(",")]
+    if args.device_step_only:  # a child of device_steps: JSON {"WxH": ms} on the last line
+        sizes = [parse_size(s) for s in args.sizes.split(",")]
+        torch_device = "cpu" if args.device == "cpu" else "cuda"
+        threads = args.node_threads
+        steps = {f"{w}x{h}": device_step_ms((w, h), torch_device, threads) for w, h in sizes}
+        print(json.dumps(steps))
+        return 0
+    found = versions(args.baseline)
     device = STANDIN_DEVICE if args.device == "cpu" else f"{STANDIN_DEVICE}:cuda"
     ensure_private_network()
     load_before = os.getloadavg()
-    torch_device = "cpu" if args.device == "cpu" else "cuda"
-    step_ms = {size: device_step_ms(size, torch_device, args.node_threads) for size in sizes}
-    client = Client()
-    cases: list[Case] = []
     started = time.monotonic()
-    try:
-        for count in counts:
-            log = Path(f"/tmp/mtl_pipeline_ceiling_{count}.log")
-            node = start_ceiling_node(device, count, args.node_threads, log)
-            client.pid = node.pid
-            try:
-                cameras = client.discover(node.process, count, log)
-                for overlay in (False, True):
-                    for size in sizes:
-                        case = Case(size, count, overlay, device_ms=step_ms[size])
-                        if cameras is None:
-                            case.note = "not measured: the node has no `cameras` parameter"
-                        else:
-                            measure(client, cameras, case, args.seconds)
-                        cases.append(case)
-                        print(table([case]).splitlines()[-1], flush=True)
-            finally:
-                node.stop(timeout=30)
-    finally:
-        client.close()
+    cases = measure_all(args, found, device)
     load_after = os.getloadavg()
-    section = (
+    labels = [v.label for v in found] if len(found) > 1 else [""]
+    parts = [
         f"### Pipeline ceiling, {args.device} (network replaced by the zero-cost stand-in)\n\n"
         f"{header('pipeline_ceiling')}\n"
         f"Node: `device:={device}` (the network's outputs are fixed tensors of its "
         f"shapes; everything else runs; torch threads {args.node_threads}), network input "
         "768x384, bgr8 frames over DDS (reliable, "
         f"{IN_FLIGHT} in flight per camera), {args.seconds:g} s measured per case after a "
-        f"warm-up. Host ms/frame: the node process's CPU time per output (all threads). Load "
-        f"average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
-        f"{time.monotonic() - started:.0f} s in all.\n\n{table(cases)}\n\nGoals:\n{goals(cases)}\n"
-    )
+        "warm-up. Host ms/frame: the perception node process's CPU time per output (all "
+        "threads); the overlay node's (where it draws overlay and semantic_color) in its own "
+        f"column. Versions: {versions_line(found)}. Load average (1 min) {load_before[0]:.2f} "
+        f"before, {load_after[0]:.2f} after; {time.monotonic() - started:.0f} s in all.\n\n"
+        f"{table(cases, len(found) > 1)}\n"
+    ]
+    if len(found) > 1:
+        parts.append(f"\nBefore -> after (after / before):\n\n{comparison(cases, *labels)}\n")
+    goal_lines = [line for label in labels for line in goals(cases, args.device, label)]
+    parts.append("\nGoals (issue 23):\n" + "\n".join(goal_lines) + "\n")
+    section = "".join(parts)
     print(section)
     if args.write:
         write_section(f"pipeline-ceiling-{args.device}", section)
