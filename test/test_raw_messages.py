@@ -401,6 +401,35 @@ def test_bytes_after_the_message_are_ignored():
     assert read_image(SMALL_BYTES + b"\x00\x00").data.tobytes() == bytes(range(6))
 
 
+@st.composite
+def mangled(draw) -> bytes:
+    """A small serialised image or compressed image with bytes overwritten, cut or appended,
+    or random bytes after a plain-CDR encapsulation."""
+    if draw(st.booleans()):
+        return draw(st.sampled_from([LITTLE, BIG])) + draw(st.binary(max_size=80))
+    base = bytearray(draw(st.sampled_from([SMALL_BYTES, _COMPRESSED_BYTES])))
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(base) - 1))
+        base[at : at + 4] = draw(st.binary(min_size=1, max_size=4))
+    return bytes(base[: draw(st.integers(0, len(base)))]) + draw(st.binary(max_size=4))
+
+
+_COMPRESSED_BYTES = serialize_message(CompressedImage(format="png", data=b"\x89PNG\r\n\x1a\n"))
+
+
+@SETTINGS
+@given(mangled())
+def test_mangled_bytes_give_a_frame_or_a_malformed_message_never_another_error(buffer):
+    for reader, convert in ((read_image, image_to_rgb), (read_compressed_image, compressed_to_rgb)):
+        try:
+            frame = reader(buffer)
+        except MalformedMessageError as error:
+            assert error.reason == "serialization" and " at byte " in str(error)
+            continue
+        assert frame.data.size == 0 or np.shares_memory(frame.data, np.frombuffer(buffer, np.uint8))
+        _outcome(convert, frame)  # an array or an ImageRejectedError, nothing else
+
+
 # -- writing outputs ---------------------------------------------------------------------------
 
 
