@@ -37,6 +37,7 @@ setup(
     entry_points={
         "console_scripts": [
             "perception_node = mtl_perception.ros.node:main",
+            "overlay_node = mtl_perception.ros.overlay_node:main",
             "mtl-bag = mtl_perception.ros.bags.cli:main",
             "mtl-train = mtl_perception.training.cli:main",
             "mtl-eval = mtl_perception.evaluation.evaluate:main",

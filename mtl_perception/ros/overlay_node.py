@@ -1,0 +1,684 @@
+"""``overlay_node``: the pictures people look at, drawn outside the perception node's frame path.
+
+For the perception node ``perception_node`` (parameter; resolved in this node's namespace) and
+each camera ``name`` of ``cameras`` it subscribes to
+
+* the camera's input, ``<name>/image`` (or ``<name>/image/compressed``: ``input_transport``,
+  ``<name>.input_transport``; the perception node's parameters, read the same way),
+* ``<perception_node>/<name>/semantic`` and ``<perception_node>/<name>/detections``,
+
+matches the three by header stamp (exactly: the perception node copies the camera frame's header
+into both outputs) and publishes ``<perception_node>/<name>/semantic_color`` and
+``<perception_node>/<name>/overlay`` (both rgb8, with the camera frame's header), each only while
+it has subscribers: a frame nobody watches is not decoded or drawn. The topic names are those the
+perception node published until it stopped drawing (issue 23), so subscribers and the rviz config
+are unchanged. The unnamed default camera ("") reads ``image`` and draws
+``<perception_node>/overlay``, ... (ros/cameras.py names every topic).
+
+Matching: per camera, the last ``queue_size`` camera frames and the outputs of the last
+``queue_size`` stamps wait to be matched (as message_filters' queue size); outputs arriving out
+of order or before their frame are matched when the rest comes. An output that ages out of the
+queue unmatched (no camera frame with its stamp: the camera topic is not the perception node's,
+or the perception node lags the camera by more than ``queue_size`` frames) is counted as
+``unmatched`` and logged (throttled); a camera frame that ages out without outputs was dropped by
+the perception node (latest frame wins) and is only counted.
+
+Class names and colours come from the perception node's latched ``~/label_info`` and
+``~/detection_label_info`` (:func:`semantics_from_label_info`): they carry every name, and the
+colours follow from the names as the perception node chose them
+(:func:`~mtl_perception.data.labels.segmentation_colours`), so no checkpoint is read and no torch
+is imported. Until both have arrived, matched frames are counted as ``no_label_info``.
+
+``scale`` (0 < scale <= 1) draws both pictures at that fraction of the camera's resolution
+(0.5: a quarter of the pixels, for rviz over a network): the frame is resized with area
+averaging, the mask with nearest neighbour, the boxes scaled.
+
+Bad camera frames are refused as the perception node refuses them (ros/conversions.py, the same
+reasons; one throttled warning with the reason) and counted per reason; the node keeps running.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import cv2
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import (
+    InvalidParameterTypeException,
+    InvalidParameterValueException,
+    NameValidationException,
+    ParameterUninitializedException,
+)
+from rclpy.executors import ExternalShutdownException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.validate_topic_name import validate_topic_name
+from sensor_msgs.msg import CompressedImage, Image
+from vision_msgs.msg import Detection2DArray, LabelInfo
+
+from ..data.labels import (
+    NETWORK_VOID_ID,
+    UNLABELED,
+    ClassSemantics,
+    class_names,
+    segmentation_colours,
+)
+from ..visualization import colorize, draw_overlay
+from .cameras import (
+    NODE_OUTPUTS,
+    PERCEPTION_OUTPUTS,
+    camera_topic,
+    check_topic_names,
+    input_topic,
+)
+from .conversions import (
+    ImageRejectedError,
+    check_compressed,
+    check_image,
+    compressed_to_rgb,
+    encode_image,
+    image_to_rgb,
+)
+from .launch_support import NODE_NAME
+from .parameter_files import override_sources, params_file_problem
+from .parameters import (
+    TRANSPORTS,
+    CameraParameters,
+    NodeParameters,
+    check_camera_names,
+    read_cameras,
+)
+
+OVERLAY_NODE_NAME = "overlay_node"
+EXIT_BAD_INPUT = 2  # a refused parameter or parameter file (as perception_node)
+LATCHED = QoSProfile(
+    depth=1,
+    history=HistoryPolicy.KEEP_LAST,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+PICTURE_QOS = QoSProfile(  # as perception_node published them
+    depth=2, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE
+)
+WARNING_PERIOD = 1.0  # seconds between two warnings of one kind
+
+Stamp = tuple[int, int]  # (sec, nanosec) of a header stamp
+
+
+@dataclass(frozen=True)
+class OverlayParameters:
+    """The overlay node's parameters (defaults: the perception node's where they share a name)."""
+
+    perception_node: str = NODE_NAME
+    cameras: tuple[str, ...] = NodeParameters.cameras
+    input_transport: str = NodeParameters.input_transport
+    qos_reliability: str = NodeParameters.qos_reliability
+    max_pixels: int = NodeParameters.max_pixels
+    scale: float = 1.0
+    queue_size: int = 10
+
+    def validate(self) -> None:
+        """Raises ValueError naming the parameter and the allowed values."""
+        try:
+            validate_topic_name(self.perception_node)
+        except Exception as error:  # rclpy's InvalidTopicNameException
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(
+                f"parameter 'perception_node' must be the perception node's name (a topic "
+                f"name, relative to this node's namespace), got '{self.perception_node}': "
+                f"{reason}"
+            ) from None
+        if self.input_transport not in TRANSPORTS:
+            raise ValueError(
+                f"parameter 'input_transport' must be one of {TRANSPORTS}, got "
+                f"'{self.input_transport}'"
+            )
+        if self.qos_reliability not in ("best_effort", "reliable"):
+            raise ValueError(
+                "parameter 'qos_reliability' must be one of ('best_effort', 'reliable'), got "
+                f"'{self.qos_reliability}'"
+            )
+        check_camera_names(self.cameras)
+        if not 0.0 < self.scale <= 1.0:
+            raise ValueError(
+                f"parameter 'scale' must be more than 0 and at most 1, got {self.scale}"
+            )
+
+
+_DESCRIPTIONS = {
+    "perception_node": "the perception node's name (relative to this node's namespace): its "
+    "<name>/semantic and <name>/detections are drawn, as <name>/overlay and <name>/semantic_color",
+    "cameras": "the perception node's cameras ([''] : one camera on image)",
+    "input_transport": "raw (image) or compressed (image/compressed), as the perception node's",
+    "qos_reliability": "camera subscription reliability: best_effort or reliable",
+    "max_pixels": "camera frames with more pixels are refused",
+    "scale": "the pictures' size as a fraction of the camera's (0 < scale <= 1)",
+    "queue_size": "camera frames (and output stamps) kept per camera for matching by stamp",
+}
+_FLOAT_RANGES = {"scale": (0.0, 1.0)}  # 0 is refused by validate
+_INT_RANGES = {"queue_size": (1, 1000), "max_pixels": (1, 2**31 - 1)}
+
+
+@dataclass
+class OverlayCounters:
+    """One camera's counts since the node started.
+
+    Attributes:
+        drawn: matched frames published (overlay and/or semantic_color).
+        not_watched: matched frames with no subscriber to either picture: nothing drawn.
+        no_label_info: matched frames not drawn because the label infos had not arrived.
+        unmatched: outputs (a mask or detections) that aged out of the queue without a camera
+            frame of their stamp, or without the other output.
+        frames_without_outputs: camera frames that aged out with no output (the perception node
+            dropped them).
+        bad_outputs: matched frames whose mask or detections could not be drawn (malformed, or
+            a mask of another size than the frame).
+        rejected: camera frames refused, by reason (ros/conversions.py REJECTION_REASONS).
+    """
+
+    drawn: int = 0
+    not_watched: int = 0
+    no_label_info: int = 0
+    unmatched: int = 0
+    frames_without_outputs: int = 0
+    bad_outputs: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Match:
+    """A camera frame and the perception node's outputs of the same stamp."""
+
+    frame: Image | CompressedImage
+    size: tuple[int, int]  # the frame's (height, width), as its message declares it
+    semantic: Image
+    detections: Detection2DArray
+
+
+class StampMatcher:
+    """One camera's frames and outputs, waiting to be matched by header stamp.
+
+    A camera frame waits until ``size`` newer frames have arrived; the outputs of a stamp wait
+    until outputs of ``size`` newer stamps have arrived. A matched frame and its outputs leave
+    at once. What ages out unmatched is counted in ``counters``: outputs as ``unmatched`` (one
+    per message), frames as ``frames_without_outputs``.
+
+    Args:
+        size: how many newer frames (output stamps) an unmatched one waits for.
+        counters: the camera's counters.
+    """
+
+    def __init__(self, size: int, counters: OverlayCounters) -> None:
+        self.size = size
+        self.counters = counters
+        # stamp -> (arrival number, frame, declared (height, width)), oldest arrival first
+        self._frames: OrderedDict[Stamp, tuple[int, Image | CompressedImage, tuple[int, int]]]
+        self._frames = OrderedDict()
+        # stamp -> (arrival number of its first output, {"semantic": msg, "detections": msg})
+        self._outputs: OrderedDict[Stamp, tuple[int, dict[str, Any]]] = OrderedDict()
+        self._frames_seen = 0
+        self._output_stamps_seen = 0
+
+    def pending(self) -> tuple[list[Stamp], list[Stamp]]:
+        """The stamps of the frames and of the outputs waiting, oldest first."""
+        return list(self._frames), list(self._outputs)
+
+    def add_frame(
+        self, stamp: Stamp, frame: Image | CompressedImage, size: tuple[int, int]
+    ) -> Match | None:
+        """A checked camera frame of declared ``size`` (height, width) (one of the same stamp
+        waiting is replaced). Returns the match it completes (taken out), if any."""
+        self._frames_seen += 1
+        self._frames.pop(stamp, None)
+        self._frames[stamp] = (self._frames_seen, frame, size)
+        oldest = self._frames_seen - self.size
+        while self._frames and next(iter(self._frames.values()))[0] <= oldest:
+            self._frames.popitem(last=False)
+            self.counters.frames_without_outputs += 1
+        return self._take(stamp)
+
+    def add_output(self, stamp: Stamp, kind: str, msg: Any) -> tuple[Match | None, int]:
+        """An output (``kind``: "semantic" or "detections"). Returns the match it completes, if
+        any, and how many output messages aged out unmatched (counted)."""
+        if stamp in self._outputs:
+            self._outputs[stamp][1][kind] = msg
+        else:
+            self._output_stamps_seen += 1
+            self._outputs[stamp] = (self._output_stamps_seen, {kind: msg})
+        oldest = self._output_stamps_seen - self.size
+        aged = 0
+        while self._outputs and next(iter(self._outputs.values()))[0] <= oldest:
+            aged += len(self._outputs.popitem(last=False)[1][1])
+        self.counters.unmatched += aged
+        return self._take(stamp), aged
+
+    def _take(self, stamp: Stamp) -> Match | None:
+        _, outputs = self._outputs.get(stamp, (0, {}))
+        if stamp not in self._frames or len(outputs) < len(PERCEPTION_OUTPUTS):
+            return None
+        _, frame, size = self._frames.pop(stamp)
+        del self._outputs[stamp]
+        return Match(frame, size, outputs["semantic"], outputs["detections"])
+
+
+def stamp_of(msg: Any) -> Stamp:
+    return (msg.header.stamp.sec, msg.header.stamp.nanosec)
+
+
+def semantics_from_label_info(segmentation: LabelInfo, detection: LabelInfo) -> ClassSemantics:
+    """The perception node's class names and colours from its two LabelInfo messages (the
+    inverse of its ``label_info_message`` of
+    :func:`~mtl_perception.data.labels.class_semantics`).
+
+    The segmentation LabelInfo lists ids 0..N-1 without the network's void id (listed as 255
+    "unlabeled" instead); void is named "void" again, as every class map names it. A model
+    without names was published with its ids as names ("0", "1", ...): such names give the
+    class map's colours by id, as the perception node coloured them; named classes get their
+    class map colour by name.
+
+    Raises:
+        ValueError: a class id listed twice, or ids that are not 0..N-1 (void and 255 aside).
+    """
+    seg_ids = [c.class_id for c in segmentation.class_map if c.class_id != UNLABELED]
+    det_ids = [c.class_id for c in detection.class_map]
+    seg = {c.class_id: c.class_name for c in segmentation.class_map if c.class_id != UNLABELED}
+    det = {c.class_id: c.class_name for c in detection.class_map}
+    for what, ids, names in (("label_info", seg_ids, seg), ("detection_label_info", det_ids, det)):
+        if len(ids) != len(names):
+            raise ValueError(f"{what} lists a class id twice: {sorted(ids)}")
+    seg.setdefault(NETWORK_VOID_ID, "void")
+    count = len(seg)
+    if sorted(seg) != list(range(count)) or sorted(det) != list(range(len(det))):
+        raise ValueError(
+            f"label infos' class ids are not 0..N-1: segmentation {sorted(seg)}, detection "
+            f"{sorted(det)}"
+        )
+    seg_names = tuple(seg[i] for i in range(count))
+    unnamed = all(seg_names[i] == str(i) for i in range(count) if i != NETWORK_VOID_ID)
+    named = () if unnamed else seg_names
+    return ClassSemantics(
+        class_names(named, count),
+        tuple(det[i] for i in range(len(det))),
+        segmentation_colours(count, named),
+    )
+
+
+def mask_array(msg: Image) -> np.ndarray:
+    """The perception node's mono8 mask message -> (H, W) uint8 class ids (row padding dropped).
+
+    Raises:
+        ValueError: another encoding, or a malformed message (ImageRejectedError's reason).
+    """
+    if msg.encoding != "mono8":
+        raise ValueError(f"mask encoding '{msg.encoding}', expected mono8")
+    check_image(msg, 2**62)
+    rows = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)
+    return rows[:, : msg.width]
+
+
+def detection_arrays(msg: Detection2DArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The perception node's detections -> (N, 4) float64 xyxy boxes (image pixels), (N,) int64
+    classes and (N,) float64 scores, as its ``detections_message`` built them.
+
+    Raises:
+        ValueError: a detection without a hypothesis or with a class_id that is not a number.
+    """
+    boxes, classes, scores = [], [], []
+    for detection in msg.detections:
+        if not detection.results:
+            raise ValueError("a detection has no class hypothesis")
+        hypothesis = detection.results[0].hypothesis
+        try:
+            classes.append(int(hypothesis.class_id))
+        except ValueError:
+            raise ValueError(f"class_id {hypothesis.class_id!r} is not a class number") from None
+        box = detection.bbox
+        cx, cy = box.center.position.x, box.center.position.y
+        boxes.append(
+            [cx - box.size_x / 2, cy - box.size_y / 2, cx + box.size_x / 2, cy + box.size_y / 2]
+        )
+        scores.append(hypothesis.score)
+    return (
+        np.array(boxes, np.float64).reshape(-1, 4),
+        np.array(classes, np.int64),
+        np.array(scores, np.float64),
+    )
+
+
+def scaled(
+    rgb: np.ndarray | None, mask: np.ndarray, boxes: np.ndarray, scale: float
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(H, W, 3) frame (or None), (H, W) mask and (N, 4) xyxy boxes at ``scale`` of their size:
+    round(W x scale) x round(H x scale) pixels (at least 1), the frame area-averaged, the mask
+    nearest-neighbour, the boxes multiplied by the two axes' ratios."""
+    height, width = mask.shape
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # cv2's (w, h)
+    if size == (width, height):
+        return rgb, mask, boxes
+    if rgb is not None:
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+    ratios = np.array([size[0] / width, size[1] / height] * 2)
+    return rgb, mask, boxes * ratios
+
+
+@dataclass
+class OverlayCamera:
+    """One camera's subscriptions' topics, publishers, queue and counters."""
+
+    config: CameraParameters
+    counters: OverlayCounters
+    matcher: StampMatcher
+    publishers: dict[str, Any] = field(default_factory=dict)  # semantic_color, overlay
+    input: str = ""  # resolved input topic (for log lines)
+
+
+class OverlayNode(Node):
+    """See the module docstring.
+
+    Args:
+        name: the node's name (``__node:=`` remaps it).
+        arguments: the node's command line (default ``sys.argv``), for telling parameters
+            addressed to it from those of shared (``/**``) parameter file sections.
+        kwargs: passed to :class:`rclpy.node.Node` (``context``, ``parameter_overrides``, ...).
+
+    Raises:
+        ValueError: a refused parameter (one line naming it).
+    """
+
+    def __init__(
+        self,
+        name: str = OVERLAY_NODE_NAME,
+        arguments: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name, **kwargs)
+        command_line = list(sys.argv if arguments is None else arguments)
+        if not kwargs.get("use_global_arguments", True):
+            command_line = []
+        command_line += list(kwargs.get("cli_args") or [])
+        self._declare()
+        self.params = self._read()
+        check_camera_names(self.params.cameras)  # before their parameters are declared
+        cameras = read_cameras(self, self.params)
+        self._refuse_unknown(command_line)
+        self.params.validate()
+        node = self.params.perception_node
+
+        def under_perception_node(topic: str) -> str:
+            return self.resolve_topic_name(
+                f"{node}/{topic[2:]}" if topic.startswith("~/") else topic
+            )
+
+        check_topic_names(cameras, under_perception_node)
+        self.semantics: ClassSemantics | None = None
+        self._label_infos: dict[str, LabelInfo] = {}
+        for topic in NODE_OUTPUTS:  # ~/label_info, ~/detection_label_info
+            kind = topic.removeprefix("~/")
+            self.create_subscription(
+                LabelInfo,
+                f"{node}/{kind}",
+                lambda msg, kind=kind: self._on_label_info(kind, msg),
+                LATCHED,
+            )
+        reliability = (
+            ReliabilityPolicy.BEST_EFFORT
+            if self.params.qos_reliability == "best_effort"
+            else ReliabilityPolicy.RELIABLE
+        )
+        frames_qos = QoSProfile(
+            depth=self.params.queue_size, history=HistoryPolicy.KEEP_LAST, reliability=reliability
+        )
+        outputs_qos = QoSProfile(
+            depth=self.params.queue_size,
+            history=HistoryPolicy.KEEP_LAST,
+            reliability=ReliabilityPolicy.RELIABLE,
+        )
+        self.cameras: list[OverlayCamera] = []
+        for config in cameras:
+            counters = OverlayCounters()
+            camera = OverlayCamera(config, counters, StampMatcher(self.params.queue_size, counters))
+            self.cameras.append(camera)
+            transport = config.input_transport
+            subscription = self.create_subscription(
+                CompressedImage if transport == "compressed" else Image,
+                input_topic(config.name, transport),
+                lambda msg, camera=camera: self._on_frame(camera, msg),
+                frames_qos,
+            )
+            camera.input = subscription.topic_name
+            kinds = {"semantic": Image, "detections": Detection2DArray}
+            for output, kind in kinds.items():
+                self.create_subscription(
+                    kind,
+                    f"{node}/{camera_topic(config.name, output)}",
+                    lambda msg, camera=camera, output=output: self._on_output(camera, output, msg),
+                    outputs_qos,
+                )
+            camera.publishers = {
+                picture: self.create_publisher(
+                    Image, f"{node}/{camera_topic(config.name, picture)}", PICTURE_QOS
+                )
+                for picture in ("semantic_color", "overlay")
+            }
+        drawn = ", ".join(camera.publishers["overlay"].topic_name for camera in self.cameras)
+        self.get_logger().info(
+            f"drawing {drawn} (and semantic_color) at scale {self.params.scale} while subscribed"
+        )
+
+    # -- parameters ---------------------------------------------------------------------------
+
+    def _declare(self) -> None:
+        for spec in fields(OverlayParameters):
+            descriptor = ParameterDescriptor(description=_DESCRIPTIONS[spec.name])
+            if spec.name in _INT_RANGES:
+                low, high = _INT_RANGES[spec.name]
+                descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=1)]
+            if spec.name in _FLOAT_RANGES:
+                low, high = _FLOAT_RANGES[spec.name]
+                descriptor.floating_point_range = [
+                    FloatingPointRange(from_value=low, to_value=high)
+                ]
+            default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+            self.declare_parameter(spec.name, default, descriptor)
+
+    def _read(self) -> OverlayParameters:
+        values = {}
+        for spec in fields(OverlayParameters):
+            try:
+                values[spec.name] = self.get_parameter(spec.name).value
+            except ParameterUninitializedException:
+                raise ValueError(
+                    f"parameter '{spec.name}' has no value: an empty list ([]) has no type in "
+                    "ROS 2; give a value or leave it unset"
+                ) from None
+        values["cameras"] = tuple(values["cameras"])
+        return OverlayParameters(**values)
+
+    def _refuse_unknown(self, command_line: list[str]) -> None:
+        """Refuses parameters addressed to this node (``-p``, a section naming it) that it does
+        not have; those of shared sections (``/**``: the perception node's file) are ignored."""
+        given = sorted(getattr(self, "_parameter_overrides", {}))  # no public accessor
+        shared = override_sources(command_line, self.get_fully_qualified_name()).shared
+        refused = [n for n in given if not self.has_parameter(n) and n not in shared]
+        if refused:
+            known = ", ".join(spec.name for spec in fields(OverlayParameters))
+            raise ValueError(
+                f"unknown parameter '{refused[0]}'; this node's parameters: {known} and "
+                "<camera>.input_transport"
+            )
+
+    # -- callbacks ----------------------------------------------------------------------------
+
+    def _on_label_info(self, kind: str, msg: LabelInfo) -> None:
+        self._label_infos[kind] = msg
+        if len(self._label_infos) < len(NODE_OUTPUTS):
+            return
+        try:
+            self.semantics = semantics_from_label_info(
+                self._label_infos["label_info"], self._label_infos["detection_label_info"]
+            )
+        except ValueError as error:
+            self.semantics = None
+            self.get_logger().error(f"cannot draw with the perception node's label infos: {error}")
+
+    def _on_frame(self, camera: OverlayCamera, msg: Image | CompressedImage) -> None:
+        """Checks a camera frame (O(1): geometry, or the compressed header) and queues it."""
+        try:
+            if isinstance(msg, CompressedImage):
+                declared = check_compressed(msg, self.params.max_pixels)
+                size = (declared.height, declared.width)
+            else:
+                check_image(msg, self.params.max_pixels)
+                size = (msg.height, msg.width)
+        except ImageRejectedError as error:
+            self._reject(camera, error)
+            return
+        match = camera.matcher.add_frame(stamp_of(msg), msg, size)
+        if match is not None:
+            self._draw(camera, match)
+
+    def _on_output(self, camera: OverlayCamera, output: str, msg: Any) -> None:
+        match, aged = camera.matcher.add_output(stamp_of(msg), output, msg)
+        if aged:
+            self.get_logger().warning(
+                f"{aged} output(s) of the perception node for {camera.input} had no camera frame "
+                f"of their stamp among the last {self.params.queue_size}: not drawn (is "
+                f"{camera.input} the perception node's camera? raise queue_size if the "
+                "perception node lags the camera by more frames)",
+                throttle_duration_sec=WARNING_PERIOD,
+            )
+        if match is not None:
+            self._draw(camera, match)
+
+    def _reject(self, camera: OverlayCamera, error: ImageRejectedError) -> None:
+        rejected = camera.counters.rejected
+        rejected[error.reason] = rejected.get(error.reason, 0) + 1
+        self.get_logger().warning(
+            f"rejected frame on {camera.input} ({error.reason}): {error}",
+            throttle_duration_sec=WARNING_PERIOD,
+        )
+
+    # -- drawing ------------------------------------------------------------------------------
+
+    def _draw(self, camera: OverlayCamera, match: Match) -> None:
+        """Publishes the match's colour mask and overlay, each only if subscribed."""
+        colour_publisher = camera.publishers["semantic_color"]
+        overlay_publisher = camera.publishers["overlay"]
+        want_colour = colour_publisher.get_subscription_count() > 0
+        want_overlay = overlay_publisher.get_subscription_count() > 0
+        if not (want_colour or want_overlay):
+            camera.counters.not_watched += 1
+            return
+        semantics = self.semantics
+        if semantics is None:
+            camera.counters.no_label_info += 1
+            self.get_logger().warning(
+                f"no label infos yet from {self.params.perception_node}: frames not drawn",
+                throttle_duration_sec=WARNING_PERIOD,
+            )
+            return
+        try:
+            mask = mask_array(match.semantic)
+            boxes, classes, scores = detection_arrays(match.detections)
+            if mask.shape != match.size:
+                raise ValueError(
+                    f"mask {mask.shape[1]}x{mask.shape[0]} for a frame of "
+                    f"{match.size[1]}x{match.size[0]}"
+                )
+        except ValueError as error:
+            camera.counters.bad_outputs += 1
+            self.get_logger().warning(
+                f"cannot draw the perception node's outputs for {camera.input}: {error}",
+                throttle_duration_sec=WARNING_PERIOD,
+            )
+            return
+        rgb = None
+        if want_overlay:  # the frame is decoded only for the overlay
+            try:
+                if isinstance(match.frame, CompressedImage):
+                    rgb = compressed_to_rgb(match.frame, self.params.max_pixels)
+                else:
+                    rgb = image_to_rgb(match.frame, self.params.max_pixels)
+            except ImageRejectedError as error:  # found only by decoding (e.g. size_mismatch)
+                self._reject(camera, error)
+                return
+        rgb, mask, boxes = scaled(rgb, mask, boxes, self.params.scale)
+        header = match.frame.header
+        colour = colorize(mask, semantics.seg_colours)
+        if want_colour:
+            colour_publisher.publish(encode_image(colour, "rgb8", header))
+        if want_overlay:
+            picture = draw_overlay(
+                rgb,
+                mask,
+                boxes,
+                classes,
+                scores,
+                semantics.det_names,
+                semantics.seg_colours,
+                coloured_mask=colour,
+            )
+            overlay_publisher.publish(encode_image(picture, "rgb8", header))
+        camera.counters.drawn += 1
+
+
+def _rcl_reason(error: Exception) -> str:
+    """An rclpy error's message on one line, without rcl's source locations (", at x.c:12")."""
+    return re.sub(r", at \S+:\d+", "", " ".join(str(error).split()))
+
+
+def main(args: list[str] | None = None) -> int:
+    """Runs the node until Ctrl-C (exit 0); exits 2 with one ``error:`` line for a refused
+    parameter, parameter file or node name."""
+    arguments = list(sys.argv if args is None else args)
+    problem = params_file_problem(arguments)
+    if problem is None:
+        try:
+            rclpy.init(args=arguments)
+        except _rclpy.RCLError as error:  # a parameter file rcl cannot parse, a bad --ros-args
+            problem = _rcl_reason(error)
+    if problem is None:
+        try:
+            with warnings.catch_warnings():  # rclpy's note on a half-made node
+                warnings.filterwarnings("ignore", "Failed to fini rosout publisher", RuntimeWarning)
+                node = OverlayNode(arguments=arguments)
+        except ValueError as error:  # ours, and rclpy's parameter and name exceptions
+            problem = " ".join(str(error).split())
+        except (
+            InvalidParameterValueException,
+            InvalidParameterTypeException,
+            NameValidationException,
+            _rclpy.RCLError,
+        ) as error:
+            problem = _rcl_reason(error)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return EXIT_BAD_INPUT
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:
+        if node.context.ok():
+            raise
+        # Ctrl-C between two spins: rclpy fails to build its wait set instead of raising
+        # ExternalShutdownException; a normal shutdown.
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
