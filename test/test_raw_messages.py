@@ -519,6 +519,13 @@ def test_float_class_values_become_their_integer_ids_as_in_the_message_path():
     assert back == detections_message(RawHeader(0, 0, "f").to_msg(), boxes, scores, classes)
 
 
+def test_no_detections_in_any_empty_arrays_are_an_empty_array_message():
+    empty = Detection2DArray(header=RawHeader(3, 4, "c").to_msg())
+    for boxes in (np.zeros((0, 4), np.float32), np.zeros(0), []):
+        ours = detections_bytes(RawHeader(3, 4, "c"), boxes, np.zeros(0), np.zeros(0))
+        _assert_same_but_padding(ours, empty)
+
+
 def test_detections_of_mismatched_lengths_are_refused():
     boxes, scores, classes = _detections(3)
     with pytest.raises(ValueError, match=r"expected \(N, 4\), N and N"):

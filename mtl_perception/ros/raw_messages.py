@@ -274,6 +274,8 @@ def detections_bytes(
     boxes = np.asarray(boxes, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     count = len(scores)
+    if count == 0 and boxes.size == 0 and len(classes) == 0:  # (0,) boxes too, as before
+        boxes = boxes.reshape(0, 4)
     if boxes.shape != (count, 4) or len(classes) != count:
         raise ValueError(
             f"boxes of shape {boxes.shape}, {count} scores and {len(classes)} classes: expected "
