@@ -207,7 +207,7 @@ def test_run_then_score_gives_evaluate_figures_and_a_ground_truth_bag_of_its_own
     _, _, worse, bag = gate_inputs
     outputs = tmp_path / "outputs"
     params = tmp_path / "node.yaml"
-    params.write_text("/**:\n  ros__parameters:\n    publish_overlay: false\n")
+    params.write_text("/**:\n  ros__parameters:\n    stale_timeout_s: 7.5\n")
     ran = run_module(
         "mtl_perception.ros.bags.cli",
         "run",
@@ -227,7 +227,7 @@ def test_run_then_score_gives_evaluate_figures_and_a_ground_truth_bag_of_its_own
     info = read_run(outputs).info
     assert info["replay"]["as_fast_as_possible"] is True and info["replay"]["rate_factor"] is None
     assert info["node"]["params_file"] == str(params)
-    assert info["node"]["parameters"]["publish_overlay"] is False  # default true
+    assert info["node"]["parameters"]["stale_timeout_s"] == 7.5  # default 3.0
     truth_only = tmp_path / "ground_truth"
     with (
         Reader(bag) as reader,

@@ -36,7 +36,7 @@ from vision_msgs.msg import Detection2DArray
 
 from mtl_perception.data.synthetic import generate_scene
 from mtl_perception.inference import Prediction
-from mtl_perception.ros.cameras import output_topic
+from mtl_perception.ros.cameras import PERCEPTION_OUTPUTS, output_topic
 from mtl_perception.ros.node_process import start_node
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -369,7 +369,7 @@ def test_deactivate_releases_every_camera_input_and_output(node, client):
     outputs = [
         node.topic(camera, output)
         for camera in CAMERAS
-        for output in ("semantic", "detections", "semantic_color", "overlay")
+        for output in PERCEPTION_OUTPUTS  # overlay and semantic_color: overlay_node's
     ]
 
     def change(transition: int) -> None:

@@ -41,7 +41,7 @@ from mtl_perception.ros.node import EXIT_UNEXPECTED, PerceptionNode
 from mtl_perception.ros.node_process import start_node
 from mtl_perception.ros.parameter_files import override_sources, pattern_matches
 
-NODE_PARAMS = {"input_width": 256, "input_height": 128, "publish_overlay": False}
+NODE_PARAMS = {"input_width": 256, "input_height": 128}
 EXIT_TIMEOUT = 90  # seconds a node is given to load and exit (2 loaded cores)
 _names = itertools.count()
 

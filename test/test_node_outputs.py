@@ -1,4 +1,4 @@
-"""perception_node's visual outputs and its benchmark stand-in, over real DDS (the node runs in
+"""perception_node's mask and its benchmark stand-in, over real DDS (the node runs in
 this process so that the test can count what it computes)."""
 
 from __future__ import annotations
@@ -9,14 +9,13 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from helpers.models import DET_NAMES, SMALL_NAMED, calibrated_small_model, save_model
+from helpers.models import SMALL_NAMED, calibrated_small_model, save_model
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from ros_client import RELIABLE, RosClient
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
-from test_frame_path import PAPER_PALETTE, _old_colorize
 from vision_msgs.msg import Detection2DArray
 
 from mtl_perception.data.synthetic import generate_scene
@@ -24,7 +23,6 @@ from mtl_perception.inference.device_names import STANDIN_DEVICE
 from mtl_perception.inference.standin import STANDIN_BOXES
 from mtl_perception.ros import node as node_module
 from mtl_perception.ros.conversions import encode_image
-from mtl_perception.visualization import colorize, draw_overlay
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -88,69 +86,25 @@ def _send(client: RosClient, name: str, rgb: np.ndarray, sec: int) -> None:
     assert client.wait_for(lambda: _with_stamp(client, topic, sec), timeout=60), "no output"
 
 
-def test_colour_once_for_both_outputs_and_overlay_in_rgb8(client, tmp_path, monkeypatch):
-    calls = []
-
-    def counting_colorize(mask, colours):
-        calls.append(mask.shape)
-        return colorize(mask, colours)
-
-    monkeypatch.setattr(node_module, "colorize", counting_colorize)
+def test_mask_in_mono8_equals_the_prediction(client, tmp_path):
+    """The mask as the model predicted it. Overlay and colour mask, which this test checked
+    here too, are the overlay node's now (test_overlay_node, on the same topics)."""
     checkpoint = save_model(tmp_path / "m.pt", calibrated_small_model(config=SMALL_NAMED))
     name = "outputs_node"
     running = InProcessNode(client, name, {"checkpoint": str(checkpoint), **PARAMS})
     try:
-        for topic in ("semantic", "overlay", "semantic_color"):
-            client.subscribe(f"/{name}/{topic}", Image, RELIABLE)
+        client.subscribe(f"/{name}/semantic", Image, RELIABLE)
         client.subscribe(f"/{name}/detections", Detection2DArray, RELIABLE)
-        pictures = [
-            publisher
-            for publisher in running.node.publishers
-            if publisher.topic_name in (f"/{name}/overlay", f"/{name}/semantic_color")
-        ]
-        assert len(pictures) == 2
-        assert client.wait_for(
-            lambda: all(p.get_subscription_count() > 0 for p in pictures), timeout=30
-        )
         rgb = generate_scene(320, 240, 4)[0]
         _send(client, name, rgb, 1)
-        overlay = client.wait_for(lambda: _with_stamp(client, f"/{name}/overlay", 1), 30)
-        colour = client.wait_for(lambda: _with_stamp(client, f"/{name}/semantic_color", 1), 30)
-        semantic = _with_stamp(client, f"/{name}/semantic", 1)
-        assert overlay is not None and colour is not None and semantic is not None
-        assert calls == [(240, 320)]  # one colour mask for both outputs
+        semantic = client.wait_for(lambda: _with_stamp(client, f"/{name}/semantic", 1), 30)
+        assert semantic is not None
         assert running.node.counters.processed == 1
 
         prediction = running.node.predictor.predict(rgb)[0]
         mask = np.frombuffer(bytes(semantic.data), np.uint8).reshape(240, 320)
         assert semantic.encoding == "mono8" and np.array_equal(mask, prediction.mask)
         assert 0 not in mask  # void is never predicted, so nothing needs mapping to 255
-        palette = np.array(PAPER_PALETTE, np.uint8)
-        assert colour.encoding == "rgb8"
-        colour_pixels = np.frombuffer(bytes(colour.data), np.uint8).reshape(240, 320, 3)
-        assert np.array_equal(colour_pixels, _old_colorize(prediction.mask, palette))
-        expected = draw_overlay(
-            rgb,
-            prediction.mask,
-            prediction.boxes,
-            prediction.classes,
-            prediction.scores,
-            DET_NAMES,
-            palette,
-        )
-        assert overlay.encoding == "rgb8" and overlay.step == 320 * 3
-        overlay_pixels = np.frombuffer(bytes(overlay.data), np.uint8).reshape(240, 320, 3)
-        assert np.array_equal(overlay_pixels, expected)
-
-        # Nobody watching the pictures: no colour mask at all.
-        for subscription in list(client.node.subscriptions):
-            if subscription.topic_name.endswith(("/overlay", "/semantic_color")):
-                client.node.destroy_subscription(subscription)
-        assert client.wait_for(
-            lambda: all(p.get_subscription_count() == 0 for p in pictures), timeout=30
-        )
-        _send(client, name, rgb, 2)
-        assert calls == [(240, 320)] and running.node.counters.processed == 2
     finally:
         running.close()
 

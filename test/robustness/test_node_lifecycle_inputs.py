@@ -21,7 +21,7 @@ from mtl_perception.ros.node_process import NODE_MODULE, start_node
 pytestmark = [pytest.mark.bad_input, pytest.mark.ros]
 
 NODE = "lifecycle_inputs"
-NODE_PARAMS = {"input_width": 256, "input_height": 128, "publish_overlay": False}
+NODE_PARAMS = {"input_width": 256, "input_height": 128}
 EXIT_TIMEOUT = 90  # seconds a node is given to load and exit (2 loaded cores)
 OTHER_NODES_KEYS = ("frame_id", "publish_rate", "qos_overrides./parameter_events.publisher.depth")
 
@@ -164,7 +164,7 @@ def test_keys_of_other_nodes_under_the_shared_section_are_named_once_and_the_nod
         + shared
         + "    qos_overrides:\n      /parameter_events:\n        publisher:\n          depth: 5\n"
         + f"/{NODE}:\n  ros__parameters:\n    checkpoint: {checkpoint}\n"
-        "    input_width: 256\n    input_height: 128\n    publish_overlay: false\n",
+        "    input_width: 256\n    input_height: 128\n",
     )
     log = tmp_path / "node.log"
     with start_node(NODE, params_file=path, env=ros_env, log=log) as node:
