@@ -56,7 +56,6 @@ NODE_PARAMS = {
     "max_pixels": MAX_PIXELS,
     "diagnostics_period": 0.2,
     "qos_reliability": "reliable",  # every bad frame arrives: counts are exact
-    "publish_overlay": False,
 }
 MEMORY_BOUND_MB = 50
 BAD = [pytest.mark.bad_input, pytest.mark.ros]
