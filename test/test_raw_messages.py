@@ -198,6 +198,22 @@ def test_a_serialised_image_reads_as_rclpy_deserialises_it_and_converts_identica
     _assert_same_outcome(image_to_rgb, raw, theirs)
 
 
+@pytest.mark.parametrize("encoding", sorted(BYTES_PER_PIXEL))
+@pytest.mark.parametrize(("width", "pad"), [(6, 0), (6, 5), (7, 0), (7, 2)])
+def test_every_encoding_converts_as_the_message_does(encoding, width, pad):
+    """Each encoding, even and odd widths (refused for YUV and Bayer), with and without row
+    padding, converts (or is refused) exactly as the deserialised message."""
+    step = width * BYTES_PER_PIXEL[encoding] + pad
+    data = np.random.default_rng(width + pad).integers(0, 256, step * 4, np.uint8).tobytes()
+    msg = Image(height=4, width=width, encoding=encoding, step=step, data=data)
+    raw = read_image(serialize_message(msg))
+    _assert_reads_as(raw, msg)
+    _assert_same_outcome(image_to_rgb, raw, msg)
+    assert isinstance(_outcome(image_to_rgb, raw), np.ndarray) == (
+        width % 2 == 0 or BYTES_PER_PIXEL[encoding] not in (1, 2) or encoding == "mono8"
+    )
+
+
 @SETTINGS
 @given(images())
 def test_a_big_endian_image_reads_as_its_little_endian_twin(msg):
