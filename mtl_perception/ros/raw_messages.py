@@ -75,7 +75,7 @@ class RawHeader:
         return cls(header.stamp.sec, header.stamp.nanosec, header.frame_id)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: ``==`` on the arrays is elementwise
 class RawImage:
     """A sensor_msgs/Image read from CDR bytes; field names as the message's, so
     :func:`.conversions.check_image` and :func:`.conversions.image_to_rgb` take it as is.
@@ -93,7 +93,7 @@ class RawImage:
     data: np.ndarray
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RawCompressedImage:
     """A sensor_msgs/CompressedImage read from CDR bytes; ``data`` is a (N,) uint8 read-only
     view into those bytes."""
@@ -116,7 +116,6 @@ class _Reader:
             ) from None
         except ValueError as error:  # not C-contiguous
             raise MalformedMessageError(f"serialised {what}: {error}", "serialization") from None
-        self.buffer = buffer
         self.end = len(self.view)
         if self.end < _ENCAPSULATION:
             raise self.error(f"{self.end} bytes, shorter than the encapsulation header", 0)
@@ -172,7 +171,7 @@ class _Reader:
         """A uint8 sequence as a read-only view of the buffer."""
         size = self.uint32(f"{field} length")
         start = self._take(size, f"{field} ({size} bytes)", 1)
-        data = np.frombuffer(self.buffer, np.uint8, count=-1)[start : start + size]
+        data = np.frombuffer(self.view, np.uint8)[start : start + size]
         data.flags.writeable = False
         return data
 
