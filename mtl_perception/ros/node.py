@@ -44,6 +44,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -71,7 +72,7 @@ from vision_msgs.msg import Detection2DArray, LabelInfo
 from ..data.labels import class_semantics
 from ..inference.device_names import standin_device
 from ..inference.fallback import FallbackPredictor
-from ..inference.predictor import Prediction, PredictorConfig
+from ..inference.predictor import Prediction, PredictorConfig, default_fast_path
 from ..inference.standin import STANDIN_WARNING, standin_factory
 from .cameras import PERCEPTION_OUTPUTS, Camera, check_topic_names, input_topic, output_topic
 from .conversions import (
@@ -81,12 +82,11 @@ from .conversions import (
     check_compressed,
     check_image,
     compressed_to_rgb,
-    encode_image,
     image_to_rgb,
 )
+from .frame_intake import FrameIntake, RawSubscription, TakenFrame
 from .frame_slot import CameraSlots, FrameCounters, LatestFrameSlot
 from .messages import (
-    detections_message,
     diagnostic_status,
     diagnostics_message,
     frame_statistics,
@@ -100,6 +100,15 @@ from .parameters import (
     declare_parameters,
     read_cameras,
     read_parameters,
+)
+from .raw_messages import (
+    RawCompressedImage,
+    RawHeader,
+    RawImage,
+    detections_bytes,
+    image_bytes,
+    read_compressed_image,
+    read_image,
 )
 
 LATCHED = QoSProfile(
@@ -115,6 +124,50 @@ REJECTION_LOG_PERIOD = 1.0  # seconds between two warnings for the same rejectio
 INTERNAL_ERROR = "internal_error"  # a frame check that raised something else (a bug): rejected
 EXIT_BAD_INPUT = 2  # a refused parameter, parameter file or checkpoint
 EXIT_UNEXPECTED = 3  # an exception in a lifecycle transition
+TAKE_WAIT_S = 0.5  # the inference thread's longest wait for a frame before it looks again
+
+# A camera frame: read from its CDR bytes (the node's own path), or an rclpy message (in-process)
+Frame = RawImage | RawCompressedImage | Image | CompressedImage
+
+
+@dataclass
+class InFlight:
+    """A batch submitted to the model whose results are not collected yet: each frame's camera,
+    message and ``time.monotonic()`` of its arrival, and the Predictor's pending result."""
+
+    frames: list[tuple[Camera, Frame, float]]
+    pending: Any
+
+
+def predictor_config(params: NodeParameters, device: str) -> PredictorConfig:
+    """The Predictor's config for the node's parameters on ``device`` ("cpu" or "cuda[:N]"):
+    every field the two share by name is taken from the parameters (one default for each, the
+    node's), then the device decides what ``auto`` and the CUDA-only options mean:
+
+    - ``precision: auto``: the fastest path measured on that device (fp16 on CUDA, fp32 on
+      the CPU; :func:`default_fast_path`);
+    - ``cuda_graph`` applies on CUDA with the torch backend and compile none, and is ignored
+      elsewhere (compile reduce-overhead is the compiler's own CUDA-graph path);
+    - ``preallocate`` (pinned staging buffers) applies on CUDA: on the CPU the buffer only adds a
+      copy of each frame.
+    """
+    shared = {spec.name for spec in fields(PredictorConfig)} & {
+        spec.name for spec in fields(NodeParameters)
+    }
+    values: dict[str, Any] = {name: getattr(params, name) for name in shared - {"device"}}
+    cuda = device.startswith("cuda")
+    if params.precision == "auto":
+        values["precision"] = default_fast_path(device)["precision"]
+    values["cuda_graph"] = (
+        params.cuda_graph and cuda and params.backend == "torch" and params.compile == "none"
+    )
+    values["preallocate"] = params.preallocate and cuda
+    return PredictorConfig(device=device, **values)
+
+
+def raw_header(header: Header | RawHeader) -> RawHeader:
+    """A frame's header as the output serialisers take it."""
+    return header if isinstance(header, RawHeader) else RawHeader.from_msg(header)
 
 
 OK, WARN = DiagnosticStatus.OK, DiagnosticStatus.WARN
@@ -215,6 +268,7 @@ class PerceptionNode(LifecycleNode):
         self._batch_sizes: dict[int, int] = {}  # frames per forward pass -> passes
         self._rejection_log = ReasonThrottle(REJECTION_LOG_PERIOD)
         self._worker: threading.Thread | None = None
+        self._intake: FrameIntake | None = None
         self._last_diagnostics = (time.monotonic(), 0, 0)
         self._outputs: dict[str, Any] = {}  # the node's own: label infos, diagnostics
         self._diagnostics_timer = None
@@ -269,21 +323,7 @@ class PerceptionNode(LifecycleNode):
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             standin = standin_device(device)  # benchmarks only: no network runs
-            config = PredictorConfig(
-                device=standin or device,
-                precision=params.precision,
-                channels_last=params.channels_last,
-                compile=params.compile,
-                cuda_graph=params.cuda_graph,
-                preallocate=params.preallocate,
-                resize=params.resize,
-                input_height=params.input_height,
-                input_width=params.input_width,
-                score_threshold=params.score_threshold,
-                nms_iou=params.nms_iou,
-                max_detections=params.max_detections,
-                backend=params.backend,
-            )
+            config = predictor_config(params, standin or device)
             # A fast path that fails to set up or on its first frame falls back to a simpler
             # one (logged, and named in the diagnostics) instead of failing the node.
             log = self.get_logger().warning
@@ -308,8 +348,8 @@ class PerceptionNode(LifecycleNode):
         self.max_batch = min(params.max_batch or automatic, len(cameras))
         model = self.predictor.model_config
         self.get_logger().info(
-            f"loaded {params.checkpoint or params.onnx_model} on {device} ({params.precision}, "
-            f"{params.backend}), input {params.input_width}x{params.input_height}, "
+            f"loaded {params.checkpoint or params.onnx_model} on {device} "
+            f"({self.predictor.active_path}), input {params.input_width}x{params.input_height}, "
             f"{model.num_seg_classes} segmentation / {model.num_det_classes} detection classes, "
             f"image conversion via {CONVERTER}; {len(cameras)} camera(s), batches of up to "
             f"{self.max_batch}"
@@ -343,14 +383,15 @@ class PerceptionNode(LifecycleNode):
         qos = QoSProfile(
             depth=params.qos_depth, history=HistoryPolicy.KEEP_LAST, reliability=reliability
         )
-        for index, camera in enumerate(self._cameras):
+        for camera in self._cameras:
             transport = camera.config.input_transport
-            camera.subscription = self.create_subscription(
+            camera.subscription = RawSubscription(
+                self,
                 CompressedImage if transport == "compressed" else Image,
                 input_topic(camera.name, transport),
-                lambda msg, index=index: self._on_frame(msg, index),
                 qos,
             )
+        self._intake = FrameIntake(self, [camera.subscription for camera in self._cameras])
         self._slots.reopen()
         self._worker = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
         self._worker.start()
@@ -400,24 +441,24 @@ class PerceptionNode(LifecycleNode):
 
     def _release_io(self) -> None:
         """Every camera's subscription and publishers, the inference thread, the timer and the
-        node's publishers; frames waiting in the slots, or still in a subscription's reader queue
-        (a deep reliable queue), are counted as dropped (or rejected, if they fail the arrival
-        checks), not lost."""
-        for camera in self._cameras:
-            if camera.subscription is not None:
-                queued = self._take_queued(camera)
-                with self._counter_lock:
-                    camera.counters.received += queued
-                    camera.counters.dropped += queued
-                self.destroy_subscription(camera.subscription)
-                camera.subscription = None
-        discarded = self._slots.close()
+        node's publishers. Frames waiting in the slots, or still in a subscription's reader (a
+        deep reliable queue), are counted as dropped (or rejected, if they fail the arrival
+        checks), not lost; a batch already in the model is finished and published first."""
+        discarded = self._slots.close()  # the inference thread takes no new batch from here on
         with self._counter_lock:
             for camera, dropped in zip(self._cameras, discarded, strict=True):
                 camera.counters.dropped += dropped
+        if self._intake is not None:
+            self._intake.wake()
         if self._worker is not None:
             self._worker.join()
             self._worker = None
+        if self._intake is not None:
+            for index, camera in enumerate(self._cameras):
+                self._take_queued(camera, index)
+                camera.subscription = None
+            self._intake.destroy()
+            self._intake = None
         if self._diagnostics_timer is not None:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = None
@@ -430,21 +471,19 @@ class PerceptionNode(LifecycleNode):
         self._outputs = {}
         self._free_gpu_memory()
 
-    def _take_queued(self, camera: Camera) -> int:
-        """Takes every message the middleware has delivered to ``camera``'s subscription but the
-        executor has not yet handed to its callback, and checks each as on arrival: one that
-        fails is counted received and rejected (with its reason) here; returns how many passed
-        (never processed now: the caller counts them received and dropped). Runs on the
-        executor's thread (a transition), so no callback of this subscription runs meanwhile.
-        0 once the context is gone (Ctrl-C): nothing can be taken then."""
+    def _take_queued(self, camera: Camera, index: int) -> None:
+        """Takes every frame the middleware still holds for camera ``index`` (the inference
+        thread has stopped) and checks each as on arrival: one that fails is counted received and
+        rejected (with its reason), one that passes received and dropped (never processed now).
+        Nothing once the context is gone (Ctrl-C): nothing can be taken then."""
         if not self.context.ok():
-            return 0
-        subscription = camera.subscription
-        valid = 0
-        with subscription.handle:
-            while taken := subscription.handle.take_message(subscription.msg_type, False):
-                valid += self._admit(camera, taken[0])
-        return valid
+            return
+        for frame in self._intake.take_all(index):
+            msg = self._read_taken(camera, frame)
+            if msg is not None and self._admit(camera, msg):
+                with self._counter_lock:
+                    camera.counters.received += 1
+                    camera.counters.dropped += 1
 
     def _free_gpu_memory(self) -> None:
         if self.device.startswith("cuda"):
@@ -454,26 +493,59 @@ class PerceptionNode(LifecycleNode):
 
     # -- frames ----------------------------------------------------------------------------
 
-    def _on_frame(self, msg: Image | CompressedImage, camera: int = 0) -> None:
-        """Executor thread: check the frame of camera number ``camera`` (O(1): geometry, or the
-        compressed header) and park it in that camera's slot; a frame that fails the check is
-        rejected here and never displaces a waiting one. Never blocks on the model."""
+    def _read_taken(self, camera: Camera, frame: TakenFrame) -> Frame | None:
+        """A taken frame's message read from its CDR bytes (a view of its pixels, nothing
+        copied); the frames its publisher sent that were replaced before this one was taken are
+        counted received and dropped. None (counted received and rejected, reason
+        ``serialization``) when the bytes are not a readable message."""
+        if frame.skipped:
+            with self._counter_lock:
+                camera.counters.received += frame.skipped
+                camera.counters.dropped += frame.skipped
+        compressed = camera.config.input_transport == "compressed"
+        try:
+            return read_compressed_image(frame.data) if compressed else read_image(frame.data)
+        except ImageRejectedError as error:
+            self._reject(camera, error.reason, str(error), received=True)
+            return None
+
+    def _on_taken(self, frame: TakenFrame) -> None:
+        """Inference thread: a frame taken from camera ``frame.camera``'s subscription is read
+        and handed to :meth:`_on_frame`, with the time the middleware received it."""
+        camera = self._cameras[frame.camera]
+        msg = self._read_taken(camera, frame)
+        if msg is None:
+            camera.last_frame_at = time.monotonic()
+            return
         received_at = time.monotonic()
+        if frame.received_ns:  # the reader's wait counts in the latency
+            waited = max(0.0, (time.time_ns() - frame.received_ns) / 1e9)
+            received_at -= min(waited, 60.0)  # a peer with a wrong clock cannot skew it much
+        self._on_frame(msg, frame.camera, received_at)
+
+    def _on_frame(self, msg: Frame, camera: int = 0, received_at: float | None = None) -> None:
+        """Checks a frame of camera number ``camera`` (O(1): geometry, or the compressed header)
+        and parks it in that camera's slot (a frame still waiting there is replaced and counted
+        as dropped); a frame that fails the check is rejected here and never displaces a waiting
+        one. ``msg`` is read from CDR bytes (raw_messages) or an rclpy message (in-process use)."""
+        now = time.monotonic()
         state = self._cameras[camera]
-        state.last_frame_at = received_at  # read by the diagnostics timer (one float store)
+        state.last_frame_at = now  # read by the diagnostics timer (one float store)
         if not self._admit(state, msg):
             return
-        dropped = self._slots[camera].put((msg, received_at))
+        dropped = self._slots[camera].put((msg, now if received_at is None else received_at))
         with self._counter_lock:
             state.counters.received += 1
             if dropped:
                 state.counters.dropped += 1
+        if self._intake is not None and threading.current_thread() is not self._worker:
+            self._intake.wake()  # a frame handed in from another thread: take it now
 
-    def _admit(self, camera: Camera, msg: Image | CompressedImage) -> bool:
+    def _admit(self, camera: Camera, msg: Frame) -> bool:
         """The arrival checks (O(1): geometry, or the compressed header): True if ``msg`` passes;
         else it is counted as received and rejected (with its reason) and logged."""
         try:
-            if isinstance(msg, CompressedImage):
+            if isinstance(msg, (CompressedImage, RawCompressedImage)):
                 check_compressed(msg, self.params.max_pixels)
             else:
                 check_image(msg, self.params.max_pixels)
@@ -503,16 +575,29 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().warning(line)
 
     def _inference_loop(self) -> None:
-        """Takes the waiting frames of up to ``max_batch`` cameras (longest-waiting first), runs
-        them through the network in one forward pass and publishes each camera's results."""
-        while True:
-            batch = self._slots.take_batch(self.max_batch, timeout=0.5)
-            if not batch:
-                if self._slots.closed:
-                    return
-                continue
-            if not self._process_batch(batch):
+        """Takes the newest frame of every camera that has one when the model can use it, runs
+        the waiting frames of up to ``max_batch`` cameras (longest-waiting first) through the
+        network in one forward pass and publishes each camera's results.
+
+        Pipelined: batch k+1 is submitted to the device before batch k's results are collected
+        and published, so the host's publishing overlaps the device's work (on CUDA; on the CPU
+        the model runs at submission). With a batch in flight the loop does not wait for frames:
+        it collects that batch at once when none is waiting. Each camera's frames are answered
+        in the order they were taken."""
+        in_flight: InFlight | None = None
+        while self.context.ok():
+            closing = self._slots.closed
+            if not closing:
+                wait = 0.0 if in_flight is not None else TAKE_WAIT_S
+                for frame in self._intake.take_ready(wait):
+                    self._on_taken(frame)
+            batch = self._slots.take_batch(self.max_batch, timeout=0)
+            submitted = self._submit(batch) if batch else None
+            if in_flight is not None and not self._collect(in_flight):
                 return  # shutting down (Ctrl-C): the context went away while publishing
+            in_flight = submitted
+            if closing and in_flight is None:
+                return
 
     def _failed(self, camera: Camera, what: str, error: Exception) -> None:
         """One frame of ``camera`` lost to a failure (the model, publishing, a bug): counted as
@@ -525,48 +610,76 @@ class PerceptionNode(LifecycleNode):
             throttle_duration_sec=1.0,
         )
 
-    def _process_batch(self, batch: list[tuple[int, tuple[Any, float]]]) -> bool:
-        """Converts each camera's frame, runs the network once over all of them and publishes
-        each result with its own frame's header. A frame that fails (decoding, publishing)
-        costs only its own camera that frame. False once the ROS context is gone."""
+    def _model_failed(self, frames: list[tuple[Camera, Frame, float]], error: Exception) -> None:
+        """A forward pass that raised (CUDA OOM, NaN, anything): its frames are dropped, the node
+        keeps running."""
+        with self._counter_lock:
+            for camera, *_ in frames:
+                camera.counters.failed += 1
+                camera.counters.dropped += 1
+        self.get_logger().error(
+            f"inference failed, frame dropped on "
+            f"{', '.join(camera.topic for camera, *_ in frames)}: {error}",
+            throttle_duration_sec=1.0,
+        )
+        self._free_gpu_memory()
+
+    def _network_input(self, camera: Camera, msg: Frame) -> tuple[np.ndarray, bool] | None:
+        """A frame as the network's input: (H, W, 3) uint8 and whether its channels are BGR.
+        rgb8 and bgr8 rows without padding are a view of the message's pixels (the channel
+        order is swapped on the device); other encodings are converted on the host. None (the
+        frame counted) when it fails, e.g. a JPEG whose decoded size differs from its header."""
         params = self.params
-        frames = []  # (camera, message, received_at, rgb (H, W, 3) uint8)
+        try:
+            if isinstance(msg, (CompressedImage, RawCompressedImage)):
+                return compressed_to_rgb(msg, params.max_pixels), False
+            if msg.encoding in ("rgb8", "bgr8") and msg.step == msg.width * 3:
+                pixels = np.frombuffer(msg.data, np.uint8, msg.step * msg.height)
+                return pixels.reshape(msg.height, msg.width, 3), msg.encoding == "bgr8"
+            return image_to_rgb(msg, params.max_pixels), False
+        except ImageRejectedError as error:  # found only by decoding (e.g. size_mismatch)
+            self._reject(camera, error.reason, str(error))
+        except Exception as error:  # a bug in a conversion: this frame only
+            self._failed(camera, "processing", error)
+        return None
+
+    def _submit(self, batch: list[tuple[int, tuple[Frame, float]]]) -> InFlight | None:
+        """Hands each camera's frame to the network in one forward pass, without waiting for
+        its results; None when no frame of the batch could be converted or the model raised."""
+        frames, images, bgr = [], [], []
         for index, (msg, received_at) in batch:
             camera = self._cameras[index]
-            try:
-                if isinstance(msg, CompressedImage):
-                    rgb = compressed_to_rgb(msg, params.max_pixels)
-                else:
-                    rgb = image_to_rgb(msg, params.max_pixels)
-            except ImageRejectedError as error:  # found only by decoding (e.g. size_mismatch)
-                self._reject(camera, error.reason, str(error))
+            converted = self._network_input(camera, msg)
+            if converted is None:
                 continue
-            except Exception as error:  # a bug in a conversion: this frame only
-                self._failed(camera, "processing", error)
-                continue
-            frames.append((camera, msg, received_at, rgb))
+            frames.append((camera, msg, received_at))
+            images.append(converted[0])
+            bgr.append(converted[1])
         if not frames:
-            return True
+            return None
         with self._counter_lock:
             self._batch_sizes[len(frames)] = self._batch_sizes.get(len(frames), 0) + 1
-        images = [rgb for _, _, _, rgb in frames]
         try:
-            predictions = self.predictor.predict(images[0] if len(images) == 1 else images)
-        except Exception as error:  # CUDA OOM, NaN, anything: drop these frames, keep running
-            with self._counter_lock:
-                for camera, *_ in frames:
-                    camera.counters.failed += 1
-                    camera.counters.dropped += 1
-            self.get_logger().error(
-                f"inference failed, frame dropped on "
-                f"{', '.join(camera.topic for camera, *_ in frames)}: {error}",
-                throttle_duration_sec=1.0,
-            )
-            self._free_gpu_memory()
+            pending = self.predictor.submit(images, bgr=bgr)
+        except Exception as error:
+            self._model_failed(frames, error)
+            return None
+        return InFlight(frames, pending)
+
+    def _collect(self, in_flight: InFlight) -> bool:
+        """Waits for a submitted batch's results and publishes each with its own frame's header.
+        A frame that fails costs only its own camera that frame. False once the ROS context is
+        gone."""
+        try:
+            predictions = in_flight.pending.result()
+        except Exception as error:
+            self._model_failed(in_flight.frames, error)
             return True
-        for (camera, msg, received_at, rgb), prediction in zip(frames, predictions, strict=True):
+        for (camera, msg, received_at), prediction in zip(
+            in_flight.frames, predictions, strict=True
+        ):
             try:
-                self._publish(camera, msg.header, rgb, prediction)
+                self._publish(camera, raw_header(msg.header), prediction)
             except Exception as error:  # publishing, or a bug: this frame is lost, not the node
                 if not self.context.ok():
                     return False
@@ -577,20 +690,22 @@ class PerceptionNode(LifecycleNode):
                 camera.latencies.append(time.monotonic() - received_at)
         return True
 
-    def _publish(
-        self, camera: Camera, header: Header, rgb: np.ndarray, prediction: Prediction
-    ) -> None:
-        """Publishes one frame's mask and detections. Overlay and colour images are the overlay
-        node's (ros/overlay_node.py): drawing them here cost this node's frame path 20-40 ms per
-        2048x1024 frame (docs/benchmarks.md)."""
+    def _publish(self, camera: Camera, header: RawHeader, prediction: Prediction) -> None:
+        """Publishes one frame's mask and detections, each serialised straight from the arrays
+        (no message objects) and only while it has subscribers. Overlay and colour images are
+        the overlay node's (ros/overlay_node.py): drawing them here cost this node's frame path
+        20-40 ms per 2048x1024 frame (docs/benchmarks.md)."""
         publishers = camera.outputs
         if not publishers:
             return  # deactivated while this frame was in the model
-        # The network never predicts void, so the mask needs no void -> UNLABELED pass.
-        publishers["semantic"].publish(encode_image(prediction.mask, "mono8", header))
-        publishers["detections"].publish(
-            detections_message(header, prediction.boxes, prediction.scores, prediction.classes)
-        )
+        semantic, detections = publishers["semantic"], publishers["detections"]
+        if semantic.get_subscription_count():
+            # The network never predicts void, so the mask needs no void -> UNLABELED pass.
+            semantic.publish(image_bytes(header, prediction.mask, "mono8"))
+        if detections.get_subscription_count():
+            detections.publish(
+                detections_bytes(header, prediction.boxes, prediction.scores, prediction.classes)
+            )
 
     def _publish_label_info(self) -> None:
         semantics = class_semantics(self.predictor.model_config)
@@ -659,7 +774,7 @@ class PerceptionNode(LifecycleNode):
             "max_batch": self.max_batch,
             **{f"batch_size_{size}": passes for size, passes in batch_sizes.items()},
             "device": self.device,
-            "precision": self.params.precision,
+            "precision": self.predictor.config.precision if self.predictor else "none",
             "backend": self.params.backend,
             "fast_path": self.predictor.active_path if self.predictor else "none",
             "fast_path_requested": self.predictor.requested_path if self.predictor else "none",

@@ -3,7 +3,7 @@
     python gated_node.py GATE_DIR --ros-args ...
 
 The real node (subscription, latest-frame slot, inference thread, outputs, diagnostics), with one
-change to the model: while GATE_DIR/hold exists, each ``Predictor.predict`` call made by the
+change to the model: while GATE_DIR/hold exists, each ``Predictor.submit`` call made by the
 inference thread creates GATE_DIR/entered-N (N = 0, 1, ... counts the held calls) and then waits
 until GATE_DIR/release-N (or GATE_DIR/open) exists before running. The test thereby knows that
 the model is busy with a frame and decides when it finishes: "the model is slower than the
@@ -27,11 +27,11 @@ from mtl_perception.inference.predictor import Predictor
 from mtl_perception.ros import node
 
 GATE = Path(sys.argv[1])
-_predict = Predictor.predict
+_submit = Predictor.submit  # predict() is submit().result(): every forward pass goes through it
 _held = itertools.count()
 
 
-def _gated_predict(self, images):
+def _gated_submit(self, images, *args, **kwargs):
     if threading.current_thread().name == "inference" and (GATE / "hold").exists():
         index = next(_held)
         (GATE / f"entered-{index}").touch()
@@ -41,10 +41,10 @@ def _gated_predict(self, images):
             release.exists() or opened.exists() or (after_shutdown.exists() and not rclpy.ok())
         ):
             time.sleep(0.005)
-    return _predict(self, images)
+    return _submit(self, images, *args, **kwargs)
 
 
-Predictor.predict = _gated_predict
+Predictor.submit = _gated_submit
 
 if __name__ == "__main__":
     sys.exit(node.main([sys.argv[0], *sys.argv[2:]]))

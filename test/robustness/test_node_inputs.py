@@ -689,14 +689,14 @@ def test_a_rejected_frame_never_displaces_the_frame_waiting_in_the_slot(local_no
 @pytest.mark.ros
 def test_a_frame_waiting_at_deactivate_is_counted_as_dropped(local_node):
     entered, release = threading.Event(), threading.Event()
-    predict = local_node.predictor.predict
+    submit = local_node.predictor.submit
 
-    def held_in_the_model(rgb):
+    def held_in_the_model(images, **options):
         entered.set()
         release.wait(30)
-        return predict(rgb)
+        return submit(images, **options)
 
-    local_node.predictor.predict = held_in_the_model
+    local_node.predictor.submit = held_in_the_model
     assert local_node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     frame = _raw(height=32, width=64, data=NOISE.tobytes())
     local_node._on_frame(frame)
