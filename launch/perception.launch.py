@@ -1,7 +1,8 @@
-"""Launch the perception node (and optionally rviz2).
+"""Launch the perception node (and optionally the overlay node and rviz2).
 
     ros2 launch mtl_perception perception.launch.py camera_topic:=/camera/image_raw \
-        checkpoint:=/path/model.pt [params_file:=...] [namespace:=...] [use_rviz:=true]
+        checkpoint:=/path/model.pt [params_file:=...] [namespace:=...] [use_rviz:=true] \
+        [overlay:=true]
     ros2 launch mtl_perception perception.launch.py cameras:=front,rear \
         camera_topics:=front:/front/image_raw,rear:/rear/image_raw checkpoint:=/path/model.pt
 
@@ -12,7 +13,10 @@ and ``camera_topic:=`` is refused with them (mtl_perception/ros/launch_support.p
 A namespace or camera name that makes a topic or service name the node would refuse stops the
 launch before any node starts. ``use_rviz:=true`` needs rviz2 installed
 (``sudo apt install ros-$ROS_DISTRO-rviz2``); its config is written at launch time with the
-node's namespace and cameras in the topic names.
+node's namespace and cameras in the topic names. ``use_rviz:=true`` or ``overlay:=true`` also
+starts the overlay node (ros/overlay_node.py), which draws each camera's ``overlay`` and
+``semantic_color`` under the perception node's name (the perception node draws nothing): same
+namespace, cameras, camera remappings and transports.
 """
 
 import os
@@ -29,9 +33,12 @@ from launch import LaunchContext, LaunchDescription
 from mtl_perception.ros.fastdds import LARGE_IMAGES_PROFILE, profile_environment
 from mtl_perception.ros.launch_support import (
     NODE_NAME,
+    OVERLAY_NODE_NAME,
     LaunchArguments,
     plan_node,
+    plan_overlay,
     require_rviz2,
+    starts_overlay,
 )
 from mtl_perception.ros.rviz_config import write_rviz_config
 
@@ -39,9 +46,9 @@ PACKAGE = "mtl_perception"
 
 
 def _nodes(context: LaunchContext) -> list[SetEnvironmentVariable | Node]:
-    """The node and rviz2, built once the arguments' values are known, after the Fast DDS
-    profile variables: large frames with best-effort QoS need the big shared-memory segment of
-    the shipped profile (README), unless the user named a profile of their own."""
+    """The node, the overlay node and rviz2, built once the arguments' values are known, after
+    the Fast DDS profile variables: large frames with best-effort QoS need the big shared-memory
+    segment of the shipped profile (README), unless the user named a profile of their own."""
     share = FindPackageShare(PACKAGE).perform(context)
     profile = profile_environment(os.environ, str(Path(share, "config", LARGE_IMAGES_PROFILE)))
     arguments = LaunchArguments(
@@ -49,8 +56,12 @@ def _nodes(context: LaunchContext) -> list[SetEnvironmentVariable | Node]:
     )
     node = plan_node(arguments)  # checks the arguments together, before anything starts
     use_rviz = IfCondition(LaunchConfiguration("use_rviz")).evaluate(context)
+    overlay = IfCondition(LaunchConfiguration("overlay")).evaluate(context)
     if use_rviz:
         require_rviz2()  # before any node is started
+    drawing = None
+    if starts_overlay(use_rviz, overlay):
+        drawing = plan_overlay(node, arguments.params_file)
     actions: list[SetEnvironmentVariable | Node] = [
         SetEnvironmentVariable(name, value) for name, value in profile.items()
     ]
@@ -65,6 +76,18 @@ def _nodes(context: LaunchContext) -> list[SetEnvironmentVariable | Node]:
             output="screen",
         )
     )
+    if drawing is not None:
+        actions.append(
+            Node(
+                package=PACKAGE,
+                executable="overlay_node",
+                name=OVERLAY_NODE_NAME,
+                namespace=drawing.namespace,
+                parameters=drawing.parameters,
+                remappings=drawing.remappings,
+                output="screen",
+            )
+        )
     if use_rviz:
         rviz_config = write_rviz_config(
             Path(share, "config", "perception.rviz"), node.namespace, node.cameras
@@ -117,7 +140,13 @@ def generate_launch_description() -> LaunchDescription:
                 "use_rviz",
                 default_value="false",
                 description="also start rviz2 showing each camera's overlay and colour mask "
-                "(needs rviz2)",
+                "(needs rviz2), and the overlay node that draws them",
+            ),
+            DeclareLaunchArgument(
+                "overlay",
+                default_value="false",
+                description="also start the overlay node (overlay and semantic_color topics "
+                "under the perception node's name) without rviz; use_rviz:=true starts it too",
             ),
             OpaqueFunction(function=_nodes),
         ]

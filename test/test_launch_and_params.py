@@ -20,14 +20,18 @@ from mtl_perception.ros.fastdds import (
 )
 from mtl_perception.ros.launch_support import (
     NODE_NAME,
+    OVERLAY_NODE_NAME,
     LaunchArguments,
     check_namespace,
     node_parameters,
     node_topic_resolver,
     params_file_cameras,
     plan_node,
+    plan_overlay,
     require_rviz2,
+    starts_overlay,
 )
+from mtl_perception.ros.overlay_node import OverlayParameters
 from mtl_perception.ros.parameters import NodeParameters
 from mtl_perception.ros.rviz_config import rviz_config, write_rviz_config
 
@@ -57,9 +61,11 @@ def test_launch_file_compiles_and_names_existing_files_and_executables():
     assert (REPO / "config" / LARGE_IMAGES_PROFILE).is_file()
     assert "perception_node" in strings
     assert "perception_node = mtl_perception.ros.node:main" in (REPO / "setup.py").read_text()
+    assert "overlay_node" in strings
+    assert "overlay_node = mtl_perception.ros.overlay_node:main" in (REPO / "setup.py").read_text()
 
 
-LAUNCH_ARGUMENTS = {f.name for f in dataclasses.fields(LaunchArguments)} | {"use_rviz"}
+LAUNCH_ARGUMENTS = {f.name for f in dataclasses.fields(LaunchArguments)} | {"use_rviz", "overlay"}
 
 
 def test_parameter_file_holds_every_declared_parameter_with_its_default():
@@ -86,8 +92,9 @@ def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
 
 
 def test_every_launch_argument_is_declared_once_with_a_description():
-    """The launch file reads every LaunchArguments field by its name (and use_rviz): each must
-    be declared, or ros2 launch would fail on it ("launch configuration ... does not exist")."""
+    """The launch file reads every LaunchArguments field by its name (and use_rviz, overlay):
+    each must be declared, or ros2 launch would fail on it ("launch configuration ... does not
+    exist")."""
     arguments = _calls(ast.parse(LAUNCH.read_text()), "DeclareLaunchArgument")
     names = [call.args[0].value for call in arguments]
     assert sorted(names) == sorted(LAUNCH_ARGUMENTS)
@@ -108,6 +115,65 @@ def test_the_node_gets_the_planned_parameters_and_remappings():
     assert keywords["remappings"] == "node.remappings"
     assert keywords["namespace"] == "node.namespace"
     assert "node = plan_node(arguments)" in LAUNCH.read_text()
+
+
+def test_the_overlay_node_gets_its_planned_parameters_and_remappings_when_asked_for():
+    source = LAUNCH.read_text()
+    nodes = [
+        call
+        for call in _calls(ast.parse(source), "Node")
+        if any(k.arg == "executable" and k.value.value == "overlay_node" for k in call.keywords)
+    ]
+    assert len(nodes) == 1
+    keywords = {k.arg: ast.unparse(k.value) for k in nodes[0].keywords}
+    assert keywords["name"] == "OVERLAY_NODE_NAME" and OVERLAY_NODE_NAME == "overlay_node"
+    assert keywords["parameters"] == "drawing.parameters"
+    assert keywords["remappings"] == "drawing.remappings"
+    assert keywords["namespace"] == "drawing.namespace"
+    assert "drawing = plan_overlay(node, arguments.params_file)" in source
+    assert "if starts_overlay(use_rviz, overlay):" in source
+    # rviz shows the overlay node's pictures; overlay:=true gives them without rviz.
+    assert [starts_overlay(r, o) for r in (False, True) for o in (False, True)] == [
+        False,
+        True,
+        True,
+        True,
+    ]
+
+
+def test_the_overlay_node_reads_the_cameras_as_the_perception_node_does(tmp_path):
+    """Same namespace, cameras and remappings as the perception node, and the perception
+    node's camera parameters from the params file whichever section gives them (here one
+    naming the node), passed by name: every key is one of the overlay node's."""
+    params = _params_file(
+        tmp_path,
+        "/**:\n  ros__parameters:\n    cameras: [front, rear]\n    max_pixels: 1000\n"
+        "    checkpoint: /m.pt\n"
+        "/**/perception_node:\n  ros__parameters:\n    qos_reliability: reliable\n"
+        "    rear:\n      input_transport: compressed\n"
+        "other_node:\n  ros__parameters:\n    input_transport: compressed\n",
+    )
+    node = plan_node(LaunchArguments(params, namespace="robot1", camera_topics="front:/f/img"))
+    overlay = plan_overlay(node, params)
+    assert overlay.namespace == node.namespace == "/robot1"
+    assert overlay.remappings == node.remappings
+    assert overlay.parameters == [
+        {
+            "perception_node": "perception_node",
+            "cameras": ["front", "rear"],
+            "qos_reliability": "reliable",
+            "max_pixels": 1000,
+            "rear.input_transport": "compressed",
+        }
+    ]
+    known = {f.name for f in dataclasses.fields(OverlayParameters)}
+    assert set(overlay.parameters[0]) - known == {"rear.input_transport"}
+    # One unnamed camera, nothing in the file: the overlay node's defaults are the node's.
+    default = plan_node(LaunchArguments(_params_file(tmp_path)))
+    assert plan_overlay(default, _params_file(tmp_path)).parameters == [
+        {"perception_node": "perception_node", "cameras": [""]}
+    ]
+    assert plan_overlay(default, _params_file(tmp_path)).remappings == default.remappings
 
 
 def test_checkpoint_in_the_params_file_survives_unless_the_argument_is_given():
@@ -517,7 +583,7 @@ def test_launch_file_checks_its_arguments_and_sets_both_profile_variables():
         for node in ast.walk(ast.parse(LAUNCH.read_text()))
         if isinstance(node, ast.Call)
     }
-    assert {"plan_node", "require_rviz2", "profile_environment"} <= calls
+    assert {"plan_node", "plan_overlay", "require_rviz2", "profile_environment"} <= calls
 
 
 @pytest.mark.parametrize("distro", ["kilted", "jazzy", "humble", ""])

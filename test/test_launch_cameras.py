@@ -24,10 +24,12 @@ from sensor_msgs.msg import Image
 
 from mtl_perception.ros.launch_support import (
     NODE_NAME,
+    OVERLAY_NODE_NAME,
     LaunchArguments,
     node_namespace_prefix,
     params_file_cameras,
     plan_node,
+    plan_overlay,
 )
 from mtl_perception.ros.node_process import start_node
 from mtl_perception.ros.rviz_config import rviz_config
@@ -112,7 +114,8 @@ def _frame(camera: str, width: int, height: int) -> Image:
 def test_a_node_given_the_launch_plan_serves_two_named_cameras_where_rviz_looks(tmp_path, ros_env):
     """The issue's set-up: cameras [front, rear] in the params file, a namespace, the front
     camera's images remapped from the launch and the rear one on its own topic. The node reads
-    both and publishes every output rviz is told to show."""
+    both and, with the overlay node the launch starts beside it for rviz, every output rviz is
+    told to show is published."""
     checkpoint = save_model(tmp_path / "model.pt", calibrated_small_model(0, SMALL_NAMED))
     params = tmp_path / "rig.yaml"
     params.write_text(
@@ -146,12 +149,24 @@ def test_a_node_given_the_launch_plan_serves_two_named_cameras_where_rviz_looks(
         env=ros_env,
         log=log,
     )
+    drawing = plan_overlay(plan, str(params))
+    overlay_log = tmp_path / "overlay.log"
+    overlay = start_node(
+        OVERLAY_NODE_NAME,
+        namespace=drawing.namespace,
+        remaps=dict(drawing.remappings),
+        overrides=drawing.parameters[0],
+        module="mtl_perception.ros.overlay_node",
+        env=ros_env,
+        log=overlay_log,
+    )
     try:
         for topic in shown:
             client.subscribe(topic, Image)
 
         def all_shown() -> bool:
             assert node.process.poll() is None, log.read_text()
+            assert overlay.process.poll() is None, overlay_log.read_text()
             for camera, topic in inputs.items():
                 client.publisher(topic, Image).publish(_frame(camera, 160, 96))
             return all(client.messages(topic) for topic in shown)
@@ -159,6 +174,7 @@ def test_a_node_given_the_launch_plan_serves_two_named_cameras_where_rviz_looks(
         assert client.wait_for(all_shown, timeout=90), (
             [topic for topic in shown if not client.messages(topic)],
             log.read_text(),
+            overlay_log.read_text(),
         )
         for topic in shown:
             camera = topic.split("/")[3]
@@ -167,6 +183,7 @@ def test_a_node_given_the_launch_plan_serves_two_named_cameras_where_rviz_looks(
             assert (message.width, message.height, message.encoding) == (160, 96, "rgb8"), topic
     finally:
         client.close()
+        assert overlay.stop() == 0, overlay_log.read_text()
         assert node.stop() == 0, log.read_text()
     assert sorted(shown) == [
         "/robot1/perception_node/front/overlay",

@@ -16,6 +16,12 @@ Names are checked as the node will check them, before anything starts: ``namespa
 ROS namespace that leaves room for the node's services, and every topic of every camera must
 resolve (namespace and remappings applied, :func:`node_topic_resolver`) to a valid name
 (:func:`~mtl_perception.ros.cameras.check_topic_names`, the node's own check at configure).
+
+The overlay node (``use_rviz:=true`` or ``overlay:=true``, :func:`plan_overlay`) goes beside the
+perception node: same namespace, cameras and camera remappings, and the perception node's camera
+parameters from the params file, so it reads each camera as the perception node does and draws
+under the perception node's name. Its own names need no check: its topics are the perception
+node's (checked above) and its name is shorter than the perception node's.
 """
 
 from __future__ import annotations
@@ -34,10 +40,14 @@ from rclpy.validate_topic_name import validate_topic_name
 
 from ..config_loading import read_yaml
 from .cameras import NODE_OUTPUTS, check_topic_names, input_topic
-from .parameter_files import parameter_sections, pattern_matches
+from .parameter_files import flat_parameters, parameter_sections, pattern_matches
 from .parameters import TRANSPORTS, CameraParameters, check_camera_names
 
 NODE_NAME = "perception_node"
+OVERLAY_NODE_NAME = "overlay_node"
+# The perception node's parameters the overlay node reads as it does (with
+# <camera>.input_transport): how each camera's frames arrive and which are refused.
+OVERLAY_SHARED_PARAMETERS = ("input_transport", "qos_reliability", "max_pixels")
 DEFAULT_CAMERA_TOPIC = "/camera/image_raw"
 UNNAMED = ("",)  # the node's cameras parameter for its one unnamed camera
 # What rclpy's LifecycleNode serves under the node's name (lifecycle, parameters, type
@@ -117,6 +127,39 @@ def plan_node(arguments: LaunchArguments) -> NodeLaunch:
     )
 
 
+@dataclass(frozen=True)
+class OverlayLaunch:
+    """What the launch file gives the overlay node: its namespace (the perception node's), one
+    parameter source (a dict) and the perception node's remappings."""
+
+    namespace: str
+    parameters: list[dict[str, Any]]
+    remappings: list[tuple[str, str]]
+
+
+def starts_overlay(use_rviz: bool, overlay: bool) -> bool:
+    """Whether the launch starts the overlay node: for rviz (which shows its pictures), or when
+    asked for (``overlay:=true``: the pictures without rviz)."""
+    return use_rviz or overlay
+
+
+def plan_overlay(node: NodeLaunch, params_file: str) -> OverlayLaunch:
+    """The overlay node beside the planned perception node ``node``: the same namespace,
+    cameras and remappings, and the perception node's camera parameters
+    (:data:`OVERLAY_SHARED_PARAMETERS`, ``<camera>.input_transport``) as ``params_file`` gives
+    them to it (any section layout: the values are read for the perception node and passed
+    by name).
+
+    Raises:
+        ValueError: the params file is not YAML.
+    """
+    given = params_file_values(params_file, node.namespace)
+    parameters: dict[str, Any] = {"perception_node": NODE_NAME, "cameras": list(node.cameras)}
+    keys = [*OVERLAY_SHARED_PARAMETERS, *(f"{c}.input_transport" for c in node.cameras if c)]
+    parameters.update({key: given[key] for key in keys if key in given})
+    return OverlayLaunch(node.namespace, [parameters], list(node.remappings))
+
+
 def node_parameters(
     params_file: str, checkpoint: str, cameras: tuple[str, ...] | None = None
 ) -> list[str | dict[str, Any]]:
@@ -184,13 +227,7 @@ def params_file_cameras(params_file: str, namespace: str) -> tuple[str, ...]:
     Raises:
         ValueError: the file is not YAML, or its ``cameras`` is not a list of camera names.
     """
-    content = read_yaml(params_file, "params_file")
-    cameras: Any = list(UNNAMED)
-    node = f"{node_namespace_prefix(namespace)}/{NODE_NAME}"
-    target = [token for token in node.split("/") if token]
-    for pattern, parameters in parameter_sections(content):
-        if pattern_matches(pattern, target) and "cameras" in parameters:
-            cameras = parameters["cameras"]
+    cameras = params_file_values(params_file, namespace).get("cameras", list(UNNAMED))
     if not isinstance(cameras, list) or not all(isinstance(name, str) for name in cameras):
         raise ValueError(
             f"params_file:={params_file}: parameter 'cameras' must be a list of camera names, "
@@ -201,6 +238,25 @@ def params_file_cameras(params_file: str, namespace: str) -> tuple[str, ...]:
     except ValueError as error:
         raise ValueError(f"params_file:={params_file}: {error}") from None
     return tuple(cameras)
+
+
+def params_file_values(params_file: str, namespace: str) -> dict[str, Any]:
+    """Every parameter ``params_file`` gives the node ``<namespace>/perception_node``, by its
+    name (nested maps joined with '.': ``front.input_transport``), from every section that
+    applies to it (``/**``, ``perception_node``, ``/**/perception_node``, ...; a later section
+    wins, as rclpy reads the file).
+
+    Raises:
+        ValueError: the file is not YAML.
+    """
+    content = read_yaml(params_file, "params_file")
+    node = f"{node_namespace_prefix(namespace)}/{NODE_NAME}"
+    target = [token for token in node.split("/") if token]
+    values: dict[str, Any] = {}
+    for pattern, parameters in parameter_sections(content):
+        if pattern_matches(pattern, target):
+            values.update(flat_parameters(parameters))
+    return values
 
 
 def camera_input_topics(
