@@ -19,8 +19,9 @@ per camera: each output lets the next frame go. After a warm-up, for ``--seconds
 
 - outputs/s: detections messages received per second (all cameras);
 - host ms/frame: the perception node process's CPU time (user + system, all threads) per output;
-- device step: the CPU time of the stand-in Predictor's ``predict`` on one such frame (median
-  of 10, measured in a process of that version before the nodes start): upload, resize,
+- device step: the CPU time of the stand-in Predictor's ``predict`` on one such frame as that
+  version's node hands it over, with its Predictor defaults (median of 10, measured in a
+  process of that version before the nodes start; benchmarks/frame_path.py): upload, resize,
   normalisation, class ids, mask up-sampling, post-processing. With ``--device cpu`` it runs on
   the CPU; a GPU node runs it on the GPU;
 - host ms without device step: host ms/frame minus the device step, what the host of a GPU node
@@ -137,21 +138,24 @@ class Setup:
 
 
 def device_step_ms(size: tuple[int, int], device: str, threads: int) -> float:
-    """Median CPU time (ms, this thread) of the stand-in Predictor's ``predict`` on one frame:
-    upload, resize, normalisation, mask and post-processing, which a GPU node runs on the GPU."""
+    """Median CPU time (ms, this thread) of the stand-in Predictor's ``predict`` on one bgr8
+    frame as the node hands it over (benchmarks/frame_path.py: the pixels as they are, or the
+    node's RGB copy before issue 23) with the node's Predictor defaults: upload, resize,
+    normalisation, mask and post-processing, which a GPU node runs on the GPU."""
     import torch
+    from frame_path import device_input, node_config
 
     from mtl_perception.data.synthetic import generate_scene
-    from mtl_perception.inference.predictor import PredictorConfig
     from mtl_perception.inference.standin import standin_factory
 
     torch.set_num_threads(threads)
-    predictor = standin_factory()(PredictorConfig(device=device))
-    rgb = generate_scene(*size, 5)[0]
+    predictor = standin_factory()(node_config(device))
+    bgr = np.ascontiguousarray(generate_scene(*size, 5)[0][..., ::-1])
+    image, kwargs = device_input(predictor, bgr)
     times = []
     for index in range(12):
         start = time.thread_time()
-        predictor.predict(rgb)
+        predictor.predict(image, **kwargs)
         if index >= 2:
             times.append(time.thread_time() - start)
     return 1e3 * float(np.median(times))
