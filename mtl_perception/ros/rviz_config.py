@@ -4,7 +4,8 @@ The shipped ``config/perception.rviz`` shows the unnamed camera's outputs of a n
 namespace (``/perception_node/overlay``, ``/perception_node/semantic_color``). At launch its
 displays are pointed at the node's namespace and, with named cameras, repeated once per camera:
 one group display named after the camera holding that camera's displays
-(``/<ns>/perception_node/<camera>/overlay``, ...), the topics the node publishes.
+(``/<ns>/perception_node/<camera>/overlay``, ...), the topics the overlay node (which the launch
+starts with rviz) publishes under the perception node's name.
 
 The file goes to the temporary folder under a name of its own per node namespace
 (:func:`rviz_config_path`), so launches in different namespaces never share one.
