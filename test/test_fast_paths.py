@@ -24,8 +24,10 @@ from mtl_perception.detection.postprocess import (
     postprocess,
     postprocess_fixed,
 )
+from mtl_perception.inference import predictor as predictor_module
 from mtl_perception.inference.export import export_onnx
-from mtl_perception.inference.predictor import Predictor, PredictorConfig
+from mtl_perception.inference.fallback import FallbackPredictor
+from mtl_perception.inference.predictor import Predictor, PredictorConfig, default_fast_path
 
 SCORE_THRESHOLD = 0.05
 MARGIN = 0.05  # detections this far above the threshold must appear in both
@@ -135,6 +137,97 @@ def test_cuda_fast_path_matches_fp32_eager(name, model, images, reference):
     for _ in range(2):  # the first call captures or compiles, the second replays
         candidate = [predictor.predict(image)[0] for image in images]
         assert_parity(reference, candidate, MIN_BOX_IOU.get(name, 0.9))
+
+
+def _assert_identical(expected, got) -> None:
+    assert len(expected) == len(got)
+    for first, second in zip(expected, got, strict=True):
+        for field in ("mask", "boxes", "scores", "classes"):
+            assert np.array_equal(getattr(first, field), getattr(second, field)), field
+
+
+def _read_only_bgr(image: np.ndarray) -> np.ndarray:
+    """A frame as a bgr8 message's bytes are viewed: BGR, contiguous, read-only."""
+    bgr = np.ascontiguousarray(image[..., ::-1])
+    bgr.flags.writeable = False
+    return bgr
+
+
+@needs_cuda
+def test_cuda_graph_fp16_reorders_bgr_frames_exactly_and_matches_fp32_eager(
+    model, images, reference
+):
+    """BGR frames (mixed with RGB ones, and of mixed sizes) through the CUDA graph's static
+    per-image flags: the same graph on the same pixels, so the very same results as RGB."""
+    options = CUDA_PATHS["cuda_graph_fp16"]
+    config = PredictorConfig(device="cuda", score_threshold=SCORE_THRESHOLD, **options)
+    predictor = Predictor(model, SMALL_SCALED_ANCHORS, config)
+    rgb = predictor.predict(images)  # two sizes in one pass (captures that graph)
+    assert_parity(reference, rgb)
+    bgr = [_read_only_bgr(image) for image in images]
+    _assert_identical(rgb, predictor.predict([bgr[0], images[1]], bgr=[True, False]))
+    _assert_identical(rgb, predictor.predict([images[0], bgr[1]], bgr=[False, True]))
+    _assert_identical(rgb, predictor.predict(bgr, bgr=True))
+    single = predictor.predict(images[1])
+    assert_parity(reference[1:], single)
+    _assert_identical(single, predictor.predict(bgr[1], bgr=True))
+    _assert_identical(single, predictor.predict(images[1]))  # the flags were reset
+
+
+@needs_cuda
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"cuda_graph": True, "preallocate": True, "precision": "fp16"},
+        {"cuda_graph": True, "preallocate": True, "mask_resolution": "network"},
+        {"preallocate": True, "precision": "fp16", "fixed_shapes": True},
+        {"cuda_graph": True, "precision": "fp16"},  # no pinned buffers: collected in submit
+    ],
+    ids=["graph_fp16", "graph_network_masks", "eager_fp16_preallocate", "graph_fp16_unpinned"],
+)
+def test_cuda_batches_collected_later_equal_predict_one_by_one(monkeypatch, untrained, options):
+    """Batch k+1 (and k+2) submitted before batch k is collected: each batch's outputs reach
+    pinned buffers of their own before the next replay overwrites the graph's, and the frames
+    whose NMS needs the host (one fixed round here) are finished from their own detections."""
+    finished = []
+    original = predictor_module.postprocess
+    monkeypatch.setattr(
+        predictor_module, "postprocess", lambda *a, **k: finished.append(1) or original(*a, **k)
+    )
+    config = PredictorConfig(device="cuda", score_threshold=SCORE_THRESHOLD, **options)
+    predictor = Predictor(untrained, SMALL_SCALED_ANCHORS, config)
+    predictor.nms_rounds = 1  # before the first capture: graphs keep the rounds they saw
+    scenes = [generate_scene(512, 256, seed)[0] for seed in (11, 12, 13, 14)]
+    batches = [[scene] for scene in scenes] + [[scenes[1], generate_scene(1024, 512, 12)[0]]]
+    expected = [predictor.predict(batch) for batch in batches]  # captures each shape first
+    assert finished, "no frame needed the host's NMS: that case is not exercised"
+    pending = [predictor.submit(batches[0]), predictor.submit(batches[1])]
+    pending.append(predictor.submit(batches[2]))  # a third waits for the first
+    assert pending[0].done()
+    pending += [predictor.submit(batch) for batch in batches[3:]]
+    for index in reversed(range(len(batches))):  # collected newest first
+        _assert_identical(expected[index], pending[index].result())
+    _assert_identical(expected[0], predictor.predict(batches[0]))
+
+
+@needs_cuda
+def test_the_default_cuda_fast_path_runs_without_falling_back_and_matches_fp32_eager(
+    model, images, reference
+):
+    config = PredictorConfig(
+        device="cuda", score_threshold=SCORE_THRESHOLD, **default_fast_path("cuda")
+    )
+    lines = []
+    predictor = FallbackPredictor(
+        config, lambda c: Predictor(model, SMALL_SCALED_ANCHORS, c), lines.append
+    )
+    first = predictor.submit(images[0])  # the first frame: synchronous, may fall back
+    second = predictor.submit(images[1])
+    third = predictor.submit(_read_only_bgr(images[0]), bgr=True)
+    assert predictor.active_path == "cuda_graph+fp16+preallocate", lines
+    assert not lines
+    assert_parity(reference, [first.result()[0], second.result()[0]])
+    _assert_identical(first.result(), third.result())
 
 
 def test_batched_images_give_the_same_results_as_single_ones(untrained, images):
