@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -273,6 +274,7 @@ class Predictor:
         self._graphs = {}
         self._flag_tensors: dict[tuple[bool, ...], torch.Tensor] = {}
         self._pending: list[PendingPrediction] = []  # CUDA batches in flight, oldest first
+        self._pending_lock = threading.RLock()  # result() may run on another thread than submit
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: PredictorConfig | None = None) -> Predictor:
@@ -396,7 +398,8 @@ class Predictor:
 
         At most :data:`MAX_PENDING` (2) batches are in flight: a third ``submit`` first waits for
         the oldest uncollected one (its results stay available to its ``result``). The images
-        may be reused by the caller as soon as ``submit`` returns.
+        may be reused by the caller as soon as ``submit`` returns. Submit from one thread at a
+        time; ``result`` may be called from another.
 
         Raises:
             ValueError: as :meth:`predict`, at once. Non-finite outputs raise from ``result``.
@@ -527,10 +530,11 @@ class Predictor:
         flight; 0 elsewhere (batches are finished inside ``submit``)."""
         if self.device.type != "cuda" or not self.config.preallocate:
             return 0
-        while len(self._pending) >= MAX_PENDING:
-            self._pending[0]._wait()  # removes itself from _pending
-        held = {pending._slot for pending in self._pending}
-        return next(slot for slot in range(MAX_PENDING) if slot not in held)
+        with self._pending_lock:
+            while len(self._pending) >= MAX_PENDING:
+                self._pending[0]._wait()  # removes itself from _pending
+            held = {pending._slot for pending in self._pending}
+            return next(slot for slot in range(MAX_PENDING) if slot not in held)
 
     def _launch(
         self, staged: torch.Tensor, size: tuple[int, int], flags: tuple[bool, ...], slot: int
@@ -656,11 +660,14 @@ class Predictor:
         :class:`PendingPrediction`. On CUDA with ``preallocate`` the copies go, without waiting,
         into the pinned buffers of ``slot`` and a CUDA event marks their end; without
         ``preallocate`` they are made here (synchronously). A CUDA graph's detections are copied
-        on the device too (the rare unsettled-NMS finish needs them after the next replay)."""
+        on the device too (the rare unsettled-NMS finish needs them after the next replay), and
+        so are compile "reduce-overhead"'s (its CUDA graphs overwrite their outputs too)."""
         names = ["finite", "mask"] + (["table", "counts", "settled"] if self.fixed_shapes else [])
         tensors = {name: result[name] for name in names}
         detections = result["detections"]
-        if self.config.cuda_graph:
+        if self.device.type == "cuda" and (
+            self.config.cuda_graph or self.config.compile == "reduce-overhead"
+        ):
             detections = tuple(d.clone() for d in detections)
         if self.device.type != "cuda":
             outputs = {name: tensor.numpy() for name, tensor in tensors.items()}
@@ -679,7 +686,8 @@ class Predictor:
         event = torch.cuda.Event()
         event.record(torch.cuda.current_stream(self.device))
         pending = PendingPrediction(self, host, detections, size, event, slot)
-        self._pending.append(pending)
+        with self._pending_lock:
+            self._pending.append(pending)
         return pending
 
     def _build(
@@ -800,10 +808,13 @@ class PendingPrediction:
         and hands their slot back to the predictor."""
         if self._event is None:
             return
-        self._event.synchronize()
-        self._outputs = {name: tensor.numpy().copy() for name, tensor in self._outputs.items()}
-        self._event = None
-        self._predictor._pending.remove(self)
+        with self._predictor._pending_lock:
+            if self._event is None:  # collected meanwhile by another thread
+                return
+            self._event.synchronize()
+            outputs = {name: tensor.numpy().copy() for name, tensor in self._outputs.items()}
+            self._outputs, self._event = outputs, None
+            self._predictor._pending.remove(self)
 
 
 def mask_scale(image_size: tuple[int, int], network_size: tuple[int, int]) -> tuple[float, float]:
