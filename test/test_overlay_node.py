@@ -319,6 +319,41 @@ def test_a_bad_camera_frame_is_refused_with_its_reason_and_the_node_goes_on(clie
     )
 
 
+def test_outputs_that_cannot_be_drawn_cost_only_their_frame(client, overlay, monkeypatch, capfd):
+    fake = FakePerception(client)
+    _watch(client, overlay, pictures=("overlay",))
+    _labels_arrived(overlay)
+    counters = overlay.camera().counters
+    rgb, mask, boxes = fake.inputs(1)
+    fake.frame("", 1, rgb)
+    fake.mask("", 1, mask)
+    fake.detections("", 1, np.array([[np.nan, 5.0, 30.0, 40.0], [1.0, 1.0, 2.0, 2.0]]))
+    assert _wait(lambda: counters.bad_outputs == 1)
+    fake.frame("", 2, rgb)
+    fake.mask("", 2, mask[:-2])  # not the frame's size
+    fake.detections("", 2, boxes)
+    assert _wait(lambda: counters.bad_outputs == 2)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in drawing")
+
+    monkeypatch.setattr(overlay_module, "draw_overlay", broken)
+    fake.all("", 3, seed=3)
+    assert _wait(lambda: counters.failed == 1)
+    monkeypatch.undo()
+    rgb, mask, boxes = fake.all("", 4, seed=4)
+    picture = client.wait_for(lambda: _with_stamp(client, _topic("", "overlay"), 4), 30)
+    assert picture is not None and np.array_equal(_pixels(picture), _expected(rgb, mask, boxes)[1])
+    assert counters.drawn == 1 and client.messages(_topic("", "overlay")) == [picture]
+    err = capfd.readouterr().err
+    assert (
+        "cannot draw the perception node's outputs for /image: a detection's box is not finite"
+        in err
+    )
+    # (the mask size warning, a second within the second, is throttled with it)
+    assert "drawing failed, frame lost on /image: RuntimeError: a bug in drawing" in err
+
+
 def test_several_cameras_raw_and_compressed_at_half_scale(client):
     params = {
         "perception_node": PERCEPTION,

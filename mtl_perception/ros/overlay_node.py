@@ -180,8 +180,10 @@ class OverlayCounters:
             frame of their stamp, or without the other output.
         frames_without_outputs: camera frames that aged out with no output (the perception node
             dropped them).
-        bad_outputs: matched frames whose mask or detections could not be drawn (malformed, or
-            a mask of another size than the frame).
+        bad_outputs: matched frames whose mask or detections could not be drawn (malformed,
+            a non-finite box, or a mask of another size than the frame).
+        failed: matched frames lost to an unexpected error in drawing or publishing (logged;
+            the node goes on).
         rejected: camera frames refused, by reason (ros/conversions.py REJECTION_REASONS).
     """
 
@@ -191,6 +193,7 @@ class OverlayCounters:
     unmatched: int = 0
     frames_without_outputs: int = 0
     bad_outputs: int = 0
+    failed: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
 
 
@@ -330,7 +333,8 @@ def detection_arrays(msg: Detection2DArray) -> tuple[np.ndarray, np.ndarray, np.
     classes and (N,) float64 scores, as its ``detections_message`` built them.
 
     Raises:
-        ValueError: a detection without a hypothesis or with a class_id that is not a number.
+        ValueError: a detection without a hypothesis, with a class_id that is not a number, or
+            with a box that is not finite.
     """
     boxes, classes, scores = [], [], []
     for detection in msg.detections:
@@ -347,6 +351,8 @@ def detection_arrays(msg: Detection2DArray) -> tuple[np.ndarray, np.ndarray, np.
             [cx - box.size_x / 2, cy - box.size_y / 2, cx + box.size_x / 2, cy + box.size_y / 2]
         )
         scores.append(hypothesis.score)
+    if not np.isfinite(boxes).all():
+        raise ValueError("a detection's box is not finite")
     return (
         np.array(boxes, np.float64).reshape(-1, 4),
         np.array(classes, np.int64),
@@ -545,7 +551,7 @@ class OverlayNode(Node):
             return
         match = camera.matcher.add_frame(stamp_of(msg), msg, size)
         if match is not None:
-            self._draw(camera, match)
+            self._draw_safely(camera, match)
 
     def _on_output(self, camera: OverlayCamera, output: str, msg: Any) -> None:
         match, aged = camera.matcher.add_output(stamp_of(msg), output, msg)
@@ -558,7 +564,7 @@ class OverlayNode(Node):
                 throttle_duration_sec=WARNING_PERIOD,
             )
         if match is not None:
-            self._draw(camera, match)
+            self._draw_safely(camera, match)
 
     def _reject(self, camera: OverlayCamera, error: ImageRejectedError) -> None:
         rejected = camera.counters.rejected
@@ -569,6 +575,20 @@ class OverlayNode(Node):
         )
 
     # -- drawing ------------------------------------------------------------------------------
+
+    def _draw_safely(self, camera: OverlayCamera, match: Match) -> None:
+        """:meth:`_draw`; an unexpected error (a bug, publishing at shutdown) costs this frame
+        only: counted as failed and logged, and the node goes on."""
+        try:
+            self._draw(camera, match)
+        except Exception as error:
+            if not self.context.ok():
+                return  # shutting down
+            camera.counters.failed += 1
+            self.get_logger().error(
+                f"drawing failed, frame lost on {camera.input}: {type(error).__name__}: {error}",
+                throttle_duration_sec=WARNING_PERIOD,
+            )
 
     def _draw(self, camera: OverlayCamera, match: Match) -> None:
         """Publishes the match's colour mask and overlay, each only if subscribed."""
