@@ -398,8 +398,9 @@ class Predictor:
 
         At most :data:`MAX_PENDING` (2) batches are in flight: a third ``submit`` first waits for
         the oldest uncollected one (its results stay available to its ``result``). The images
-        may be reused by the caller as soon as ``submit`` returns. Submit from one thread at a
-        time; ``result`` may be called from another.
+        may be reused by the caller as soon as ``submit`` returns (a tensor batch in pinned host
+        memory: only after ``result``). Submit from one thread at a time; ``result`` may be
+        called from another.
 
         Raises:
             ValueError: as :meth:`predict`, at once. Non-finite outputs raise from ``result``.

@@ -2,10 +2,11 @@
 
 ``StandInNetwork`` returns outputs of :class:`~mtl_perception.model.network.MultiTaskNet`'s
 shapes for any input without computing anything from the pixels: the same tensors every call
-(made once per batch shape). Everything around the network (conversion, upload, resize,
-normalisation, mask argmax and up-sampling, post-processing, publishing) runs for real, so a
-node using it shows the highest rate a GPU could ever reach through the node
-(benchmarks/pipeline_ceiling.py). Its outputs mean nothing: the node selects it only with
+(made once per batch shape). Everything around the network (conversion, upload, BGR reordering,
+resize, normalisation, mask argmax and up-sampling, post-processing, submit and collect,
+publishing) runs for real, through the same :class:`Predictor` (so ``submit``, ``bgr`` and
+``mask_resolution`` work as they do with the real network), so a node using it shows the
+highest rate a GPU could ever reach through the node (benchmarks/pipeline_ceiling.py). Its outputs mean nothing: the node selects it only with
 ``device: benchmark-standin`` (device step on the CPU; ``benchmark-standin:cuda`` on the
 GPU), logs a warning at every configure, and its diagnostics name the device and warn.
 
