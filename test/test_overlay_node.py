@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -27,6 +28,7 @@ from mtl_perception.data.synthetic import generate_scene
 from mtl_perception.ros import overlay_node as overlay_module
 from mtl_perception.ros.conversions import encode_image
 from mtl_perception.ros.messages import detections_message, label_info_message
+from mtl_perception.ros.node_process import start_node
 from mtl_perception.ros.overlay_node import OverlayNode, semantics_from_label_info
 from mtl_perception.visualization import colorize, draw_overlay
 
@@ -421,6 +423,24 @@ def test_bad_parameters_exit_2_with_one_error_line(ros_env, arguments, expected)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+def test_the_perception_nodes_shared_params_file_is_taken_and_ctrl_c_exits_0(ros_env, tmp_path):
+    """The shipped params file (a /** section of the perception node's keys, read by every node
+    of the robot): the overlay node takes its cameras from it, ignores the rest, and runs."""
+    params = tmp_path / "robot.yaml"
+    shipped = (Path(__file__).parent.parent / "config" / "perception.yaml").read_text()
+    params.write_text(shipped.replace('cameras: [""]', "cameras: [front]"))
+    log = tmp_path / "overlay.log"
+    node = start_node(
+        module="mtl_perception.ros.overlay_node", params_file=params, env=ros_env, log=log
+    )
+    try:
+        assert _wait(lambda: "drawing" in log.read_text() or node.process.poll() is not None, 60)
+        assert node.process.poll() is None, log.read_text()
+        assert "/perception_node/front/overlay" in log.read_text()
+    finally:
+        assert node.stop() == 0, log.read_text()
 
 
 # -- with the real perception node ----------------------------------------------------------------
