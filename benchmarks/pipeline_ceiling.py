@@ -208,7 +208,11 @@ def start_overlay_node(setup: Setup, cameras: int, threads: int) -> NodeProcess:
     """The overlay node that draws ``setup``'s node's overlay and semantic_color (a version
     without ``publish_overlay``): one for all its cameras, publishing under the perception
     node's name."""
-    params: dict[str, object] = {"perception_node": NODE}
+    params: dict[str, object] = {
+        "perception_node": NODE,
+        "qos_reliability": "reliable",  # the camera subscription, as the perception node's
+        "max_pixels": 4096 * 4096,
+    }
     if cameras > 1:
         params["cameras"] = f"[{','.join(camera_names(cameras))}]"
     env = setup.version.env({**os.environ, "OMP_NUM_THREADS": str(threads)})
@@ -539,10 +543,15 @@ def goals(cases: list[Case], device: str, version: str) -> list[str]:
     if len(found) == 2:
         rise = found[True].host_ms - found[False].host_ms
         verdict = "met" if rise <= OVERLAY_RISE_MS else "NOT met"
+        drawer = found[True].overlay_ms
+        elsewhere = (
+            f"; the overlay node's own {drawer:.1f} ms/frame not counted"
+            if drawer == drawer
+            else "; drawn by the perception node itself"
+        )
         lines.append(
             f"- {prefix}host cost rise with overlay and semantic_color subscribed: {rise:+.1f} "
-            f"ms/frame (goal <= {OVERLAY_RISE_MS:g}: {verdict}; the overlay node's own "
-            f"{_cell(found[True].overlay_ms)} ms/frame not counted)."
+            f"ms/frame (goal <= {OVERLAY_RISE_MS:g}: {verdict}{elsewhere})."
         )
     return lines
 

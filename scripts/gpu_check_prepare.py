@@ -1,6 +1,7 @@
 """Prepares the folder that scripts/gpu_check.sh needs on a CUDA machine without network.
 
     .venv/bin/python scripts/gpu_check_prepare.py [--out .gpu-check] [--python-version 3.12]
+        [--baseline 89e0a98|none]
 
 The CUDA machine brings Python, its own CUDA torch and the common scientific packages (numpy,
 OpenCV, PyYAML, Pillow, matplotlib, tqdm, TensorBoard, ONNX, pytest...). It lacks ROS 2 and
@@ -9,6 +10,10 @@ rosbags. This writes into OUT/wheels the wheels of the ROS 2 Kilted packages the
 the target's Python, pinned to the versions of this checkout's .venv; pure-Python packages
 published only as source are built into wheels here. OUT/MANIFEST lists them. The folder must stay
 under the device tool's 64 MiB (checked; about 52 MiB for Kilted on CPython 3.12).
+
+It also writes OUT/baseline: the ``mtl_perception`` package of the ``--baseline`` commit (default
+89e0a98, the start of issue 23) and a REF file naming it, for the node benchmarks' before/after
+(benchmarks/baseline.py) on a machine that gets the working tree without its git history.
 
 Packages named in PROVIDED are left out (the CUDA image has them); `gpu_check.sh` checks at
 its start that every module it needs imports and names any that is missing.
@@ -29,6 +34,7 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT_BYTES = 64 * 2**20
+BASELINE = "89e0a98"  # the node before issue 23: the 'before' of the node benchmarks
 # What a CUDA machine's Python image provides (read from the device tool's package list).
 PROVIDED = {
     "numpy", "packaging", "pyyaml", "setuptools", "typing-extensions", "python-dateutil",
@@ -112,11 +118,34 @@ def download(pins: list[str], wheels: Path, python_version: str, cache: Path) ->
             sys.exit(f"gpu_check_prepare: no wheel for {pin} ({binary.stderr.strip()[-200:]})")
 
 
+def write_baseline(ref: str, target: Path) -> None:
+    """``ref``'s mtl_perception/ and a REF file into ``target`` (benchmarks/baseline.py)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from baseline import export
+
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except subprocess.CalledProcessError:
+        sys.exit(f"gpu_check_prepare: --baseline {ref} is not a commit of this repository")
+    export(commit, target)
+    print(f"wrote the package of {commit[:7]} to {target}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / ".gpu-check")
     parser.add_argument("--python-version", default="3.12", help="the CUDA machine's Python")
+    parser.add_argument(
+        "--baseline",
+        default=BASELINE,
+        help=f"commit whose package is carried as OUT/baseline (default {BASELINE}; none: skip)",
+    )
     args = parser.parse_args()
+    if args.baseline != "none":
+        write_baseline(args.baseline, args.out / "baseline")
     pins = sorted(
         f"{name}=={version}"
         for name, version in closure(ros_roots() + EXTRA_ROOTS).items()
