@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -227,7 +228,7 @@ DEPTH, BURST = 50, 100
 @pytest.fixture
 def deep_queue_node(ros_env, checkpoint):
     """An active two-camera PerceptionNode in this process, subscribed reliable with depth
-    DEPTH, and never spun: every frame DDS delivers stays in its reader queues."""
+    DEPTH, its executor never spun (its inference thread takes the frames)."""
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=int(ros_env["ROS_DOMAIN_ID"]))
     params = {
@@ -247,39 +248,73 @@ def deep_queue_node(ros_env, checkpoint):
     rclpy.try_shutdown(context=context)
 
 
-def _send_burst(ros_env: dict[str, str], frame: Callable[[int], Image]) -> None:
-    """Publishes ``frame(0) ... frame(BURST - 1)`` to both cameras of ``deep_queue_node`` and
-    waits until its reliable readers have acknowledged every one."""
+def _publishers(sender: RosClient) -> list:
+    """The test's reliable publishers to both cameras of ``deep_queue_node``, once matched."""
+    qos = QoSProfile(depth=BURST, reliability=ReliabilityPolicy.RELIABLE)
+    publishers = [sender.publisher(f"/{cam}/image", Image, qos) for cam in ("left", "right")]
+    assert sender.wait_for(
+        lambda: all(p.get_subscription_count() == 1 for p in publishers), timeout=30
+    )
+    return publishers
+
+
+def _deactivate_with_a_full_reader_queue(
+    ros_env: dict[str, str], node: PerceptionNode, frame: Callable[[int], Image]
+) -> None:
+    """Holds the node's model on one frame of camera left (so that its inference thread takes
+    nothing more), publishes ``frame(0) ... frame(BURST - 1)`` to both cameras, waits until its
+    reliable readers have acknowledged every one (they keep the newest DEPTH), deactivates, and
+    lets the model go once deactivate has closed the node's frame slots."""
+    entered, release = threading.Event(), threading.Event()
+    submit = node.predictor.submit
+
+    def held(images, **options):
+        entered.set()
+        assert release.wait(60)
+        return submit(images, **options)
+
+    node.predictor.submit = held
     sender = RosClient(int(ros_env["ROS_DOMAIN_ID"]), name="burst_sender")
     try:
-        qos = QoSProfile(depth=BURST, reliability=ReliabilityPolicy.RELIABLE)
-        publishers = [sender.publisher(f"/{cam}/image", Image, qos) for cam in ("left", "right")]
-        assert sender.wait_for(
-            lambda: all(p.get_subscription_count() == 1 for p in publishers), timeout=30
-        )
+        left, right = _publishers(sender)
+        left.publish(_image(10_000))
+        assert entered.wait(30)  # the model holds frame 10000 of camera left
         for sec in range(BURST):
-            for publisher in publishers:
+            for publisher in (left, right):
                 publisher.publish(frame(sec))
-        for publisher in publishers:
+        for publisher in (left, right):
             assert publisher.wait_for_all_acked(Duration(seconds=30))
     finally:
         sender.close()
+    deactivate = threading.Thread(target=node.trigger_deactivate)
+    deactivate.start()
+    assert sender.wait_for(lambda: node._slots.closed, timeout=30)
+    release.set()
+    deactivate.join(60)
+    assert not deactivate.is_alive()
 
 
 @pytest.mark.ros
 @pytest.mark.slow
 def test_frames_in_the_reader_queue_at_deactivate_are_counted_as_dropped(ros_env, deep_queue_node):
-    """A burst of BURST frames per camera, every one acknowledged by the node's reliable
-    readers (which keep the newest DEPTH), then deactivate at once: the DEPTH frames of each
-    camera that sat in its reader queue are counted received and dropped, not discarded."""
-    _send_burst(ros_env, _image)
-    assert deep_queue_node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    """A burst of BURST frames per camera while the model holds one frame, every one
+    acknowledged by the node's reliable readers (which keep the newest DEPTH), then deactivate:
+    the frame in the model is finished and published; the DEPTH frames of each camera that sat in
+    its reader queue are counted received and dropped, not discarded. On camera left, whose
+    publisher's frame 10000 was taken before, so are the BURST - DEPTH older ones the reader
+    replaced (from the publisher's sequence numbers); on camera right nothing of that publisher
+    was taken before, so nothing can tell its earlier frames from frames sent before the node
+    subscribed, and they are not counted (frame_intake.py)."""
+    _deactivate_with_a_full_reader_queue(ros_env, deep_queue_node, _image)
     for camera in deep_queue_node._cameras:
         counters = camera.counters
-        assert counters.received == DEPTH, (camera.name, counters)
-        assert (counters.processed, counters.dropped, counters.rejected) == (0, DEPTH, 0)
+        held = camera.name == "left"  # frame 10000, finished after deactivate began
+        sent = BURST if held else DEPTH  # as counted (docstring)
+        assert counters.received == sent + held, (camera.name, counters)
+        assert (counters.processed, counters.dropped, counters.rejected) == (held, sent, 0)
     totals = deep_queue_node.counters
-    assert totals.received == totals.processed + totals.dropped + totals.rejected == 2 * DEPTH
+    total = BURST + DEPTH + 1
+    assert totals.received == totals.processed + totals.dropped + totals.rejected == total
 
 
 @pytest.mark.ros
@@ -289,8 +324,9 @@ def test_malformed_frames_in_the_reader_queue_at_deactivate_are_rejected_not_dro
 ):
     """Every other frame of the burst has 100 bytes of data instead of step x height: of the
     DEPTH frames left in each reader queue at deactivate, those are rejected with their reason
-    (data_length), as they would have been on arrival, and only the valid ones are dropped.
-    They used to be taken raw and all counted as dropped."""
+    (data_length), as they would have been when taken, and only the valid ones are dropped (with
+    the BURST - DEPTH older ones the reader replaced, never read). They used to be taken raw and
+    all counted as dropped."""
 
     def every_other_malformed(sec: int) -> Image:
         image = _image(sec)
@@ -298,16 +334,19 @@ def test_malformed_frames_in_the_reader_queue_at_deactivate_are_rejected_not_dro
             image.data = bytes(100)
         return image
 
-    _send_burst(ros_env, every_other_malformed)
-    assert deep_queue_node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    _deactivate_with_a_full_reader_queue(ros_env, deep_queue_node, every_other_malformed)
     for camera in deep_queue_node._cameras:
         counters = camera.counters
-        assert counters.received == DEPTH, (camera.name, counters)
+        held = camera.name == "left"
+        sent = BURST if held else DEPTH  # as counted (see the test above)
+        assert counters.received == sent + held, (camera.name, counters)
         half = DEPTH // 2
-        assert (counters.processed, counters.dropped, counters.rejected) == (0, half, half)
+        dropped = sent - DEPTH + half  # the replaced ones (left only) and the valid ones
+        assert (counters.processed, counters.dropped, counters.rejected) == (held, dropped, half)
         assert counters.rejected_by_reason == {"data_length": half}, (camera.name, counters)
     totals = deep_queue_node.counters
-    assert totals.received == totals.processed + totals.dropped + totals.rejected == 2 * DEPTH
+    total = BURST + DEPTH + 1
+    assert totals.received == totals.processed + totals.dropped + totals.rejected == total
 
 
 @pytest.mark.ros
@@ -315,19 +354,19 @@ def test_malformed_frames_in_the_reader_queue_at_deactivate_are_rejected_not_dro
 def test_a_transition_that_raises_in_process_is_recorded_and_leaves_nothing_set_up(
     deep_queue_node,
 ):
-    """An exception in deactivate (here the middleware refusing to destroy a subscription):
-    the transition returns ERROR instead of vanishing, the reason is recorded for main() in one
+    """An exception in deactivate (here the middleware refusing to destroy a publisher): the
+    transition returns ERROR instead of vanishing, the reason is recorded for main() in one
     line, and on_error leaves the node unconfigured with its model unloaded."""
 
-    destroy, calls = deep_queue_node.destroy_subscription, []
+    destroy, calls = deep_queue_node.destroy_publisher, []
 
-    def refuse_once(subscription) -> bool:
-        calls.append(subscription)
+    def refuse_once(publisher) -> bool:
+        calls.append(publisher)
         if len(calls) == 1:
             raise RuntimeError("injected: the middleware refused")
-        return destroy(subscription)
+        return destroy(publisher)
 
-    deep_queue_node.destroy_subscription = refuse_once
+    deep_queue_node.destroy_publisher = refuse_once
     assert deep_queue_node.trigger_deactivate() == TransitionCallbackReturn.ERROR
     assert deep_queue_node.transition_error.done()
     line = deep_queue_node.transition_error.result()

@@ -112,10 +112,12 @@ class FrameIntake:
         self._wait_set = _rclpy.WaitSet(len(self.subscriptions), 1, 0, 0, 0, 0, node.context.handle)
 
     def take_ready(self, timeout: float) -> list[TakenFrame]:
-        """Waits up to ``timeout`` seconds (0: no wait) for a frame on any camera, then takes the
-        newest waiting frame of every camera that has one ([] on timeout, after :meth:`wake`, or
-        once the context is shut down). A camera whose reader holds several (a deeper QoS depth)
-        gives its newest; the older ones are taken too and counted in ``skipped``."""
+        """Waits up to ``timeout`` seconds (0: no wait) for a frame on any camera, then takes
+        every frame waiting in the readers of the cameras that have one, each camera's oldest
+        first ([] on timeout, after :meth:`wake`, or once the context is shut down). With the
+        default depth 1 that is the newest frame of each camera; a deeper reader gives them all,
+        so that the caller can check each (a malformed newest frame must not displace a good
+        older one)."""
         if not self._context.ok():
             return []
         wait_set = self._wait_set
@@ -127,19 +129,12 @@ class FrameIntake:
         ready = set(wait_set.get_ready_entities("subscription"))
         frames = []
         for index, subscription in enumerate(self.subscriptions):
-            if subscription.handle.pointer not in ready:
-                continue
-            newest, skipped = None, 0
-            while (taken := subscription.take()) is not None:
-                data, info = taken
-                skipped += subscription.sequences.skipped(info) + (newest is not None)
-                newest = (data, int(info.get("received_timestamp") or 0))
-            if newest is not None:
-                frames.append(TakenFrame(index, newest[0], newest[1], skipped))
+            if subscription.handle.pointer in ready:
+                frames += self.take_all(index)
         return frames
 
     def take_all(self, index: int) -> list[TakenFrame]:
-        """Every message still in camera ``index``'s reader, oldest first (at deactivate)."""
+        """Every message in camera ``index``'s reader, oldest first."""
         subscription = self.subscriptions[index]
         frames = []
         while (taken := subscription.take()) is not None:

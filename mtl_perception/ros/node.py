@@ -579,11 +579,13 @@ class PerceptionNode(LifecycleNode):
         the waiting frames of up to ``max_batch`` cameras (longest-waiting first) through the
         network in one forward pass and publishes each camera's results.
 
-        Pipelined: batch k+1 is submitted to the device before batch k's results are collected
-        and published, so the host's publishing overlaps the device's work (on CUDA; on the CPU
-        the model runs at submission). With a batch in flight the loop does not wait for frames:
-        it collects that batch at once when none is waiting. Each camera's frames are answered
-        in the order they were taken."""
+        Pipelined on CUDA: batch k+1 is submitted to the device before batch k's results are
+        collected and published, so the host's publishing overlaps the device's work. With a
+        batch in flight the loop does not wait for frames: it collects that batch at once when
+        none is waiting. On the CPU the model runs at submission, so a batch's results are
+        published before the next is submitted (else each would wait for the next one's forward
+        pass). Each camera's frames are answered in the order they were taken."""
+        overlap = (standin_device(self.device) or self.device).startswith("cuda")
         in_flight: InFlight | None = None
         while self.context.ok():
             closing = self._slots.closed
@@ -591,10 +593,14 @@ class PerceptionNode(LifecycleNode):
                 wait = 0.0 if in_flight is not None else TAKE_WAIT_S
                 for frame in self._intake.take_ready(wait):
                     self._on_taken(frame)
+            if in_flight is not None and not overlap:
+                if not self._collect(in_flight):
+                    return  # shutting down (Ctrl-C): the context went away while publishing
+                in_flight = None
             batch = self._slots.take_batch(self.max_batch, timeout=0)
             submitted = self._submit(batch) if batch else None
             if in_flight is not None and not self._collect(in_flight):
-                return  # shutting down (Ctrl-C): the context went away while publishing
+                return
             in_flight = submitted
             if closing and in_flight is None:
                 return
