@@ -163,6 +163,8 @@ def _watch(client: RosClient, overlay: InProcessOverlay, camera: str = "", pictu
         client.subscribe(_topic(camera, picture), Image, RELIABLE)
     publishers = [overlay.camera(camera).publishers[p] for p in pictures]
     assert client.wait_for(lambda: all(p.get_subscription_count() for p in publishers), 30)
+    # watched: the overlay node subscribes to the camera and the outputs (on its timer)
+    assert _wait(lambda: len(overlay.camera(camera).subscriptions) == 3)
 
 
 def _labels_arrived(overlay: InProcessOverlay) -> None:
@@ -272,7 +274,7 @@ def test_outputs_without_a_camera_frame_are_not_drawn_and_counted(client, capfd)
     assert "had no camera frame of their stamp" in capfd.readouterr().err
 
 
-def test_nothing_is_drawn_without_subscribers(client, overlay, monkeypatch):
+def test_nothing_is_received_or_drawn_without_subscribers(client, overlay, monkeypatch):
     calls = {"colorize": 0, "decode": 0}
 
     def counting(name, function):
@@ -287,17 +289,29 @@ def test_nothing_is_drawn_without_subscribers(client, overlay, monkeypatch):
     monkeypatch.setattr(overlay_module, "image_to_rgb", counting("decode", decode))
     fake = FakePerception(client)
     _labels_arrived(overlay)
-    counters = overlay.camera().counters
-    fake.all("", 1, seed=1)
-    assert _wait(lambda: counters.not_watched == 1)
-    assert calls == {"colorize": 0, "decode": 0} and counters.drawn == 0
+    inputs = ["/image", _topic("", "semantic"), _topic("", "detections")]
+
+    def inputs_subscribed() -> list[int]:
+        return [client.node.count_subscribers(topic) for topic in inputs]
+
+    # Nobody watches: the camera and the outputs are not even subscribed to.
+    assert overlay.camera().subscriptions == [] and inputs_subscribed() == [0, 0, 0]
 
     # Only the colour mask watched: the frame is not even decoded, and no overlay goes out.
     _watch(client, overlay, pictures=("semantic_color",))
+    assert client.wait_for(lambda: inputs_subscribed() == [1, 1, 1], 30)
     fake.all("", 2, seed=2)
     assert client.wait_for(lambda: _with_stamp(client, _topic("", "semantic_color"), 2), 30)
+    counters = overlay.camera().counters
     assert calls == {"colorize": 1, "decode": 0} and counters.drawn == 1
     assert overlay.camera().publishers["overlay"].get_subscription_count() == 0
+
+    # The last watcher leaves: the overlay node unsubscribes again.
+    for subscription in list(client.node.subscriptions):
+        if subscription.topic_name == _topic("", "semantic_color"):
+            client.node.destroy_subscription(subscription)
+    assert client.wait_for(lambda: inputs_subscribed() == [0, 0, 0], 30), inputs_subscribed()
+    assert overlay.camera().subscriptions == [] and calls == {"colorize": 1, "decode": 0}
 
 
 def test_a_bad_camera_frame_is_refused_with_its_reason_and_the_node_goes_on(client, overlay, capfd):

@@ -10,10 +10,12 @@ each camera ``name`` of ``cameras`` it subscribes to
 matches the three by header stamp (exactly: the perception node copies the camera frame's header
 into both outputs) and publishes ``<perception_node>/<name>/semantic_color`` and
 ``<perception_node>/<name>/overlay`` (both rgb8, with the camera frame's header), each only while
-it has subscribers: a frame nobody watches is not decoded or drawn. The topic names are those the
-perception node published until it stopped drawing (issue 23), so subscribers and the rviz config
-are unchanged. The unnamed default camera ("") reads ``image`` and draws
-``<perception_node>/overlay``, ... (ros/cameras.py names every topic).
+it has subscribers. A camera's three inputs are subscribed to only while either of its pictures
+has a subscriber (looked at every WATCH_PERIOD; as image_proc's nodes do): unwatched, the node
+receives nothing of that camera and draws nothing; the frame is decoded only for the overlay.
+The topic names are those the perception node published until it stopped drawing (issue 23), so
+subscribers and the rviz config are unchanged. The unnamed default camera ("") reads ``image``
+and draws ``<perception_node>/overlay``, ... (ros/cameras.py names every topic).
 
 Matching: per camera, the last ``queue_size`` camera frames and the outputs of the last
 ``queue_size`` stamps wait to be matched (as message_filters' queue size); outputs arriving out
@@ -74,6 +76,7 @@ from ..data.labels import (
 )
 from ..visualization import colorize, draw_overlay
 from .cameras import (
+    DRAWN_OUTPUTS,
     NODE_OUTPUTS,
     PERCEPTION_OUTPUTS,
     camera_topic,
@@ -110,6 +113,7 @@ PICTURE_QOS = QoSProfile(  # as perception_node published them
     depth=2, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE
 )
 WARNING_PERIOD = 1.0  # seconds between two warnings of one kind
+WATCH_PERIOD = 0.2  # seconds between two looks at whether the pictures have subscribers
 
 Stamp = tuple[int, int]  # (sec, nanosec) of a header stamp
 
@@ -379,13 +383,19 @@ def scaled(
 
 @dataclass
 class OverlayCamera:
-    """One camera's subscriptions' topics, publishers, queue and counters."""
+    """One camera's publishers, subscriptions (while watched), queue and counters."""
 
     config: CameraParameters
     counters: OverlayCounters
     matcher: StampMatcher
     publishers: dict[str, Any] = field(default_factory=dict)  # semantic_color, overlay
+    subscriptions: list[Any] = field(default_factory=list)  # frames, semantic, detections
     input: str = ""  # resolved input topic (for log lines)
+
+    @property
+    def watched(self) -> bool:
+        """Whether either picture has a subscriber."""
+        return any(p.get_subscription_count() > 0 for p in self.publishers.values())
 
 
 class OverlayNode(Node):
@@ -441,10 +451,10 @@ class OverlayNode(Node):
             if self.params.qos_reliability == "best_effort"
             else ReliabilityPolicy.RELIABLE
         )
-        frames_qos = QoSProfile(
+        self._frames_qos = QoSProfile(
             depth=self.params.queue_size, history=HistoryPolicy.KEEP_LAST, reliability=reliability
         )
-        outputs_qos = QoSProfile(
+        self._outputs_qos = QoSProfile(
             depth=self.params.queue_size,
             history=HistoryPolicy.KEEP_LAST,
             reliability=ReliabilityPolicy.RELIABLE,
@@ -453,33 +463,54 @@ class OverlayNode(Node):
         for config in cameras:
             counters = OverlayCounters()
             camera = OverlayCamera(config, counters, StampMatcher(self.params.queue_size, counters))
-            self.cameras.append(camera)
-            transport = config.input_transport
-            subscription = self.create_subscription(
-                CompressedImage if transport == "compressed" else Image,
-                input_topic(config.name, transport),
-                lambda msg, camera=camera: self._on_frame(camera, msg),
-                frames_qos,
-            )
-            camera.input = subscription.topic_name
-            kinds = {"semantic": Image, "detections": Detection2DArray}
-            for output, kind in kinds.items():
-                self.create_subscription(
-                    kind,
-                    f"{node}/{camera_topic(config.name, output)}",
-                    lambda msg, camera=camera, output=output: self._on_output(camera, output, msg),
-                    outputs_qos,
-                )
+            camera.input = self.resolve_topic_name(input_topic(config.name, config.input_transport))
             camera.publishers = {
                 picture: self.create_publisher(
                     Image, f"{node}/{camera_topic(config.name, picture)}", PICTURE_QOS
                 )
-                for picture in ("semantic_color", "overlay")
+                for picture in DRAWN_OUTPUTS
             }
+            self.cameras.append(camera)
+        self._watch_timer = self.create_timer(WATCH_PERIOD, self._follow_watchers)
         drawn = ", ".join(camera.publishers["overlay"].topic_name for camera in self.cameras)
         self.get_logger().info(
             f"drawing {drawn} (and semantic_color) at scale {self.params.scale} while subscribed"
         )
+
+    def _follow_watchers(self) -> None:
+        """Timer: subscribes to a camera's frame and outputs while either of its pictures has a
+        subscriber, and unsubscribes (forgetting what waited) when neither has: unwatched, the
+        node does not even receive the camera's frames (as image_proc's nodes)."""
+        for camera in self.cameras:
+            watched = camera.watched
+            if watched and not camera.subscriptions:
+                self._subscribe(camera)
+            elif not watched and camera.subscriptions:
+                for subscription in camera.subscriptions:
+                    self.destroy_subscription(subscription)
+                camera.subscriptions = []
+                camera.matcher = StampMatcher(self.params.queue_size, camera.counters)
+
+    def _subscribe(self, camera: OverlayCamera) -> None:
+        config, node = camera.config, self.params.perception_node
+        transport = config.input_transport
+        camera.subscriptions.append(
+            self.create_subscription(
+                CompressedImage if transport == "compressed" else Image,
+                input_topic(config.name, transport),
+                lambda msg: self._on_frame(camera, msg),
+                self._frames_qos,
+            )
+        )
+        for output, kind in (("semantic", Image), ("detections", Detection2DArray)):
+            camera.subscriptions.append(
+                self.create_subscription(
+                    kind,
+                    f"{node}/{camera_topic(config.name, output)}",
+                    lambda msg, output=output: self._on_output(camera, output, msg),
+                    self._outputs_qos,
+                )
+            )
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -658,8 +689,8 @@ def _rcl_reason(error: Exception) -> str:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Runs the node until Ctrl-C (exit 0); exits 2 with one ``error:`` line for a refused
-    parameter, parameter file or node name."""
+    """Runs the node until Ctrl-C (exit 0, also while it is starting); exits 2 with one
+    ``error:`` line for a refused parameter, parameter file or node name."""
     arguments = list(sys.argv if args is None else args)
     problem = params_file_problem(arguments)
     if problem is None:
@@ -667,37 +698,53 @@ def main(args: list[str] | None = None) -> int:
             rclpy.init(args=arguments)
         except _rclpy.RCLError as error:  # a parameter file rcl cannot parse, a bad --ros-args
             problem = _rcl_reason(error)
-    if problem is None:
-        try:
-            with warnings.catch_warnings():  # rclpy's note on a half-made node
-                warnings.filterwarnings("ignore", "Failed to fini rosout publisher", RuntimeWarning)
-                node = OverlayNode(arguments=arguments)
-        except ValueError as error:  # ours, and rclpy's parameter and name exceptions
-            problem = " ".join(str(error).split())
-        except (
-            InvalidParameterValueException,
-            InvalidParameterTypeException,
-            NameValidationException,
-            _rclpy.RCLError,
-        ) as error:
-            problem = _rcl_reason(error)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
-        rclpy.try_shutdown()
         return EXIT_BAD_INPUT
+    node = None
     try:
+        node = _make_node(arguments)
         rclpy.spin(node)
+    except _RefusedError as refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
-        if node.context.ok():
+        if rclpy.ok():
             raise
         # Ctrl-C between two spins: rclpy fails to build its wait set instead of raising
         # ExternalShutdownException; a normal shutdown.
     finally:
-        node.destroy_node()
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+class _RefusedError(Exception):
+    """A parameter or name the node refused: the one line main prints."""
+
+
+def _make_node(arguments: list[str]) -> OverlayNode:
+    """The node of ``arguments``' command line.
+
+    Raises:
+        _RefusedError: a parameter or name it refuses (its reason in one line).
+    """
+    try:
+        with warnings.catch_warnings():  # rclpy's note on a half-made node
+            warnings.filterwarnings("ignore", "Failed to fini rosout publisher", RuntimeWarning)
+            return OverlayNode(arguments=arguments)
+    except ValueError as error:  # ours
+        raise _RefusedError(" ".join(str(error).split())) from None
+    except (
+        InvalidParameterValueException,
+        InvalidParameterTypeException,
+        NameValidationException,
+        _rclpy.RCLError,
+    ) as error:
+        raise _RefusedError(_rcl_reason(error)) from None
 
 
 if __name__ == "__main__":
