@@ -483,7 +483,20 @@ def test_the_real_perception_nodes_overlay_on_its_old_topic(client, tmp_path):
         rgb = generate_scene(320, 240, 4)[0]
         header = _header(1)
         camera = client.publisher(f"/{name}/image", Image, RELIABLE)
-        assert client.wait_for(lambda: camera.get_subscription_count() >= 2, 30)
+        outputs = {
+            p.topic_name: p
+            for p in perception.node.publishers
+            if p.topic_name in (f"/{name}/semantic", f"/{name}/detections")
+        }
+        watchers = {f"/{name}/semantic": 2, f"/{name}/detections": 1}  # with this client's
+
+        def everyone_matched() -> bool:
+            return camera.get_subscription_count() == 2 and all(
+                outputs[topic].get_subscription_count() == count
+                for topic, count in watchers.items()
+            )
+
+        assert client.wait_for(everyone_matched, 30)  # no frame or output can be missed
         camera.publish(encode_image(rgb, "rgb8", header))
         overlay = client.wait_for(lambda: _with_stamp(client, f"/{name}/overlay", 1), 60)
         colour = client.wait_for(lambda: _with_stamp(client, f"/{name}/semantic_color", 1), 30)
