@@ -209,7 +209,14 @@ def test_label_infos_with_a_repeated_or_missing_id_are_refused():
 # -- drawing over DDS -----------------------------------------------------------------------------
 
 
-def test_overlay_and_colour_equal_visualizations_pictures(client, overlay):
+def test_overlay_and_colour_equal_visualizations_pictures(client, overlay, monkeypatch):
+    calls = []
+
+    def counting_colorize(mask, colours):
+        calls.append(mask.shape)
+        return colorize(mask, colours)
+
+    monkeypatch.setattr(overlay_module, "colorize", counting_colorize)
     fake = FakePerception(client)
     _watch(client, overlay)
     _labels_arrived(overlay)
@@ -224,6 +231,7 @@ def test_overlay_and_colour_equal_visualizations_pictures(client, overlay):
         assert msg.header.frame_id == "camera_optical_frame"
         assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (1, 250)
     assert overlay.camera().counters.drawn == 1
+    assert calls == [(HEIGHT, WIDTH)]  # one colour mask for both pictures
 
 
 def test_frames_match_by_stamp_when_outputs_come_out_of_order_or_late(client, overlay):
