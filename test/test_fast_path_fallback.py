@@ -130,8 +130,9 @@ BROKEN_COMPILE_NODE = Path(__file__).resolve().parent / "helpers" / "broken_comp
 @pytest.mark.ros
 @pytest.mark.slow
 def test_the_node_falls_back_keeps_running_and_names_its_path(tmp_path, model, image):
-    """Over DDS: a node asked for compile + preallocation whose compiler breaks logs why, runs
-    on the simpler path, answers frames, and its diagnostics name the path it runs."""
+    """Over DDS: a node asked for compile + channels-last whose compiler breaks logs why, runs
+    on the simpler path, answers frames, and its diagnostics name the path it runs. (It asked
+    for compile + preallocation before preallocation became a CUDA-only option.)"""
     from conftest import ros_environment
     from diagnostic_msgs.msg import DiagnosticArray
     from ros_client import RELIABLE, RosClient
@@ -146,7 +147,7 @@ def test_the_node_falls_back_keeps_running_and_names_its_path(tmp_path, model, i
     env = ros_environment()
     log = tmp_path / "node.log"
     params = {
-        "checkpoint": checkpoint, "device": "cpu", "compile": "default", "preallocate": "true",
+        "checkpoint": checkpoint, "device": "cpu", "compile": "default", "channels_last": "true",
         "input_width": 256, "input_height": 128, "diagnostics_period": 0.3,
     }  # fmt: skip
     client = RosClient(int(env["ROS_DOMAIN_ID"]))
@@ -172,11 +173,11 @@ def test_the_node_falls_back_keeps_running_and_names_its_path(tmp_path, model, i
 
         values = client.wait_for(diagnostics, timeout=90)
         assert values, log.read_text()
-        assert values["fast_path"] == "preallocate"
-        assert values["fast_path_requested"] == "compile:default+preallocate"
+        assert values["fast_path"] == "channels_last"
+        assert values["fast_path_requested"] == "compile:default+channels_last"
         assert "injected: the compiler is broken" in values["fast_path_fallbacks"]
         text = log.read_text()
-        assert "fast path compile:default+preallocate failed at set-up" in text
+        assert "fast path compile:default+channels_last failed at set-up" in text
         assert "Traceback" not in text
 
         publisher = client.publisher("/fallback/image", Image)
