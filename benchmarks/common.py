@@ -9,6 +9,7 @@ import re
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -100,6 +101,18 @@ def write_section(name: str, markdown: str) -> None:
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text}\n{block}\n"
     DOCS.write_text(text)
     print(f"wrote section '{name}' of {DOCS}")
+
+
+def figure_path(name: str, write: bool) -> Path:
+    """Where a benchmark draws its figure ``name``: docs/images with ``--write`` (beside the
+    sections in ``$MTL_BENCH_OUT/images`` where that is set, as :func:`write_section` does),
+    else the temporary folder (a trial run leaves the docs alone)."""
+    folder = os.environ.get("MTL_BENCH_OUT")
+    if not write:
+        return Path(tempfile.gettempdir()) / name
+    target = Path(folder) / "images" / name if folder else ROOT / "docs" / "images" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
 
 
 def header(title: str) -> str:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from baseline import Version, add_argument, before_after_table, versions, versions_line
-from common import ROOT, header, write_section
+from common import figure_path, header, write_section
 
 from mtl_perception.ros.isolation import ensure_private_network
 from mtl_perception.ros.node_process import NodeProcess, start_node, stop_nodes
@@ -389,8 +388,7 @@ def main() -> int:
 
     results = [summarise(target, args.seconds) for target in targets]
     kind = torch.device(args.device).type
-    folder = ROOT / "docs" / "images" if args.write else Path(tempfile.gettempdir())
-    picture = folder / f"overload_{kind}.png"
+    picture = figure_path(f"overload_{kind}.png", args.write)
     plot(results, picture)
     title_rate = " / ".join(f"{t.rate:.1f}" for t in targets)
     parts = [

@@ -480,7 +480,7 @@ def table(cases: list[Case], with_version: bool) -> str:
         start = f"| {size} | {c.cameras} | {'yes' if c.overlay else 'no'} | "
         start += f"{c.version} | " if with_version else ""
         if c.note:
-            lines.append(f"{start}{c.note} |||||||||")
+            lines.append(f"{start}{c.note} |" + "|" * 7)  # the 7 columns after it empty
             continue
         lines.append(
             f"{start}{c.rate:.1f} | {c.per_camera[0]:.1f}-{c.per_camera[1]:.1f} | "
