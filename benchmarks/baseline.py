@@ -108,7 +108,7 @@ def add_argument(parser: argparse.ArgumentParser) -> None:
 def versions(baseline: str | None) -> list[Version]:
     """[before, after] with a baseline, else [this checkout]."""
     if not baseline:
-        return [Version("this checkout", "HEAD", ROOT)]
+        return [Version("this checkout", describe_checkout(), ROOT)]
     return [unpack(baseline), Version("after", describe_checkout(), ROOT)]
 
 
