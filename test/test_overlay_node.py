@@ -29,7 +29,8 @@ from mtl_perception.ros import overlay_node as overlay_module
 from mtl_perception.ros.conversions import encode_image
 from mtl_perception.ros.messages import detections_message, label_info_message
 from mtl_perception.ros.node_process import start_node
-from mtl_perception.ros.overlay_node import OverlayNode, semantics_from_label_info
+from mtl_perception.ros.overlay_inputs import semantics_from_label_info
+from mtl_perception.ros.overlay_node import OverlayNode
 from mtl_perception.visualization import colorize, draw_overlay
 
 pytestmark = [pytest.mark.ros]
