@@ -127,7 +127,8 @@ def unpack(ref: str) -> Version:
     package is unpacked (once) into a temporary folder."""
     folder = Path(ref)
     if (folder / PACKAGE).is_dir():
-        label = (folder / "REF").read_text().strip() if (folder / "REF").is_file() else str(folder)
+        ref_file = folder / "REF"  # the commit, in full (export)
+        label = ref_file.read_text().strip()[:7] if ref_file.is_file() else str(folder)
         return Version("before", label, folder.resolve())
     try:
         commit = _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").strip()
@@ -155,7 +156,7 @@ def export(commit: str, target: Path) -> None:
             check=True,
         )
         subprocess.run(["tar", "-x", "-C", str(scratch)], input=archive.stdout, check=True)
-        (scratch / "REF").write_text(commit[:7] + "\n")
+        (scratch / "REF").write_text(commit + "\n")
         if target.exists():
             shutil.rmtree(target)
         scratch.rename(target)

@@ -138,12 +138,12 @@ is_commit() { git -C "$root" rev-parse -q --verify "$1^{commit}" >/dev/null 2>&1
 baseline_args=()
 case ${GPU_CHECK_BASELINE:-} in
   none) baseline_note="off (GPU_CHECK_BASELINE=none)" ;;
-  '') if [ -d "$carried/mtl_perception" ]; then baseline_args=(--baseline "$carried"); baseline_note="$carried_ref (carried)"
+  '') if [ -d "$carried/mtl_perception" ]; then baseline_args=(--baseline "$carried"); baseline_note="${carried_ref:0:7} (carried)"
       elif is_commit 89e0a98; then baseline_args=(--baseline 89e0a98); baseline_note=89e0a98
       else baseline_note="off (no $carried and no git history: run gpu_check_prepare.py)"; fi ;;
   *) if is_commit "$GPU_CHECK_BASELINE"; then baseline_args=(--baseline "$GPU_CHECK_BASELINE"); baseline_note=$GPU_CHECK_BASELINE
-     elif [ -d "$carried/mtl_perception" ] && [[ $carried_ref == "$GPU_CHECK_BASELINE"* || $GPU_CHECK_BASELINE == "$carried_ref"* ]]; then
-       baseline_args=(--baseline "$carried"); baseline_note="$carried_ref (carried)"
+     elif [ -d "$carried/mtl_perception" ] && [[ ${#GPU_CHECK_BASELINE} -ge 4 && $carried_ref == "$GPU_CHECK_BASELINE"* ]]; then
+       baseline_args=(--baseline "$carried"); baseline_note="${carried_ref:0:7} (carried)"
      else die "GPU_CHECK_BASELINE=$GPU_CHECK_BASELINE: no such commit here and $carried holds '${carried_ref:-nothing}' (gpu_check_prepare.py --baseline $GPU_CHECK_BASELINE)"; fi ;;
 esac
 log "before/after of the node benchmarks: $baseline_note"
