@@ -49,6 +49,7 @@ WINDOW = 5.0  # seconds per reported window
 PACED_FRAMES = 12  # frames of the paced warm-up (the first two not counted)
 RSS_FLAT = 1.05  # last window's RSS at most this times the first's
 RATE_GOAL = 0.98  # output rate under overload / paced rate
+CUDA_RATE_GOAL = 150.0  # outputs/s, one camera, node defaults, 1024x512 (issue 23)
 COMPARED = [
     "paced fps",
     "outputs/s",
@@ -288,7 +289,8 @@ def compared(result: Result) -> list[float]:
     ]
 
 
-def describe(result: Result) -> str:
+def describe(result: Result, cuda: bool) -> str:
+    """The section's part for one version; ``cuda`` adds the CUDA throughput goal."""
     target = result.target
     table = "\n".join(
         [
@@ -308,6 +310,13 @@ def describe(result: Result) -> str:
         f"- RSS flat: largest sample of the first window {result.rss_first:.0f} MB, of the last "
         f"{result.rss_last:.0f} MB ({result.rss_last - result.rss_first:+.0f} MB): "
         f"{'flat' if result.flat else 'NOT flat'} (last <= {RSS_FLAT:g}x first).\n"
+        + (
+            f"- outputs/s under overload {result.output_rate:.1f}, paced {result.paced_rate:.1f} "
+            f"(CUDA goal >= {CUDA_RATE_GOAL:g}: "
+            f"{'met' if result.output_rate >= CUDA_RATE_GOAL else 'NOT met'}).\n"
+            if cuda
+            else ""
+        )
     )
 
 
@@ -402,7 +411,7 @@ def main() -> int:
     for result in results:
         if named:
             parts.append(f"\n#### {result.target.version.label} ({result.target.version.ref})\n")
-        parts.append("\n" + describe(result))
+        parts.append("\n" + describe(result, kind == "cuda"))
     if named:
         old, new = results
 
