@@ -9,14 +9,15 @@ keep-last reader keeps only the newest frame, so superseded frames never reach P
 
 Frames the middleware replaced before they were taken are still counted: every message carries
 its publisher's ``publication_sequence_number`` (consecutive per publisher, told apart by its
-``publisher_gid``), so a jump from n to n + k between two takes of one publisher means k - 1
-frames were replaced (or lost on the way) and never taken. Before a publisher's first taken frame
-nothing can be known (its earlier frames may predate this subscription), so nothing is counted.
+``publisher_gid``; rclpy 7 gives no gid, see :class:`PublisherSequences`), so a jump from n to
+n + k between two takes of one publisher means k - 1 frames were replaced (or lost on the way)
+and never taken. Before a publisher's first taken frame nothing can be known (its earlier frames
+may predate this subscription), so nothing is counted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,19 +48,31 @@ class TakenFrame:
 
 
 class PublisherSequences:
-    """Counts, per publisher, the sequence numbers skipped between two taken messages."""
+    """Counts, per publisher, the sequence numbers skipped between two taken messages.
 
-    def __init__(self) -> None:
+    Publishers are told apart by ``publisher_gid``. Where the middleware gives none (rclpy 7,
+    Jazzy), a topic with exactly one publisher is counted as that publisher (``publishers``
+    says how many there are); with several, nothing is counted (their numbers interleave).
+    """
+
+    def __init__(self, publishers: Callable[[], int] = lambda: 1) -> None:
+        self._publishers = publishers
         self._last: dict[bytes, int] = {}
 
     def skipped(self, info: dict[str, Any]) -> int:
         """Messages of ``info``'s publisher never taken since the previous one taken (0 for a
         publisher's first message, or when the middleware gives no sequence number)."""
         sequence = info.get("publication_sequence_number")
-        gid = info.get("publisher_gid")
-        if not isinstance(sequence, int) or gid is None:
+        if not isinstance(sequence, int):
             return 0
-        key = bytes(gid.get("data", b"")) if isinstance(gid, dict) else bytes(gid)
+        gid = info.get("publisher_gid")
+        if gid is not None:
+            key = bytes(gid.get("data", b"")) if isinstance(gid, dict) else bytes(gid)
+        elif self._publishers() == 1:
+            key = b""
+        else:
+            self._last.pop(b"", None)
+            return 0
         last = self._last.get(key)
         self._last[key] = sequence
         if last is None or sequence <= last:  # first message, or the publisher started again
@@ -89,7 +102,7 @@ class RawSubscription:
                     node.handle, msg_type, topic, qos.get_c_qos_profile()
                 )
         self.topic_name: str = self.handle.get_topic_name()
-        self.sequences = PublisherSequences()
+        self.sequences = PublisherSequences(lambda: node.count_publishers(self.topic_name))
 
     def take(self) -> tuple[bytes, dict[str, Any]] | None:
         """The oldest message in the reader (the only one at depth 1) and its message info, or
