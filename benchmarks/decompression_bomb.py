@@ -131,7 +131,6 @@ def node_memory(checkpoint: Path, bombs: dict[str, bytes], frames: int) -> dict[
         "input_transport": "compressed",
         "qos_reliability": "reliable",
         "diagnostics_period": 0.2,
-        "publish_overlay": False,
     }
     node = start_node(NODE, remaps={"image/compressed": TOPIC}, parameters=params, log=log)
     rclpy.init()
