@@ -37,7 +37,6 @@ occurrence of each reason always, then at most once per REJECTION_LOG_PERIOD sec
 from __future__ import annotations
 
 import functools
-import re
 import sys
 import threading
 import time
@@ -92,7 +91,7 @@ from .messages import (
     frame_statistics,
     label_info_message,
 )
-from .parameter_files import override_sources, params_file_problem
+from .parameter_files import override_sources
 from .parameters import (
     NodeParameters,
     check_camera_names,
@@ -110,6 +109,7 @@ from .raw_messages import (
     read_compressed_image,
     read_image,
 )
+from .ros_start import init_ros, rcl_reason
 
 LATCHED = QoSProfile(
     depth=1,
@@ -801,22 +801,12 @@ class PerceptionNode(LifecycleNode):
             publisher.publish(diagnostics_message(header, [node, *statuses]))
 
 
-def rcl_reason(error: Exception) -> str:
-    """An ``RCLError``'s message on one line, without rcl's source locations (", at x.c:12")."""
-    return re.sub(r", at \S+:\d+", "", " ".join(str(error).split()))
-
-
 def main(args: list[str] | None = None) -> int:
     """Runs the node until Ctrl-C. With ``autostart`` it configures and activates itself, and
     exits 2 when configure refuses its parameters or checkpoint, 3 when any transition raises
     (then, or later while it runs); each with the reason logged in one line."""
     arguments = list(sys.argv if args is None else args)
-    problem = params_file_problem(arguments)
-    if problem is None:
-        try:
-            rclpy.init(args=arguments)
-        except _rclpy.RCLError as error:  # a parameter file rcl cannot parse, a bad --ros-args
-            problem = rcl_reason(error)
+    problem = init_ros(arguments)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT

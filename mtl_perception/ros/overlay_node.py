@@ -43,7 +43,6 @@ reasons; one throttled warning with the reason) and counted per reason; the node
 
 from __future__ import annotations
 
-import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -95,7 +94,7 @@ from .overlay_inputs import (
     semantics_from_label_info,
     stamp_of,
 )
-from .parameter_files import override_sources, params_file_problem
+from .parameter_files import override_sources
 from .parameters import (
     TRANSPORTS,
     CameraParameters,
@@ -103,6 +102,7 @@ from .parameters import (
     check_camera_names,
     read_cameras,
 )
+from .ros_start import init_ros, rcl_reason
 
 OVERLAY_NODE_NAME = "overlay_node"
 EXIT_BAD_INPUT = 2  # a refused parameter or parameter file (as perception_node)
@@ -492,21 +492,11 @@ class OverlayNode(Node):
         camera.counters.drawn += 1
 
 
-def _rcl_reason(error: Exception) -> str:
-    """An rclpy error's message on one line, without rcl's source locations (", at x.c:12")."""
-    return re.sub(r", at \S+:\d+", "", " ".join(str(error).split()))
-
-
 def main(args: list[str] | None = None) -> int:
     """Runs the node until Ctrl-C (exit 0, also while it is starting); exits 2 with one
     ``error:`` line for a refused parameter, parameter file or node name."""
     arguments = list(sys.argv if args is None else args)
-    problem = params_file_problem(arguments)
-    if problem is None:
-        try:
-            rclpy.init(args=arguments)
-        except _rclpy.RCLError as error:  # a parameter file rcl cannot parse, a bad --ros-args
-            problem = _rcl_reason(error)
+    problem = init_ros(arguments)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -553,7 +543,7 @@ def _make_node(arguments: list[str]) -> OverlayNode:
         NameValidationException,
         _rclpy.RCLError,
     ) as error:
-        raise _RefusedError(_rcl_reason(error)) from None
+        raise _RefusedError(rcl_reason(error)) from None
 
 
 if __name__ == "__main__":
