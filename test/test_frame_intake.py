@@ -14,10 +14,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from helpers.in_process_node import InProcessNode
 from helpers.models import SMALL_NAMED, calibrated_small_model, save_model
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.lifecycle import TransitionCallbackReturn
-from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
 from ros_client import RELIABLE, RosClient
@@ -60,30 +58,11 @@ def client(ros_env) -> Iterator[RosClient]:
     ros.close()
 
 
-class InProcessNode:
-    """A PerceptionNode named ``perception`` in namespace ``/<name>``, in the client's context,
-    spun on its own thread: camera ``c`` reads ``/<name>/c/image`` (the unnamed one
-    ``/<name>/image``) and publishes ``/<name>/perception/c/detections``, ...."""
-
-    def __init__(self, client: RosClient, name: str, params: dict) -> None:
-        self.name = name
-        self.node = node_module.PerceptionNode(
-            "perception",
-            context=client.context,
-            cli_args=["--ros-args", "-r", f"__ns:=/{name}"],
-            parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
-        )
-        assert self.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        assert self.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        self.executor = SingleThreadedExecutor(context=client.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node._release_io()
-        self.node.destroy_node()
+def _in_namespace(client: RosClient, name: str, params: dict) -> InProcessNode:
+    """A PerceptionNode named ``perception`` in namespace ``/<name>``: camera ``c`` reads
+    ``/<name>/c/image`` (the unnamed one ``/<name>/image``) and publishes
+    ``/<name>/perception/c/detections``, ...."""
+    return InProcessNode(client, "perception", params, remaps=[f"__ns:=/{name}"])
 
 
 @pytest.fixture
@@ -91,7 +70,7 @@ def start(client) -> Iterator:
     nodes = []
 
     def started(name: str, **params) -> InProcessNode:
-        nodes.append(InProcessNode(client, name, params))
+        nodes.append(_in_namespace(client, name, params))
         return nodes[-1]
 
     yield started

@@ -3,16 +3,13 @@ this process so that the test can count what it computes)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from helpers import in_process_node
 from helpers.models import SMALL_NAMED, calibrated_small_model, save_model
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.lifecycle import TransitionCallbackReturn
-from rclpy.parameter import Parameter
 from ros_client import RELIABLE, RosClient
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -21,7 +18,6 @@ from vision_msgs.msg import Detection2DArray
 from mtl_perception.data.synthetic import generate_scene
 from mtl_perception.inference.device_names import STANDIN_DEVICE
 from mtl_perception.inference.standin import STANDIN_BOXES
-from mtl_perception.ros import node as node_module
 from mtl_perception.ros.conversions import encode_image
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -43,28 +39,11 @@ def client(ros_env) -> Iterator[RosClient]:
     ros.close()
 
 
-class InProcessNode:
-    """A PerceptionNode in the client's context, spun on its own thread."""
+class InProcessNode(in_process_node.InProcessNode):
+    """The perception node ``name``, its camera input remapped to ``/<name>/image``."""
 
     def __init__(self, client: RosClient, name: str, params: dict) -> None:
-        self.name = name
-        self.node = node_module.PerceptionNode(
-            name,
-            context=client.context,
-            cli_args=["--ros-args", "-r", f"image:=/{name}/image"],
-            parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
-        )
-        assert self.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        self.node.trigger_activate()
-        self.executor = SingleThreadedExecutor(context=client.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node._release_io()
-        self.node.destroy_node()
+        super().__init__(client, name, params, remaps=[f"image:=/{name}/image"])
 
 
 def _frame(rgb: np.ndarray, sec: int) -> Image:
