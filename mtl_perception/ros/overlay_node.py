@@ -52,12 +52,10 @@ from typing import Any
 import cv2
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import (
     InvalidParameterTypeException,
     InvalidParameterValueException,
     NameValidationException,
-    ParameterUninitializedException,
 )
 from rclpy.executors import ExternalShutdownException
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
@@ -100,7 +98,9 @@ from .parameters import (
     CameraParameters,
     NodeParameters,
     check_camera_names,
+    declare_fields,
     read_cameras,
+    read_fields,
 )
 from .ros_start import init_ros, rcl_reason
 
@@ -170,7 +170,7 @@ _DESCRIPTIONS = {
     "queue_size": "camera frames (and output stamps) kept per camera for matching by stamp",
 }
 _FLOAT_RANGES = {"scale": (0.0, 1.0)}  # 0 is refused by validate
-_INT_RANGES = {"queue_size": (1, 1000), "max_pixels": (1, 2**31 - 1)}
+_INT_RANGES = {"queue_size": (1, 1000, 1), "max_pixels": (1, 2**31 - 1, 1)}
 
 
 def scaled(
@@ -324,31 +324,10 @@ class OverlayNode(Node):
     # -- parameters ---------------------------------------------------------------------------
 
     def _declare(self) -> None:
-        for spec in fields(OverlayParameters):
-            descriptor = ParameterDescriptor(description=_DESCRIPTIONS[spec.name])
-            if spec.name in _INT_RANGES:
-                low, high = _INT_RANGES[spec.name]
-                descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=1)]
-            if spec.name in _FLOAT_RANGES:
-                low, high = _FLOAT_RANGES[spec.name]
-                descriptor.floating_point_range = [
-                    FloatingPointRange(from_value=low, to_value=high)
-                ]
-            default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
-            self.declare_parameter(spec.name, default, descriptor)
+        declare_fields(self, OverlayParameters, _DESCRIPTIONS, _INT_RANGES, _FLOAT_RANGES)
 
     def _read(self) -> OverlayParameters:
-        values = {}
-        for spec in fields(OverlayParameters):
-            try:
-                values[spec.name] = self.get_parameter(spec.name).value
-            except ParameterUninitializedException:
-                raise ValueError(
-                    f"parameter '{spec.name}' has no value: an empty list ([]) has no type in "
-                    "ROS 2; give a value or leave it unset"
-                ) from None
-        values["cameras"] = tuple(values["cameras"])
-        return OverlayParameters(**values)
+        return read_fields(self, OverlayParameters)
 
     def _refuse_unknown(self, command_line: list[str]) -> None:
         """Refuses parameters addressed to this node (``-p``, a section naming it) that it does

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields
+from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import ParameterUninitializedException
@@ -188,42 +189,60 @@ _DESCRIPTIONS = {
 }
 
 
-def declare_parameters(node: Node) -> None:
-    """Declares every parameter with its description, range and read-only flag."""
-    for spec in fields(NodeParameters):
-        descriptor = ParameterDescriptor(description=_DESCRIPTIONS[spec.name])
-        if spec.name in _INT_RANGES:
-            low, high, step = _INT_RANGES[spec.name]
+def declare_fields(
+    node: Node,
+    config: type,
+    descriptions: dict[str, str],
+    int_ranges: dict[str, tuple[int, int, int]],
+    float_ranges: dict[str, tuple[float, float]],
+) -> None:
+    """Declares one parameter per field of the dataclass ``config`` (its default, a list for a
+    tuple), with its description and its (low, high[, step]) range where it has one."""
+    for spec in fields(config):
+        descriptor = ParameterDescriptor(description=descriptions[spec.name])
+        if spec.name in int_ranges:
+            low, high, step = int_ranges[spec.name]
             descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=step)]
-        if spec.name in _FLOAT_RANGES:
-            low, high = _FLOAT_RANGES[spec.name]
+        if spec.name in float_ranges:
+            low, high = float_ranges[spec.name]
             descriptor.floating_point_range = [FloatingPointRange(from_value=low, to_value=high)]
         default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
         node.declare_parameter(spec.name, default, descriptor)
 
 
-def read_parameters(node: Node) -> NodeParameters:
-    """The node's parameters, unchecked (:meth:`NodeParameters.validate` checks them).
+def read_fields(node: Node, config: type, empty_hints: dict[str, str] | None = None) -> Any:
+    """The dataclass ``config`` from the node's parameters of its fields' names (lists as
+    tuples), unchecked.
 
     Raises:
         ValueError: a parameter given without a value type (``-p cameras:=[]``: ROS 2 cannot
-            type an empty list, so the parameter ends up unset), naming it.
+            type an empty list, so the parameter ends up unset), naming it and what to do
+            (``empty_hints`` by name, else "give a value or leave it unset").
     """
     values = {}
-    for spec in fields(NodeParameters):
+    for spec in fields(config):
         try:
-            values[spec.name] = node.get_parameter(spec.name).value
+            value = node.get_parameter(spec.name).value
         except ParameterUninitializedException:
+            hint = (empty_hints or {}).get(spec.name, "give a value or leave it unset")
             raise ValueError(
                 f"parameter '{spec.name}' has no value: an empty list ([]) has no type in ROS 2, "
-                + (
-                    "so name the cameras, or leave 'cameras' unset for one camera on image"
-                    if spec.name == "cameras"
-                    else "give a value or leave it unset"
-                )
+                f"{hint}"
             ) from None
-    values["cameras"] = tuple(values["cameras"])
-    return NodeParameters(**values)
+        values[spec.name] = tuple(value) if isinstance(value, list) else value
+    return config(**values)
+
+
+def declare_parameters(node: Node) -> None:
+    """Declares every parameter of the perception node with its description and range."""
+    declare_fields(node, NodeParameters, _DESCRIPTIONS, _INT_RANGES, _FLOAT_RANGES)
+
+
+def read_parameters(node: Node) -> NodeParameters:
+    """The perception node's parameters, unchecked (:meth:`NodeParameters.validate` checks
+    them); raises ValueError as :func:`read_fields`."""
+    hints = {"cameras": "so name the cameras, or leave 'cameras' unset for one camera on image"}
+    return read_fields(node, NodeParameters, hints)
 
 
 def check_no_unknown_parameters(
