@@ -17,7 +17,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import signal
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +46,7 @@ from mtl_perception.ros.node_process import start_node
 from mtl_perception.ros.parameter_files import override_sources, pattern_matches
 
 NODE_PARAMS = {"input_width": 256, "input_height": 128}
+SLOW_LOAD_NODE = Path(__file__).resolve().parent / "helpers" / "slow_load_node.py"
 EXIT_TIMEOUT = 90  # seconds a node is given to load and exit (2 loaded cores)
 _names = itertools.count()
 
@@ -112,6 +116,29 @@ def test_an_activation_that_raises_is_logged_and_a_plain_run_exits_3(
     assert code == EXIT_UNEXPECTED, text
     _assert_reason_logged(text, "activate failed: UnicodeEncodeError: ")
     assert "surrogates not allowed" in text and "could not activate; exiting" in text
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_stop_while_the_model_loads_is_a_normal_stop(signal_name, checkpoint, env, tmp_path):
+    """SIGTERM (a process manager) or SIGINT while configure loads the model: exit 0, and none
+    of the node's failure lines (SIGTERM ended the run with exit 3 and "could not configure").
+    rclpy itself still logs that it could not complete the transition of a shut-down context."""
+    gate, log = tmp_path / "gate", tmp_path / "node.log"
+    gate.mkdir()
+    params = {"checkpoint": checkpoint, **NODE_PARAMS}
+    command = [sys.executable, str(SLOW_LOAD_NODE), str(gate)]
+    with start_node("slow_load", parameters=params, env=env, log=log, command=command) as node:
+        deadline = time.monotonic() + EXIT_TIMEOUT
+        while not (gate / "loading").exists():  # configure is loading the model, for certain
+            assert time.monotonic() < deadline and node.process.poll() is None, log.read_text()
+            time.sleep(0.02)
+        node.process.send_signal(getattr(signal, signal_name))
+        code = node.process.wait(timeout=EXIT_TIMEOUT)
+    text = log.read_text()
+    assert code == 0, text
+    assert "FATAL" not in text and "could not" not in text and "Traceback" not in text, text
 
 
 @pytest.mark.ros

@@ -842,11 +842,16 @@ def main(args: list[str] | None = None) -> int:
     try:
         if node.get_parameter("autostart").value:
             configured = node.trigger_configure()
+            if not node.context.ok():  # SIGINT/SIGTERM while loading the model: a normal stop
+                return code
             if configured != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().fatal("could not configure; exiting (see the error above)")
                 raised = configured == TransitionCallbackReturn.ERROR
                 return EXIT_UNEXPECTED if raised else EXIT_BAD_INPUT
-            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            activated = node.trigger_activate()
+            if not node.context.ok():
+                return code
+            if activated != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().fatal("could not activate; exiting (see the error above)")
                 return EXIT_UNEXPECTED
             rclpy.spin_until_future_complete(node, node.transition_error)
