@@ -444,3 +444,37 @@ def test_keys_only_in_wildcard_sections_are_shared_and_the_rest_named(tmp_path):
     }
     # outside --ros-args, rcl reads neither flag
     assert override_sources(["node", "--params-file", str(robot)], "/ns/node").shared == set()
+
+
+@pytest.mark.parametrize(
+    ("module", "config"),
+    [
+        ("mtl_perception.ros.node", "NodeParameters"),
+        ("mtl_perception.ros.overlay_node", "OverlayParameters"),
+    ],
+)
+def test_help_lists_every_parameter_and_a_stray_ros_argument_is_one_line(module, config, env):
+    """``--help`` printed "configure failed: parameter 'checkpoint' is empty" (perception node)
+    or started the node (overlay node); ``--ros-args ... --help`` ended in a traceback."""
+    import importlib
+    import subprocess
+    from dataclasses import fields
+
+    names = [spec.name for spec in fields(getattr(importlib.import_module(module), config))]
+    shown = subprocess.run(
+        [sys.executable, "-m", module, "--help"], env=env, capture_output=True, text=True
+    )
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: "), shown
+    listed = [line.split()[0] for line in shown.stdout.splitlines() if line.startswith("  ")]
+    assert listed == names
+    stray = subprocess.run(
+        [sys.executable, "-m", module, "--ros-args", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=EXIT_TIMEOUT,
+    )
+    assert stray.returncode == 2, stray
+    assert stray.stderr.strip().splitlines() == [
+        "error: unknown ROS argument(s) ['--help'] (node options go before --ros-args)"
+    ], stray.stderr

@@ -93,6 +93,7 @@ from .messages import (
 )
 from .parameter_files import override_sources
 from .parameters import (
+    PARAMETER_DESCRIPTIONS,
     NodeParameters,
     check_camera_names,
     check_no_unknown_parameters,
@@ -109,7 +110,7 @@ from .raw_messages import (
     read_compressed_image,
     read_image,
 )
-from .ros_start import init_ros, rcl_reason
+from .ros_start import help_requested, init_ros, rcl_reason, usage
 
 LATCHED = QoSProfile(
     depth=1,
@@ -806,6 +807,10 @@ def main(args: list[str] | None = None) -> int:
     exits 2 when configure refuses its parameters or checkpoint, 3 when any transition raises
     (then, or later while it runs); each with the reason logged in one line."""
     arguments = list(sys.argv if args is None else args)
+    if help_requested(arguments):
+        summary = "Camera images in; semantic mask and detections out (README: The ROS 2 node)."
+        print(usage("perception_node", summary, NodeParameters, PARAMETER_DESCRIPTIONS))
+        return 0
     problem = init_ros(arguments)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)

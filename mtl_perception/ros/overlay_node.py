@@ -102,7 +102,7 @@ from .parameters import (
     read_cameras,
     read_fields,
 )
-from .ros_start import init_ros, rcl_reason
+from .ros_start import help_requested, init_ros, rcl_reason, usage
 
 OVERLAY_NODE_NAME = "overlay_node"
 EXIT_BAD_INPUT = 2  # a refused parameter or parameter file (as perception_node)
@@ -475,6 +475,13 @@ def main(args: list[str] | None = None) -> int:
     """Runs the node until Ctrl-C (exit 0, also while it is starting); exits 2 with one
     ``error:`` line for a refused parameter, parameter file or node name."""
     arguments = list(sys.argv if args is None else args)
+    if help_requested(arguments):
+        summary = (
+            "Draws the perception node's semantic_color and overlay images from the camera, "
+            "the mask and the detections (README: The overlay node)."
+        )
+        print(usage("overlay_node", summary, OverlayParameters, _DESCRIPTIONS))
+        return 0
     problem = init_ros(arguments)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)

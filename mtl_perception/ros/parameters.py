@@ -157,7 +157,7 @@ _FLOAT_RANGES = {
     "diagnostics_period": (0.1, 60.0),
     "stale_timeout_s": (0.0, 3600.0),  # 0 is refused by NodeParameters.validate
 }
-_DESCRIPTIONS = {
+PARAMETER_DESCRIPTIONS = {
     "checkpoint": "trained checkpoint (.pt) to load at configure",
     "onnx_model": "exported ONNX model, used when backend is onnxruntime",
     "device": f"auto (cuda if available), cpu or cuda:N ({STANDIN_DEVICE}[:cuda]: benchmarks)",
@@ -235,7 +235,7 @@ def read_fields(node: Node, config: type, empty_hints: dict[str, str] | None = N
 
 def declare_parameters(node: Node) -> None:
     """Declares every parameter of the perception node with its description and range."""
-    declare_fields(node, NodeParameters, _DESCRIPTIONS, _INT_RANGES, _FLOAT_RANGES)
+    declare_fields(node, NodeParameters, PARAMETER_DESCRIPTIONS, _INT_RANGES, _FLOAT_RANGES)
 
 
 def read_parameters(node: Node) -> NodeParameters:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import MISSING, fields
 
 import rclpy
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
@@ -27,6 +28,34 @@ def init_ros(arguments: Sequence[str]) -> str | None:
         return problem
     try:
         rclpy.init(args=list(arguments))
+    except _rclpy.UnknownROSArgsError as error:  # e.g. --help after --ros-args
+        return f"unknown ROS argument(s) {error} (node options go before --ros-args)"
     except _rclpy.RCLError as error:
         return rcl_reason(error)
     return None
+
+
+def help_requested(arguments: Sequence[str]) -> bool:
+    """Whether ``-h`` or ``--help`` is among the node's own arguments (before ``--ros-args``)."""
+    own = list(arguments[1:])
+    if "--ros-args" in own:
+        own = own[: own.index("--ros-args")]
+    return "-h" in own or "--help" in own
+
+
+def usage(executable: str, summary: str, config: type, descriptions: dict[str, str]) -> str:
+    """The ``--help`` text of a node: how to run it, ``summary``, and every parameter of the
+    dataclass ``config`` with its default and description."""
+    lines = [
+        f"usage: {executable} [--ros-args [-p NAME:=VALUE]... [--params-file FILE] "
+        "[-r FROM:=TO]...]",
+        "",
+        summary,
+        "",
+        "parameters (-p NAME:=VALUE, or a --params-file section):",
+    ]
+    for spec in fields(config):
+        default = spec.default if spec.default is not MISSING else ""
+        shown = list(default) if isinstance(default, tuple) else default
+        lines.append(f"  {spec.name} (default {shown!r}): {descriptions[spec.name]}")
+    return "\n".join(lines)
