@@ -350,3 +350,28 @@ def test_without_publisher_ids_only_a_topic_with_one_publisher_is_counted():
     publishers[0] = 1
     assert sequences.skipped({"publication_sequence_number": 10}) == 0  # a fresh start
     assert sequences.skipped({"publication_sequence_number": 12}) == 1
+
+
+@pytest.mark.parametrize(
+    ("device", "params", "expected"),
+    [
+        ("cpu", {}, {"precision": "fp32", "cuda_graph": False, "preallocate": False}),
+        ("cuda", {}, {"precision": "fp16", "cuda_graph": True, "preallocate": True}),
+        ("cuda:1", {"precision": "bf16"}, {"precision": "bf16", "cuda_graph": True}),
+        ("cuda", {"compile": "default"}, {"cuda_graph": False, "compile": "default"}),
+        ("cuda", {"backend": "onnxruntime"}, {"cuda_graph": False, "precision": "fp32"}),
+        ("cuda", {"cuda_graph": False, "preallocate": False}, {"cuda_graph": False}),
+        ("cpu", {"mask_resolution": "network"}, {"mask_resolution": "network"}),
+    ],
+)
+def test_the_node_runs_the_fastest_correct_path_of_its_device_by_default(device, params, expected):
+    """Node parameters -> PredictorConfig: cuda_graph + fp16 + preallocate on CUDA (behind the
+    fallback), fp32 eager on the CPU; every shared field taken by name."""
+    from mtl_perception.ros.parameters import NodeParameters
+
+    values = {"score_threshold": 0.4, "input_width": 320, **params}
+    config = node_module.predictor_config(NodeParameters(**values), device)
+    assert config.device == device
+    assert (config.score_threshold, config.input_width) == (0.4, 320)
+    for name, value in expected.items():
+        assert getattr(config, name) == value, name

@@ -146,7 +146,7 @@ def predictor_config(params: NodeParameters, device: str) -> PredictorConfig:
     node's), then the device decides what ``auto`` and the CUDA-only options mean:
 
     - ``precision: auto``: the fastest path measured on that device (fp16 on CUDA, fp32 on
-      the CPU; :func:`default_fast_path`);
+      the CPU; :func:`default_fast_path`), fp32 (no autocast) for an ONNX model;
     - ``cuda_graph`` applies on CUDA with the torch backend and compile none, and is ignored
       elsewhere (compile reduce-overhead is the compiler's own CUDA-graph path);
     - ``preallocate`` (pinned staging buffers) applies on CUDA: on the CPU the buffer only adds a
@@ -157,8 +157,9 @@ def predictor_config(params: NodeParameters, device: str) -> PredictorConfig:
     }
     values: dict[str, Any] = {name: getattr(params, name) for name in shared - {"device"}}
     cuda = device.startswith("cuda")
-    if params.precision == "auto":
-        values["precision"] = default_fast_path(device)["precision"]
+    if params.precision == "auto":  # an ONNX model runs in the precision it was exported in
+        onnx = params.backend == "onnxruntime"
+        values["precision"] = "fp32" if onnx else default_fast_path(device)["precision"]
     values["cuda_graph"] = (
         params.cuda_graph and cuda and params.backend == "torch" and params.compile == "none"
     )
