@@ -3,26 +3,34 @@ process with either version (this checkout's, or a ``--baseline``'s in a child p
 benchmarks/baseline.py): the node's Predictor defaults, and whether frames go in as bgr.
 
 Before issue 23 the node converted a bgr8 frame to RGB on the CPU and ran fp32 eager; after it,
-the Predictor takes the bgr8 pixels as they are (reordered on the device) and the node runs the
-fastest measured path of its device (``default_fast_path``).
+the Predictor takes the bgr8 pixels as they are (reordered on the device) and the node derives its
+Predictor's config from its parameters' defaults on the device (``predictor_config``: fp32 eager
+on the CPU, cuda_graph + fp16 + preallocate on CUDA).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import numpy as np
 
-from mtl_perception.inference import predictor as predictor_module
 from mtl_perception.inference.predictor import Predictor, PredictorConfig
 
 
 def node_config(device: str, precision: str = "node", **fields: object) -> PredictorConfig:
-    """The PredictorConfig the node uses on ``device`` ('cpu', 'cuda'): its default fast path
-    where this version has one (``precision='node'``), else fp32 eager or ``precision``."""
-    fast = getattr(predictor_module, "default_fast_path", None)
-    if precision == "node" and fast is not None:
-        return PredictorConfig(device=device, **{**fast(device), **fields})
+    """The PredictorConfig the node uses on ``device`` ('cpu', 'cuda') with its default
+    parameters (``precision='node'``; the node's own mapping where this version has one, else
+    fp32 eager), or with ``precision`` instead."""
+    try:
+        from mtl_perception.ros.node import predictor_config
+        from mtl_perception.ros.parameters import NodeParameters
+    except ImportError:  # a version before issue 23
+        predictor_config = None
+    if predictor_config is not None:
+        values = {} if precision == "node" else {"precision": precision}
+        config = predictor_config(NodeParameters(**values), device)
+        return dataclasses.replace(config, **fields)
     return PredictorConfig(
         device=device, precision="fp32" if precision == "node" else precision, **fields
     )
