@@ -6,9 +6,10 @@ shapes for any input without computing anything from the pixels: the same tensor
 resize, normalisation, mask argmax and up-sampling, post-processing, submit and collect,
 publishing) runs for real, through the same :class:`Predictor` (so ``submit``, ``bgr`` and
 ``mask_resolution`` work as they do with the real network), so a node using it shows the
-highest rate a GPU could ever reach through the node (benchmarks/pipeline_ceiling.py). Its outputs mean nothing: the node selects it only with
-``device: benchmark-standin`` (device step on the CPU; ``benchmark-standin:cuda`` on the
-GPU), logs a warning at every configure, and its diagnostics name the device and warn.
+highest rate a GPU could ever reach through the node (benchmarks/pipeline_ceiling.py). Its
+outputs mean nothing: the node selects it only with ``device: benchmark-standin`` (device step
+on the CPU; ``benchmark-standin:cuda`` on the GPU), logs a warning at every configure, and its
+diagnostics name the device and warn.
 
 The outputs: segmentation logits whose argmax is a fixed pattern of vertical bands over every
 non-void class (so colouring and overlays do their usual work), and ``STANDIN_BOXES`` confident
