@@ -41,8 +41,12 @@ set +u
 source "$ws/install/setup.bash"
 set -u
 bin=$ws/install/mtl_perception/lib/mtl_perception
-for tool in perception_node mtl-train mtl-eval mtl-export mtl-bag; do
+for tool in perception_node overlay_node mtl-train mtl-eval mtl-export mtl-bag; do
   [ -x "$bin/$tool" ] || fail "$tool is not installed in $bin"
+done
+for node in perception_node overlay_node; do  # their entry points import and run
+  usage=$("$bin/$node" --help) && [[ $usage == "usage: $node "* ]] \
+    || fail "$bin/$node --help printed no usage"
 done
 "$py" - "$ws/install" <<'PY'
 import sys, mtl_perception

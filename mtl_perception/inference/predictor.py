@@ -130,7 +130,9 @@ class PredictorConfig:
 
 def default_fast_path(device: str) -> dict[str, object]:
     """The :class:`PredictorConfig` fast-path fields of the fastest correct path measured for a
-    device (docs/benchmarks.md, "Model latency"), for the node's defaults.
+    device (docs/benchmarks.md, "Model latency"). The node takes its ``precision: auto`` from
+    here; its other defaults are its parameters' (ros/node.py ``predictor_config``): the same on
+    CUDA, but on the CPU it keeps ``channels_last`` off (a parameter, default false) for now.
 
     CUDA: a CUDA graph of the whole device step in fp16 autocast with pinned, reused buffers
     (4.2 ms per 768x384 frame on an H200, against 18.6 ms fp32 eager; its parity with fp32

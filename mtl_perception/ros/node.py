@@ -110,7 +110,7 @@ from .raw_messages import (
     read_compressed_image,
     read_image,
 )
-from .ros_start import help_requested, init_ros, rcl_reason, usage
+from .ros_start import help_requested, init_ros, node_command_line, rcl_reason, usage
 
 LATCHED = QoSProfile(
     depth=1,
@@ -252,10 +252,7 @@ class PerceptionNode(LifecycleNode):
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
-        command_line = list(sys.argv if arguments is None else arguments)
-        if not kwargs.get("use_global_arguments", True):
-            command_line = []
-        self._command_line = command_line + list(kwargs.get("cli_args") or [])
+        self._command_line = node_command_line(arguments, kwargs)
         self._shared_keys_reported = False
         # Set (to the logged line) by the first transition that raises; a plain run exits on it.
         self.transition_error: Future = Future()

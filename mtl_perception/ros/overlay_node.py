@@ -102,7 +102,7 @@ from .parameters import (
     read_cameras,
     read_fields,
 )
-from .ros_start import help_requested, init_ros, rcl_reason, usage
+from .ros_start import help_requested, init_ros, node_command_line, rcl_reason, usage
 
 OVERLAY_NODE_NAME = "overlay_node"
 EXIT_BAD_INPUT = 2  # a refused parameter or parameter file (as perception_node)
@@ -227,10 +227,7 @@ class OverlayNode(Node):
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
-        command_line = list(sys.argv if arguments is None else arguments)
-        if not kwargs.get("use_global_arguments", True):
-            command_line = []
-        command_line += list(kwargs.get("cli_args") or [])
+        command_line = node_command_line(arguments, kwargs)
         self._declare()
         self.params = self._read()
         check_camera_names(self.params.cameras)  # before their parameters are declared

@@ -4,8 +4,10 @@ first, and rcl's refusals turned into one line."""
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
+from typing import Any
 
 import rclpy
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
@@ -33,6 +35,16 @@ def init_ros(arguments: Sequence[str]) -> str | None:
     except _rclpy.RCLError as error:
         return rcl_reason(error)
     return None
+
+
+def node_command_line(arguments: Sequence[str] | None, node_options: dict[str, Any]) -> list[str]:
+    """The command line a node was given, as rcl reads it: ``arguments`` (default
+    ``sys.argv``, nothing when ``use_global_arguments`` is false) then its ``cli_args``; the
+    ``--params-file`` sections in it tell the keys meant for every node from the node's own."""
+    command_line = list(sys.argv if arguments is None else arguments)
+    if not node_options.get("use_global_arguments", True):
+        command_line = []
+    return command_line + list(node_options.get("cli_args") or [])
 
 
 def help_requested(arguments: Sequence[str]) -> bool:
